@@ -1,0 +1,37 @@
+//! strata: a deduplicating, compressing store of virtual-disk images served
+//! through FUSE as a directory of plain raw files.
+//!
+//! # Layers
+//!
+//! ```text
+//!   cli ──────────────┐            command line (clap), tables, json
+//!    │                │
+//!    ▼                ▼
+//!   fs (FUSE)      control         the kernel adapter; the daemon's socket
+//!    │                │
+//!    ▼                ▼
+//!   volume  (Engine, Volume)       facade: catalogue row + chain + store,
+//!    │        │        │           commit protocol, checkpoints, recovery
+//!    ▼        ▼        ▼
+//!  catalog  chain    journal       SQLite; layer block maps; metadata log
+//!             │        │
+//!             ▼        ▼
+//!            store  ◄──┘           packs, chunk table, dedup index, zstd,
+//!             │                    BLAKE3 checksums, refcounts
+//!             ▼
+//!           format                 byte helpers, checksums, atomic files
+//! ```
+//!
+//! Rules: arrows point down only. `fs` never touches packs or SQL; it calls
+//! [`volume::Volume`]. `store` knows nothing of layers or volumes. Every
+//! on-disk byte is described in `FORMAT.md`.
+
+pub mod catalog;
+pub mod chain;
+pub mod format;
+pub mod guid;
+pub mod journal;
+pub mod store;
+pub mod volume;
+
+pub use guid::Guid;
