@@ -170,6 +170,19 @@ impl Engine {
     pub fn remove_volume(&self, name_or_guid: &str, force: bool) -> Result<()> { todo!("{name_or_guid}{force}") }
     /// Open a volume for I/O. The same `Arc` is returned while it is open.
     pub fn open_volume(&self, name_or_guid: &str) -> Result<Arc<Volume>> { todo!("{name_or_guid}") }
+    /// Properties of a volume (LINSTOR Aux-style key/value pairs). The key
+    /// `name` is reserved (use `rename_volume`).
+    pub fn properties(&self, name_or_guid: &str) -> Result<BTreeMap<String, String>> { todo!("{name_or_guid}") }
+    pub fn get_property(&self, name_or_guid: &str, key: &str) -> Result<Option<String>> { todo!("{name_or_guid}{key}") }
+    pub fn set_property(&self, name_or_guid: &str, key: &str, value: &str) -> Result<()> { todo!("{name_or_guid}{key}{value}") }
+    /// Returns whether the key existed.
+    pub fn unset_property(&self, name_or_guid: &str, key: &str) -> Result<bool> { todo!("{name_or_guid}{key}") }
+    /// Import a raw image file as a new volume (sparse: zero blocks are not
+    /// stored). `progress` is called with (bytes done, bytes total). The
+    /// volume is ILLEGAL with a job record until the import completes.
+    pub fn import_raw(&self, file: &Path, name: &str, progress: &mut dyn FnMut(u64, u64)) -> Result<VolumeInfo> { todo!("{file:?}{name}{}", progress as *const _ as *const u8 as usize) }
+    /// Export a volume to a raw file, sparse where the volume has zeros.
+    pub fn export_raw(&self, name_or_guid: &str, file: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<()> { todo!("{name_or_guid}{file:?}{}", progress as *const _ as *const u8 as usize) }
     pub fn status(&self) -> Result<StoreStatus> { todo!() }
     /// Make every acknowledged write durable (the commit protocol).
     pub fn flush(&self) -> Result<()> { todo!() }
