@@ -1,0 +1,92 @@
+//! `strata mount [STORE] MOUNTPOINT` and `strata umount MOUNTPOINT`: serve a
+//! store through FUSE, and stop serving it.
+//!
+//! The mount daemon holds the store open (and locked); other `strata`
+//! commands reach it through its control socket, and it runs them with
+//! [`super::execute`], which is the control handler given to the mount.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Result;
+
+use super::exit::{self, ExitCode};
+use super::pending::fs;
+
+#[derive(clap::Args, Debug)]
+#[command(
+    override_usage = "strata mount [OPTIONS] [STORE] MOUNTPOINT",
+    long_about = "Mount a store: every volume appears in MOUNTPOINT as a raw file of its virtual size. \
+        The daemon runs in the background unless --foreground is given; while it runs, other strata \
+        commands on the store are passed to it.\n\n\
+        STORE may be left out when --store or $STRATA_STORE names it.\n\n\
+        Layout: MOUNTPOINT/<volume> (the active leaf, read-write); .snapshots/<volume>/ (planned); \
+        images/<volume-guid>/<leaf-guid> (the oVirt file-domain view)."
+)]
+pub struct MountArgs {
+    /// The store, then the mount point; with one path it is the mount point.
+    #[arg(value_name = "PATH", num_args = 1..=2, required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Stay in the foreground (for systemd or debugging) instead of daemonizing.
+    #[arg(long, short = 'f')]
+    pub foreground: bool,
+    /// Mount options, comma separated (e.g. allow_other); may be repeated.
+    #[arg(short = 'o', value_name = "OPTS", value_delimiter = ',')]
+    pub options: Vec<String>,
+    /// Number of FUSE worker threads (default: chosen by the mount).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(usize))]
+    pub threads: Option<usize>,
+}
+
+#[derive(clap::Args, Debug)]
+#[command(long_about = "Unmount a strata mount: everything is flushed, the store is closed cleanly and the daemon exits.")]
+pub struct UmountArgs {
+    pub mountpoint: PathBuf,
+}
+
+impl MountArgs {
+    /// (store, mountpoint): with two paths the first is the store, with one
+    /// the store comes from --store / $STRATA_STORE / the default.
+    pub fn split(&self, default_store: &Path) -> (PathBuf, PathBuf) {
+        match self.paths.as_slice() {
+            [store, mountpoint] => (store.clone(), mountpoint.clone()),
+            [mountpoint] => (default_store.to_path_buf(), mountpoint.clone()),
+            // clap enforces one or two values.
+            _ => (default_store.to_path_buf(), PathBuf::new()),
+        }
+    }
+}
+
+pub fn mount(default_store: &Path, a: &MountArgs, out: &mut dyn Write) -> Result<()> {
+    let (store, mountpoint) = a.split(default_store);
+    if !store.exists() {
+        return Err(exit::no_store(&store));
+    }
+    if !mountpoint.is_dir() {
+        return Err(exit::fail(
+            ExitCode::NotFound,
+            format!("cannot mount on {}: it is not a directory: create it with `mkdir -p {}`", mountpoint.display(), mountpoint.display()),
+        ));
+    }
+    if a.threads == Some(0) {
+        return Err(exit::fail(ExitCode::InvalidArgument, "--threads 0: give at least one worker thread"));
+    }
+    let config = fs::MountConfig {
+        store: store.clone(),
+        mountpoint: mountpoint.clone(),
+        foreground: a.foreground,
+        options: a.options.iter().filter(|o| !o.is_empty()).cloned().collect(),
+        threads: a.threads,
+    };
+    let handler: fs::ControlHandler = Arc::new(|engine, argv| super::execute(engine, argv));
+    fs::mount(&config, handler)?;
+    if !a.foreground {
+        writeln!(out, "Mounted {} on {}", store.display(), mountpoint.display())?;
+    }
+    Ok(())
+}
+
+pub fn umount(a: &UmountArgs, _out: &mut dyn Write) -> Result<()> {
+    fs::umount(&a.mountpoint)
+}
