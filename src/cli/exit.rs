@@ -45,21 +45,32 @@ impl ExitCode {
     }
 }
 
-/// The help text that documents the codes (shown by `--help` and `strata(1)`).
-pub const EXIT_CODES_HELP: &str = "\
-Exit status:
-  0  success
-  1  generic failure (I/O error, internal error)
-  2  usage error (unknown command or option, missing argument)
-  3  not found (store, volume, property or file)
-  4  already exists (store or volume)
-  5  invalid argument (bad size, bad name, shrink without --allow-shrink, ...)
-  6  busy (the store is locked by a process that does not answer)
-  7  read-only or corrupt store
-  8  no space left
+/// Every exit code with what it means: the one list that `--help`, the man
+/// page and README.md's table follow.
+pub const EXIT_CODES: [(ExitCode, &str); 9] = [
+    (ExitCode::Ok, "success"),
+    (ExitCode::Failure, "generic failure (I/O error, internal error)"),
+    (ExitCode::Usage, "usage error (unknown command or option, missing argument)"),
+    (ExitCode::NotFound, "not found (store, volume, property or file)"),
+    (ExitCode::AlreadyExists, "already exists (store, volume or export file)"),
+    (ExitCode::InvalidArgument, "invalid argument (bad size, bad name, shrink without --allow-shrink, ...)"),
+    (ExitCode::Busy, "busy (the store is locked by a process that does not answer)"),
+    (ExitCode::ReadOnlyOrCorrupt, "read-only or corrupt store"),
+    (ExitCode::NoSpace, "no space left"),
+];
 
-The store is found with --store, else $STRATA_STORE, else /var/lib/strata.
-While a store is mounted, commands are passed to the mount daemon.";
+/// The text after `strata --help`: exit codes and how the store is found.
+pub fn exit_codes_help() -> String {
+    let mut text = String::from("Exit status:\n");
+    for (code, meaning) in EXIT_CODES {
+        text.push_str(&format!("  {}  {meaning}\n", code.code()));
+    }
+    text.push_str(
+        "\nThe store is found with --store, else $STRATA_STORE, else /var/lib/strata.\n\
+         While a store is mounted, commands are passed to the mount daemon.",
+    );
+    text
+}
 
 /// A failure already worded for the user, with its exit code. The message is
 /// complete (object, what failed, what to do); nothing is appended to it.

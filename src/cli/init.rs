@@ -21,8 +21,9 @@ use crate::volume::{self, Engine, InitOptions, WritePolicy};
 )]
 pub struct InitArgs {
     /// The store directory (default: --store, $STRATA_STORE, /var/lib/strata).
-    #[arg(value_name = "STORE")]
-    pub store: Option<PathBuf>,
+    // Its own id: the global --store is also called "store".
+    #[arg(id = "store_dir", value_name = "STORE")]
+    pub dir: Option<PathBuf>,
     /// When writes become durable.
     #[arg(long, value_name = "POLICY", default_value = "auto",
           value_parser = ["sync", "async", "async-unsafe", "auto"])]

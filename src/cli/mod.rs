@@ -39,7 +39,7 @@ use anyhow::Result;
 use clap::Parser;
 
 use crate::volume::{Engine, Error as EngineError, OpenOptions};
-pub use exit::{EXIT_CODES_HELP, ExitCode};
+pub use exit::{EXIT_CODES, ExitCode};
 use exit::fail;
 use pending::control;
 
@@ -55,7 +55,7 @@ pub const DEFAULT_STORE: &str = "/var/lib/strata";
     long_about = "strata keeps virtual-disk images in one store with 4 KiB deduplication and \
         zstd compression, and serves them through FUSE as a directory of plain raw files \
         (`strata mount`), for qemu, libvirt and any tool that reads raw images.",
-    after_long_help = EXIT_CODES_HELP,
+    after_long_help = exit::exit_codes_help(),
     subcommand_required = true,
     arg_required_else_help = true
 )]
@@ -69,20 +69,14 @@ pub struct Cli {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
-    /// Create a new, empty store.
     Init(init::InitArgs),
     /// Create, list, show, rename, resize and remove volumes; manage their properties.
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
-    /// Import a raw image file as a new volume.
     Import(transfer::ImportArgs),
-    /// Export a volume to a raw image file (sparse).
     Export(transfer::ExportArgs),
-    /// Show the store's mode, write policy, space used and dedup/compression ratios.
     Status(status::StatusArgs),
-    /// Serve a store through FUSE as a directory of raw files.
     Mount(mount::MountArgs),
-    /// Unmount a strata mount (flushes and stops the daemon).
     Umount(mount::UmountArgs),
     /// Write the man pages into a directory (for packaging).
     #[command(hide = true)]
@@ -142,7 +136,7 @@ pub fn execute(engine: &Engine, argv: &[String]) -> (String, String, i32) {
 fn run_local(cli: &Cli, argv: &[OsString], out: &mut dyn Write, progress: bool) -> Result<i32> {
     let store = cli.store_path();
     match &cli.command {
-        Command::Init(a) => init::run(a.store.as_deref().unwrap_or(&store), a, out)?,
+        Command::Init(a) => init::run(a.dir.as_deref().unwrap_or(&store), a, out)?,
         Command::Mount(a) => mount::mount(&store, a, out)?,
         Command::Umount(a) => mount::umount(a, out)?,
         Command::Man(a) => man::run(a, out)?,

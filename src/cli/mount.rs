@@ -16,6 +16,7 @@ use super::pending::fs;
 
 #[derive(clap::Args, Debug)]
 #[command(
+    about = "Serve a store through FUSE as a directory of raw files",
     override_usage = "strata mount [OPTIONS] [STORE] MOUNTPOINT",
     long_about = "Mount a store: every volume appears in MOUNTPOINT as a raw file of its virtual size. \
         The daemon runs in the background unless --foreground is given; while it runs, other strata \
@@ -40,7 +41,7 @@ pub struct MountArgs {
 }
 
 #[derive(clap::Args, Debug)]
-#[command(long_about = "Unmount a strata mount: everything is flushed, the store is closed cleanly and the daemon exits.")]
+#[command(about = "Unmount a strata mount (flushes and stops the daemon)", long_about = "Unmount a strata mount: everything is flushed, the store is closed cleanly and the daemon exits.")]
 pub struct UmountArgs {
     pub mountpoint: PathBuf,
 }

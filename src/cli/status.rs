@@ -12,7 +12,7 @@ use super::size::human;
 use crate::volume::{Engine, Mode, StoreStatus};
 
 #[derive(clap::Args, Debug)]
-#[command(long_about = "Show the store's operating mode (normal, recovering, read-only), its write \
+#[command(about = "Show the store's mode, write policy, space used and dedup/compression ratios", long_about = "Show the store's operating mode (normal, recovering, read-only), its write \
     policy as configured and as in effect, and its space accounting: logical and physical bytes \
     used, metadata overhead, saving percent, dedup and compression ratios, chunk count and the \
     memory of the dedup index. Statistics that are not known (nothing stored yet, or the store \

@@ -18,7 +18,7 @@ use super::volume::not_found_or;
 use crate::volume::Engine;
 
 #[derive(clap::Args, Debug)]
-#[command(long_about = "Import a raw disk image as a new volume. Zero blocks are not stored \
+#[command(about = "Import a raw image file as a new volume", long_about = "Import a raw disk image as a new volume. Zero blocks are not stored \
     and every other block is deduplicated and compressed. The volume stays unusable \
     (ILLEGAL, with a job record) until the import finishes; if it is interrupted, \
     `strata volume remove --force NAME` cleans it up. qcow2 import is planned.")]
@@ -30,7 +30,7 @@ pub struct ImportArgs {
 }
 
 #[derive(clap::Args, Debug)]
-#[command(long_about = "Export a volume to a raw image file. Zero regions become holes, \
+#[command(about = "Export a volume to a raw image file (sparse)", long_about = "Export a volume to a raw image file. Zero regions become holes, \
     so the file is sparse. An existing FILE is refused unless --force is given. \
     qcow2 export is planned.")]
 pub struct ExportArgs {

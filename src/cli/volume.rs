@@ -18,7 +18,6 @@ use crate::volume::{self, Engine, VolumeInfo};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum VolumeCommand {
-    /// Create a new, empty (sparse) volume.
     Create(CreateArgs),
     /// List volumes in a table, or as JSON.
     #[command(visible_alias = "ls")]
@@ -27,9 +26,7 @@ pub enum VolumeCommand {
     Show(ShowArgs),
     /// Rename a volume (metadata only; the GUID does not change).
     Rename(RenameArgs),
-    /// Change a volume's size (growing; shrinking needs --allow-shrink).
     Resize(ResizeArgs),
-    /// Remove a volume with all its layers.
     #[command(visible_alias = "rm")]
     Remove(RemoveArgs),
     /// Get, set, unset or list a volume's properties.
@@ -38,7 +35,7 @@ pub enum VolumeCommand {
 }
 
 #[derive(clap::Args, Debug)]
-#[command(long_about = "Create a new, empty (sparse) volume of the given virtual size. \
+#[command(about = "Create a new, empty (sparse) volume", long_about = "Create a new, empty (sparse) volume of the given virtual size. \
     It appears in the mount as a file of that size that reads as zeros.\n\n\
     Sizes are binary: 4096, 512M, 20G, 1.5T (K, M, G, T, P; an optional B or iB changes nothing). \
     Zero is refused here; an empty volume is made by creating a file in the mount.")]
@@ -81,7 +78,7 @@ pub struct RenameArgs {
 }
 
 #[derive(clap::Args, Debug)]
-#[command(long_about = "Change a volume's virtual size. Growing adds zeros at the end. \
+#[command(about = "Change a volume's size (growing; shrinking needs --allow-shrink)", long_about = "Change a volume's virtual size. Growing adds zeros at the end. \
     Shrinking drops the data past the new end and is refused unless --allow-shrink is given.")]
 pub struct ResizeArgs {
     /// Name or GUID of the volume.
@@ -96,7 +93,7 @@ pub struct ResizeArgs {
 }
 
 #[derive(clap::Args, Debug)]
-#[command(long_about = "Remove a volume with all its layers; its space is reclaimed by garbage collection. \
+#[command(about = "Remove a volume with all its layers", long_about = "Remove a volume with all its layers; its space is reclaimed by garbage collection. \
     A volume whose creation or import was interrupted is refused unless --force is given.")]
 pub struct RemoveArgs {
     /// Name or GUID of the volume.
@@ -183,12 +180,12 @@ pub fn not_found_or(engine: &Engine, name: &str, what: &str, err: volume::Error)
 }
 
 /// A size argument, or an invalid-argument failure that shows valid sizes.
-fn size_arg(text: &str) -> Result<u64> {
-    parse_size(text).map_err(|e| exit::fail(ExitCode::InvalidArgument, e))
+fn size_arg(what: &str, volume: &str, text: &str) -> Result<u64> {
+    parse_size(text).map_err(|e| exit::fail(ExitCode::InvalidArgument, format!("cannot {what} volume {volume:?}: {e}")))
 }
 
 fn create(engine: &Engine, a: &CreateArgs, out: &mut dyn Write) -> Result<()> {
-    let size = size_arg(&a.size)?;
+    let size = size_arg("create", &a.name, &a.size)?;
     if size == 0 {
         return Err(exit::fail(
             ExitCode::InvalidArgument,
@@ -297,7 +294,7 @@ fn rename(engine: &Engine, a: &RenameArgs, out: &mut dyn Write) -> Result<()> {
 }
 
 fn resize(engine: &Engine, a: &ResizeArgs, out: &mut dyn Write) -> Result<()> {
-    let size = size_arg(&a.size)?;
+    let size = size_arg("resize", &a.volume, &a.size)?;
     // Checked here as well as in the engine so the refusal names the flag.
     let info = engine.volume_info(&a.volume).map_err(|e| not_found_or(engine, &a.volume, "resize", e))?;
     if size < info.capacity && !a.allow_shrink {
