@@ -14,8 +14,7 @@ use std::fmt;
 use std::io;
 use std::path::Path;
 
-use crate::catalog;
-use crate::volume;
+use crate::{catalog, journal, store, volume};
 
 /// The process exit codes (documented in README.md and `strata(1)`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,10 +140,24 @@ pub fn volume_code(err: &volume::Error) -> ExitCode {
         E::Unsupported(_) => ExitCode::InvalidArgument,
         E::Io { source, .. } => io_code(source),
         E::Catalog(e) => catalog_code(e),
-        // The store and journal errors are still taking shape; classify them
-        // by the I/O error underneath, if any, rather than by their variants.
-        E::Store(e) => source_io_code(e),
-        E::Journal(e) => source_io_code(e),
+        E::Store(e) => store_code(e),
+        E::Journal(e) => journal_code(e),
+    }
+}
+
+fn store_code(err: &store::Error) -> ExitCode {
+    use store::Error as E;
+    match err {
+        E::Io { source, .. } => io_code(source),
+        E::NoSpace { .. } => ExitCode::NoSpace,
+        E::ReadOnly { .. } | E::Corrupt { .. } | E::MissingChunk(_) | E::BadFile { .. } => ExitCode::ReadOnlyOrCorrupt,
+    }
+}
+
+fn journal_code(err: &journal::Error) -> ExitCode {
+    match err {
+        journal::Error::Io { source, .. } => io_code(source),
+        journal::Error::Corrupt { .. } => ExitCode::ReadOnlyOrCorrupt,
     }
 }
 
@@ -156,6 +169,12 @@ fn catalog_code(err: &catalog::Error) -> ExitCode {
         E::NameExists(_) => ExitCode::AlreadyExists,
         E::NotFound(_) => ExitCode::NotFound,
         E::Corrupt(_) => ExitCode::ReadOnlyOrCorrupt,
+        E::ReservedKey(_) | E::InvalidName { .. } | E::CapacityTooLarge(_) => ExitCode::InvalidArgument,
+        // A refusal in the current state (clones depend on it), not a bad value,
+        // but the caller can act on it like one: remove the dependents first.
+        E::HasDependents { .. } => ExitCode::InvalidArgument,
+        E::NoSuchJob(_) => ExitCode::NotFound,
+        E::Io { source, .. } => io_code(source),
     }
 }
 
@@ -185,38 +204,38 @@ fn io_code(err: &io::Error) -> ExitCode {
     }
 }
 
-fn source_io_code(err: &(dyn std::error::Error + 'static)) -> ExitCode {
-    let mut cause = err.source();
-    while let Some(c) = cause {
-        if let Some(io) = c.downcast_ref::<io::Error>() {
-            return io_code(io);
-        }
-        cause = c.source();
-    }
-    ExitCode::Failure
-}
-
 /// What the user can do about an engine error ("" when the engine's own
 /// message already says it).
 fn volume_advice(err: &volume::Error) -> &'static str {
     use volume::Error as E;
+    const LIST: &str = "`strata volume list` shows the volumes";
+    const EXISTS: &str = "choose another name or remove the existing one first";
+    const ARGS: &str = "check the arguments (`strata help <command>`)";
+    const FULL: &str = "free space in the filesystem holding the store, or remove volumes you no longer need";
+    const DAMAGED: &str = "the store is damaged; `strata status` shows its mode; restore the data from a copy";
+    const DISK: &str = "check that the path exists and is writable, and the system log for disk errors";
     match err {
-        E::NotFound(_) | E::Catalog(catalog::Error::NotFound(_)) => "`strata volume list` shows the volumes",
-        E::AlreadyExists(_) | E::Catalog(catalog::Error::NameExists(_)) => {
-            "choose another name or remove the existing one first"
-        }
-        E::InvalidArgument(_) | E::OutOfRange { .. } => "check the arguments (`strata help <command>`)",
+        E::NotFound(_) => LIST,
+        E::AlreadyExists(_) => EXISTS,
+        E::InvalidArgument(_) | E::OutOfRange { .. } => ARGS,
         E::Unsupported(_) => "this version of strata cannot do that",
         E::ReadOnly(_) => "the store takes no writes; `strata status` shows its operating mode",
-        E::NoSpace(_) => "free space in the filesystem holding the store, or remove volumes you no longer need",
-        E::Corrupt { .. } | E::Catalog(catalog::Error::Corrupt(_)) => {
-            "the store is damaged; `strata status` shows its mode; restore the data from a copy"
-        }
-        E::Busy { .. } | E::Catalog(catalog::Error::TooNew { .. }) => "",
-        E::Io { .. } => "check that the path exists and is accessible, and the system log for disk errors",
-        E::Catalog(catalog::Error::Sqlite { .. }) | E::Store(_) | E::Journal(_) => {
-            "run again with RUST_LOG=debug for details; `strata status` shows the store's state"
-        }
+        E::NoSpace(_) | E::Store(store::Error::NoSpace { .. }) => FULL,
+        E::Corrupt { .. }
+        | E::Store(store::Error::Corrupt { .. } | store::Error::MissingChunk(_) | store::Error::BadFile { .. })
+        | E::Journal(journal::Error::Corrupt { .. }) => DAMAGED,
+        E::Busy { .. } => "",
+        E::Io { .. } | E::Store(store::Error::Io { .. } | store::Error::ReadOnly { .. }) | E::Journal(journal::Error::Io { .. }) => DISK,
+        E::Catalog(c) => match c {
+            catalog::Error::NotFound(_) => LIST,
+            catalog::Error::NameExists(_) => EXISTS,
+            catalog::Error::ReservedKey(_) | catalog::Error::InvalidName { .. } | catalog::Error::CapacityTooLarge(_) => ARGS,
+            catalog::Error::Corrupt(_) => DAMAGED,
+            catalog::Error::Io { .. } => DISK,
+            // Their messages already say what to do.
+            catalog::Error::TooNew { .. } | catalog::Error::HasDependents { .. } | catalog::Error::NoSuchJob(_) => "",
+            catalog::Error::Sqlite { .. } => "run again with RUST_LOG=debug for details; `strata status` shows the store's state",
+        },
     }
 }
 
