@@ -265,8 +265,12 @@ impl Journal {
     /// Callers must exclude appends (the engine's cut lock).
     pub fn rotate(&self) -> Result<u64> {
         let mut a = self.active.lock().unwrap_or_else(|p| p.into_inner());
-        a.file.sync_data().map_err(io_err(&a.path))?;
         let last = self.last_seq.load(Ordering::Acquire);
+        if a.len == HEADER_LEN as u64 {
+            // Nothing in the active file: keep it.
+            return Ok(last);
+        }
+        a.file.sync_data().map_err(io_err(&a.path))?;
         let (file, path) = Self::new_file(&self.dir, self.store_uuid, last + 1)?;
         *a = Active { file, path, len: HEADER_LEN as u64, dirty: false };
         self.first_seq.store(last + 1, Ordering::Release);
@@ -330,6 +334,7 @@ pub fn replay(
     let files = list_files(dir)?;
     let mut info = ReplayInfo::default();
     let n = files.len();
+    let next_firsts: Vec<u64> = files.iter().map(|(f, _)| *f).collect();
     for (i, (first, path)) in files.into_iter().enumerate() {
         let is_last = i + 1 == n;
         let corrupt = |detail: String| Error::Corrupt { path: path.display().to_string(), detail };
@@ -366,6 +371,9 @@ pub fn replay(
         if info.last_seq != 0 && first > info.last_seq + 1 {
             return Err(corrupt(format!("gap in the journal: expected seq {}, file starts at {first}", info.last_seq + 1)));
         }
+        // A file with no records still says where the sequence stands.
+        info.last_seq = info.last_seq.max(first - 1);
+        let next_first = next_firsts.get(i + 1).copied();
         let mut pos = HEADER_LEN;
         let mut expect_seq = first;
         loop {
@@ -383,7 +391,10 @@ pub fn replay(
                     pos += used;
                 }
                 Err(detail) => {
-                    if is_last {
+                    // A torn tail is fine in the last file, or where the
+                    // next file starts right after the last good record
+                    // (a later open began a new file past the tear).
+                    if is_last || next_first == Some(expect_seq) {
                         tracing::warn!(path = %path.display(), offset = pos, %detail, "journal ends in a torn record; ignoring the tail");
                         info.torn_tail = true;
                         break;
