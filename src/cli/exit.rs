@@ -30,7 +30,8 @@ pub enum ExitCode {
     AlreadyExists = 4,
     /// A value is invalid (size, name, range, ...).
     InvalidArgument = 5,
-    /// The store is locked by another process that cannot be reached.
+    /// The store is locked by another process that cannot be reached, or
+    /// the volume has an unfinished multi-step operation.
     Busy = 6,
     /// The store is read-only or damaged.
     ReadOnlyOrCorrupt = 7,
@@ -53,7 +54,7 @@ pub const EXIT_CODES: [(ExitCode, &str); 9] = [
     (ExitCode::NotFound, "not found (store, volume, property or file)"),
     (ExitCode::AlreadyExists, "already exists (store, volume or export file)"),
     (ExitCode::InvalidArgument, "invalid argument (bad size, bad name, shrink without --allow-shrink, ...)"),
-    (ExitCode::Busy, "busy (the store is locked by a process that does not answer)"),
+    (ExitCode::Busy, "busy (the store is locked by a process that does not answer, or the volume has an unfinished operation)"),
     (ExitCode::ReadOnlyOrCorrupt, "read-only or corrupt store"),
     (ExitCode::NoSpace, "no space left"),
 ];
@@ -136,7 +137,8 @@ pub fn volume_code(err: &volume::Error) -> ExitCode {
         E::InvalidArgument(_) | E::OutOfRange { .. } => ExitCode::InvalidArgument,
         E::ReadOnly(_) | E::Corrupt { .. } => ExitCode::ReadOnlyOrCorrupt,
         E::NoSpace(_) => ExitCode::NoSpace,
-        E::Busy { .. } => ExitCode::Busy,
+        // An unfinished create/import holds the volume as a lock would.
+        E::Busy { .. } | E::Incomplete(_) => ExitCode::Busy,
         E::Unsupported(_) => ExitCode::InvalidArgument,
         E::Io { source, .. } => io_code(source),
         E::Catalog(e) => catalog_code(e),
@@ -224,7 +226,8 @@ fn volume_advice(err: &volume::Error) -> &'static str {
         E::Corrupt { .. }
         | E::Store(store::Error::Corrupt { .. } | store::Error::MissingChunk(_) | store::Error::BadFile { .. })
         | E::Journal(journal::Error::Corrupt { .. }) => DAMAGED,
-        E::Busy { .. } => "",
+        // Their messages already say what to do.
+        E::Busy { .. } | E::Incomplete(_) => "",
         E::Io { .. } | E::Store(store::Error::Io { .. } | store::Error::ReadOnly { .. }) | E::Journal(journal::Error::Io { .. }) => DISK,
         E::Catalog(c) => match c {
             catalog::Error::NotFound(_) => LIST,

@@ -314,15 +314,9 @@ fn resize(engine: &Engine, a: &ResizeArgs, out: &mut dyn Write) -> Result<()> {
 }
 
 fn remove(engine: &Engine, a: &RemoveArgs, out: &mut dyn Write) -> Result<()> {
-    engine.remove_volume(&a.volume, a.force).map_err(|e| match e {
-        // The engine refuses a volume with an unfinished job this way; say
-        // what happened and what to do (SPEC §4).
-        volume::Error::Busy { .. } | volume::Error::InvalidArgument(_) if !a.force => exit::engine(
-            format!("cannot remove volume {:?} (if an operation on it was interrupted, `strata volume remove --force {}` cleans it up)", a.volume, a.volume),
-            e,
-        ),
-        e => not_found_or(engine, &a.volume, "remove", e),
-    })?;
+    // An unfinished create/import is refused by the engine with
+    // `Incomplete`, whose message says to pass --force (SPEC §4).
+    engine.remove_volume(&a.volume, a.force).map_err(|e| not_found_or(engine, &a.volume, "remove", e))?;
     writeln!(out, "Removed volume {:?}", a.volume)?;
     Ok(())
 }
