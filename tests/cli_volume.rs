@@ -68,7 +68,7 @@ fn an_unknown_volume_exits_3_everywhere() {
 fn bad_sizes_exit_5_with_an_example() {
     let s = Store::new();
     for bad in ["twenty", "1X", "-1G", "1.1K", "0"] {
-        let r = s.run(&["volume", "create", "vm1", "--size", bad]).expect(5);
+        let r = s.run(&["volume", "create", "vm1", &format!("--size={bad}")]).expect(5);
         assert!(r.stderr.contains("20G"), "{bad}: {}", r.stderr);
     }
     s.run(&["volume", "create", "vm1", "--size", "4096"]).ok();

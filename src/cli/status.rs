@@ -43,17 +43,28 @@ fn write_status(s: &StoreStatus, out: &mut dyn Write) -> Result<()> {
     l.item("format version", s.format_version.to_string());
     l.item("operating mode", mode);
     l.item("write policy", s.write_policy.as_str());
-    l.item("effective write policy", s.effective_write_policy.as_str());
+    // `auto` says what it chose and why (SPEC §4).
+    let effective = if s.write_policy_reason.is_empty() {
+        s.effective_write_policy.as_str().to_string()
+    } else {
+        format!("{} ({})", s.effective_write_policy.as_str(), s.write_policy_reason)
+    };
+    l.item("effective write policy", effective);
     l.item("volumes", s.volumes.to_string());
     l.item("layers", s.layers.to_string());
     l.item("logical bytes used", bytes(s.logical_bytes_used));
     l.item("physical bytes used", bytes(s.physical_bytes_used));
     l.item("data bytes stored", bytes(s.data_bytes_stored));
     l.item("metadata overhead", bytes(s.metadata_bytes));
+    l.item("  journal", bytes(s.journal_bytes));
+    l.item("  block maps", bytes(s.map_bytes));
+    l.item("  catalogue", bytes(s.catalog_bytes));
     l.item("saving percent", or_na(s.saving_percent, |p| format!("{p:.1}%")));
     l.item("dedup ratio", or_na(s.dedup_ratio, |r| format!("{r:.2}")));
     l.item("compression ratio", or_na(s.compression_ratio, |r| format!("{r:.2}")));
     l.item("chunk count", s.chunk_count.to_string());
+    l.item("dedup hits", s.dedup_hits.to_string());
+    l.item("dedup false matches", s.dedup_false_matches.to_string());
     l.item("unreferenced chunks", s.unreferenced_chunks.to_string());
     l.item("index entries", s.index_entries.to_string());
     l.item("index memory", bytes(s.index_memory_bytes));
