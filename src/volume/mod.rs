@@ -374,6 +374,17 @@ impl Engine {
         let jdir = path.join(Paths::JOURNAL);
         let journal_files = journal::list_files(&jdir)?.len();
         let info = journal::replay(&jdir, sb.store_uuid, |seq, entries| {
+            // Under async the OS may have written this record before the
+            // pack bytes it points at: such a write was never flushed, so
+            // it and everything after it are dropped, never served as EIO.
+            for e in &entries {
+                if let Entry::ChunkPut(p) = e
+                    && seq > table_stamp
+                    && !store.verify_put(p)
+                {
+                    return Ok(journal::Replay::StopBefore);
+                }
+            }
             for e in entries {
                 match e {
                     Entry::ChunkPut(p) if seq > table_stamp => store.apply_put(&p),
@@ -400,7 +411,7 @@ impl Engine {
                     _ => {}
                 }
             }
-            Ok(())
+            Ok(journal::Replay::Continue)
         })?;
         let unclean = !sb.clean;
         if unclean {

@@ -399,3 +399,42 @@ proptest! {
         prop_assert_eq!(e2.status().unwrap().logical_bytes_used, live);
     }
 }
+
+#[test]
+fn a_journal_record_whose_pack_bytes_never_landed_is_dropped_with_later_ones() {
+    let (_d, p) = new_store(WritePolicy::Async);
+    let a = pattern(8192, 21);
+    let b = pattern(8192, 22);
+    let c = pattern(8192, 23);
+    let flushed_len;
+    {
+        let e = open(&p);
+        e.create_volume("v", 1 << 20).unwrap();
+        let v = e.open_volume("v").unwrap();
+        v.write_at(&a, 0).unwrap();
+        v.flush().unwrap();
+        flushed_len = std::fs::metadata(p.join("packs").join(store::pack::pack_file_name(1))).unwrap().len();
+        v.write_at(&b, 8192).unwrap();
+        v.write_at(&c, 16384).unwrap();
+        e.simulate_crash();
+    }
+    // Power loss: the journal reached the disk but the pack tail with b's
+    // and c's records did not.
+    let pack = p.join("packs").join(store::pack::pack_file_name(1));
+    std::fs::OpenOptions::new().write(true).open(&pack).unwrap().set_len(flushed_len + 100).unwrap();
+    let e = open(&p);
+    let v = e.open_volume("v").unwrap();
+    let mut x = vec![0u8; 8192];
+    v.read_at(&mut x, 0).unwrap();
+    assert_eq!(x, a);
+    // b's record is dropped (its data is gone), so is c's, which came later.
+    v.read_at(&mut x, 8192).unwrap();
+    assert!(x.iter().all(|&z| z == 0));
+    v.read_at(&mut x, 16384).unwrap();
+    assert!(x.iter().all(|&z| z == 0));
+    drop(v);
+    e.close().unwrap();
+    drop(e);
+    let e = open(&p);
+    assert_eq!(e.volume_info("v").unwrap().allocated_bytes, 8192);
+}
