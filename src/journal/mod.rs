@@ -323,19 +323,29 @@ pub struct ReplayInfo {
     pub torn_tail: bool,
 }
 
+/// What the replay callback wants next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    /// The record was applied; go on.
+    Continue,
+    /// The record cannot be applied (its data never reached the disk):
+    /// treat it and everything after it as a torn tail.
+    StopBefore,
+}
+
 /// Replay every valid record of every journal file in order, calling `f`
 /// with (seq, entries). A torn record ends replay of the last file; an
 /// invalid record followed by further files is corruption.
 pub fn replay(
     dir: &Path,
     store_uuid: Guid,
-    mut f: impl FnMut(u64, Vec<Entry>) -> std::result::Result<(), String>,
+    mut f: impl FnMut(u64, Vec<Entry>) -> std::result::Result<Replay, String>,
 ) -> Result<ReplayInfo> {
     let files = list_files(dir)?;
     let mut info = ReplayInfo::default();
     let n = files.len();
     let next_firsts: Vec<u64> = files.iter().map(|(f, _)| *f).collect();
-    for (i, (first, path)) in files.into_iter().enumerate() {
+    'files: for (i, (first, path)) in files.into_iter().enumerate() {
         let is_last = i + 1 == n;
         let corrupt = |detail: String| Error::Corrupt { path: path.display().to_string(), detail };
         let bytes = std::fs::read(&path).map_err(io_err(&path))?;
@@ -383,7 +393,14 @@ pub fn replay(
             match parse_record(&bytes[pos..], expect_seq) {
                 Ok((entries, used)) => {
                     if expect_seq > info.last_seq {
-                        f(expect_seq, entries).map_err(|d| corrupt(format!("record {expect_seq}: {d}")))?;
+                        match f(expect_seq, entries).map_err(|d| corrupt(format!("record {expect_seq}: {d}")))? {
+                            Replay::Continue => {}
+                            Replay::StopBefore => {
+                                tracing::warn!(seq = expect_seq, "journal record points at chunk data that never reached the disk; replay ends before it");
+                                info.torn_tail = true;
+                                break 'files;
+                            }
+                        }
                         info.last_seq = expect_seq;
                         info.records += 1;
                     }
@@ -461,7 +478,7 @@ mod tests {
         let mut seen = vec![];
         let info = replay(d.path(), uuid, |s, e| {
             seen.push((s, e));
-            Ok(())
+            Ok(Replay::Continue)
         })
         .unwrap();
         assert_eq!(info.last_seq, 2);
@@ -484,7 +501,7 @@ mod tests {
         let len = std::fs::metadata(&path).unwrap().len();
         let f = OpenOptions::new().write(true).open(&path).unwrap();
         f.set_len(len - 5).unwrap();
-        let info = replay(d.path(), uuid, |_, _| Ok(())).unwrap();
+        let info = replay(d.path(), uuid, |_, _| Ok(Replay::Continue)).unwrap();
         assert_eq!(info.last_seq, 1);
         assert!(info.torn_tail);
     }
@@ -501,7 +518,7 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[HEADER_LEN + 30] ^= 0xff;
         std::fs::write(&path, bytes).unwrap();
-        let err = replay(d.path(), uuid, |_, _| Ok(())).unwrap_err();
+        let err = replay(d.path(), uuid, |_, _| Ok(Replay::Continue)).unwrap_err();
         assert!(err.to_string().contains("invalid record"), "{err}");
     }
 

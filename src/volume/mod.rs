@@ -10,6 +10,7 @@
 //! store internals → catalogue. No lock is held across pack I/O or
 //! decompression on the read path.
 
+mod chains;
 mod error;
 mod handle;
 mod policy;
@@ -18,6 +19,8 @@ mod superblock;
 mod tests;
 
 pub use error::{Error, Result};
+pub use chains::{ChainDump, ImageDump, LayerDump, MergeReport, SnapshotInfo, split_at};
+pub(crate) use handle::State;
 pub use handle::Volume;
 pub use policy::{resolve_auto, resolve_auto_for_dev};
 pub use superblock::FORMAT_VERSION;
@@ -374,6 +377,17 @@ impl Engine {
         let jdir = path.join(Paths::JOURNAL);
         let journal_files = journal::list_files(&jdir)?.len();
         let info = journal::replay(&jdir, sb.store_uuid, |seq, entries| {
+            // Under async the OS may have written this record before the
+            // pack bytes it points at: such a write was never flushed, so
+            // it and everything after it are dropped, never served as EIO.
+            for e in &entries {
+                if let Entry::ChunkPut(p) = e
+                    && seq > table_stamp
+                    && !store.verify_put(p)
+                {
+                    return Ok(journal::Replay::StopBefore);
+                }
+            }
             for e in entries {
                 match e {
                     Entry::ChunkPut(p) if seq > table_stamp => store.apply_put(&p),
@@ -400,7 +414,7 @@ impl Engine {
                     _ => {}
                 }
             }
-            Ok(())
+            Ok(journal::Replay::Continue)
         })?;
         let unclean = !sb.clean;
         if unclean {
@@ -463,6 +477,7 @@ impl Engine {
                 engine.sync_all_packs()?;
                 engine.checkpoint()?;
             }
+            engine.resume_jobs()?;
             engine.start_worker();
         }
         Ok(engine)
@@ -825,7 +840,7 @@ impl Engine {
         }
         let layers: Vec<Arc<Layer>> = rows.iter().map(|r| self.layer(r.guid)).collect::<Result<_>>()?;
         let engine = self.me.upgrade().ok_or_else(|| Error::ReadOnly("the store is closing".into()))?;
-        let v = Arc::new(Volume::new(engine, d.guid, d.name.clone(), d.capacity, layers));
+        let v = Arc::new(Volume::new(engine, d.guid, d.name.clone(), d.capacity, layers, false));
         open.insert(d.guid, Arc::downgrade(&v));
         Ok(v)
     }
