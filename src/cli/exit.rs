@@ -206,8 +206,10 @@ fn io_code(err: &io::Error) -> ExitCode {
     }
 }
 
-/// What the user can do about an engine error ("" when the engine's own
-/// message already says it).
+/// What the user can do about an engine error. The engine words its
+/// refusals (not found, exists, invalid, incomplete, busy) for users, with
+/// the command to run, so those get nothing more; errors from the layers
+/// below (I/O, SQLite, packs) do not, so they get advice here.
 fn volume_advice(err: &volume::Error) -> &'static str {
     use volume::Error as E;
     const LIST: &str = "`strata volume list` shows the volumes";
@@ -217,16 +219,14 @@ fn volume_advice(err: &volume::Error) -> &'static str {
     const DAMAGED: &str = "the store is damaged; `strata status` shows its mode; restore the data from a copy";
     const DISK: &str = "check that the path exists and is writable, and the system log for disk errors";
     match err {
-        E::NotFound(_) => LIST,
+        E::NotFound(_) | E::InvalidArgument(_) | E::Unsupported(_) => "",
         E::AlreadyExists(_) => EXISTS,
-        E::InvalidArgument(_) | E::OutOfRange { .. } => ARGS,
-        E::Unsupported(_) => "this version of strata cannot do that",
+        E::OutOfRange { .. } => ARGS,
         E::ReadOnly(_) => "the store takes no writes; `strata status` shows its operating mode",
         E::NoSpace(_) | E::Store(store::Error::NoSpace { .. }) => FULL,
         E::Corrupt { .. }
         | E::Store(store::Error::Corrupt { .. } | store::Error::MissingChunk(_) | store::Error::BadFile { .. })
         | E::Journal(journal::Error::Corrupt { .. }) => DAMAGED,
-        // Their messages already say what to do.
         E::Busy { .. } | E::Incomplete(_) => "",
         E::Io { .. } | E::Store(store::Error::Io { .. } | store::Error::ReadOnly { .. }) | E::Journal(journal::Error::Io { .. }) => DISK,
         E::Catalog(c) => match c {

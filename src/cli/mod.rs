@@ -27,6 +27,7 @@ mod mount;
 mod output;
 mod pending;
 mod size;
+mod snapshot;
 mod status;
 mod transfer;
 mod volume;
@@ -73,6 +74,13 @@ pub enum Command {
     /// Create, list, show, rename, resize and remove volumes; manage their properties.
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
+    /// Snapshots of a volume: create, list, revert, remove.
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCommand),
+    Clone(snapshot::CloneArgs),
+    /// Inspect the chains of layers behind the volumes.
+    #[command(subcommand)]
+    Chain(snapshot::ChainCommand),
     Import(transfer::ImportArgs),
     Export(transfer::ExportArgs),
     Status(status::StatusArgs),
@@ -104,12 +112,18 @@ pub fn run(cli: Cli, argv: Vec<OsString>) -> i32 {
     let flushed = out.flush();
     match result.and_then(|code| flushed.map(|()| code).map_err(Into::into)) {
         Ok(code) => code,
+        // `strata volume list | head`: the reader left; nothing to report.
+        Err(err) if is_broken_pipe(&err) => 0,
         Err(err) => {
             tracing::debug!(error = ?err, "command failed");
             eprintln!("strata: error: {err:#}");
             exit::exit_code(&err).code()
         }
     }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
 /// Run a command line against an engine that is already open (the mount
@@ -140,7 +154,13 @@ fn run_local(cli: &Cli, argv: &[OsString], out: &mut dyn Write, progress: bool) 
         Command::Mount(a) => mount::mount(&store, a, out)?,
         Command::Umount(a) => mount::umount(a, out)?,
         Command::Man(a) => man::run(a, out)?,
-        Command::Volume(_) | Command::Import(_) | Command::Export(_) | Command::Status(_) => {
+        Command::Volume(_)
+        | Command::Snapshot(_)
+        | Command::Clone(_)
+        | Command::Chain(_)
+        | Command::Import(_)
+        | Command::Export(_)
+        | Command::Status(_) => {
             return with_engine(&store, cli, argv, out, progress);
         }
     }
@@ -227,6 +247,9 @@ fn forwarded_argv(cli: &Cli, argv: &[OsString]) -> Result<Vec<String>> {
 fn dispatch(engine: &Engine, command: &Command, out: &mut dyn Write, progress: bool) -> Result<()> {
     match command {
         Command::Volume(c) => volume::run(engine, c, out),
+        Command::Snapshot(c) => snapshot::run(engine, c, out),
+        Command::Clone(a) => snapshot::clone(engine, a, out),
+        Command::Chain(c) => snapshot::chain(engine, c, out),
         Command::Import(a) => transfer::import(engine, a, out, progress),
         Command::Export(a) => transfer::export(engine, a, out, progress),
         Command::Status(a) => status::run(engine, a, out),

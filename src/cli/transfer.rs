@@ -14,7 +14,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::exit::{self, ExitCode};
 use super::size::human;
-use super::volume::not_found_or;
+use super::volume::volume_err;
 use crate::volume::Engine;
 
 #[derive(clap::Args, Debug)]
@@ -80,7 +80,7 @@ pub fn import(engine: &Engine, a: &ImportArgs, out: &mut dyn Write, progress: bo
     let mut bar = Progress::new(progress, "importing");
     let result = engine.import_raw(&a.file, &a.name, &mut |done, total| bar.update(done, total));
     bar.finish();
-    let info = result.map_err(|e| not_found_or(engine, &a.name, &format!("import {} as", a.file.display()), e))?;
+    let info = result.map_err(|e| volume_err(&a.name, &format!("import {} as", a.file.display()), e))?;
     writeln!(
         out,
         "Imported {} as volume {:?} ({}, {} used, GUID {})",
@@ -103,7 +103,7 @@ pub fn export(engine: &Engine, a: &ExportArgs, out: &mut dyn Write, progress: bo
     let mut bar = Progress::new(progress, "exporting");
     let result = engine.export_raw(&a.volume, &a.file, &mut |done, total| bar.update(done, total));
     bar.finish();
-    result.map_err(|e| not_found_or(engine, &a.volume, &format!("export to {}", a.file.display()), e))?;
+    result.map_err(|e| volume_err(&a.volume, &format!("export to {}", a.file.display()), e))?;
     writeln!(out, "Exported volume {:?} to {}", a.volume, a.file.display())?;
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! A volume is an image group (one file in the mount); its identity is a
 //! GUID and its name a unique property, so every command takes a name or a
 //! GUID. Handlers only call the engine and print; wording of failures is in
-//! [`not_found_or`] and [`super::exit`].
+//! [`volume_err`] and [`super::exit`].
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -29,6 +29,11 @@ pub enum VolumeCommand {
     Resize(ResizeArgs),
     #[command(visible_alias = "rm")]
     Remove(RemoveArgs),
+    /// Copy what a volume reads from its snapshots into it, so it depends on none.
+    #[command(long_about = "Copy every block a volume reads through its chain into its own layer \
+        and cut it loose from its parents, so it no longer depends on any snapshot (needed before \
+        removing a snapshot a clone is based on). Data is shared, not copied: only map entries move.")]
+    Flatten(FlattenArgs),
     /// Get, set, unset or list a volume's properties.
     #[command(subcommand)]
     Prop(PropCommand),
@@ -104,6 +109,13 @@ pub struct RemoveArgs {
     pub force: bool,
 }
 
+#[derive(clap::Args, Debug)]
+pub struct FlattenArgs {
+    /// Name or GUID of the volume.
+    #[arg(value_name = "NAME|GUID")]
+    pub volume: String,
+}
+
 #[derive(clap::Subcommand, Debug)]
 pub enum PropCommand {
     /// Print the value of one property.
@@ -151,6 +163,7 @@ pub fn run(engine: &Engine, cmd: &VolumeCommand, out: &mut dyn Write) -> Result<
         VolumeCommand::Rename(a) => rename(engine, a, out),
         VolumeCommand::Resize(a) => resize(engine, a, out),
         VolumeCommand::Remove(a) => remove(engine, a, out),
+        VolumeCommand::Flatten(a) => flatten(engine, a, out),
         VolumeCommand::Prop(PropCommand::Get(a)) => prop_get(engine, a, out),
         VolumeCommand::Prop(PropCommand::Set(a)) => prop_set(engine, a, out),
         VolumeCommand::Prop(PropCommand::Unset(a)) => prop_unset(engine, a, out),
@@ -158,19 +171,13 @@ pub fn run(engine: &Engine, cmd: &VolumeCommand, out: &mut dyn Write) -> Result<
     }
 }
 
-/// Word an engine error about volume `name`: the two cases users hit most
-/// (no such volume, name taken) get a fixed message; the rest say `what`.
-pub fn not_found_or(engine: &Engine, name: &str, what: &str, err: volume::Error) -> anyhow::Error {
+/// Word an engine error about volume `name`: "cannot {what} volume NAME:
+/// {engine's reason}", except a taken name, which gets the fixed message
+/// users and scripts know.
+pub fn volume_err(name: &str, what: &str, err: volume::Error) -> anyhow::Error {
     use crate::catalog::Error as C;
     use volume::Error as E;
     match err {
-        E::NotFound(_) | E::Catalog(C::NotFound(_)) => exit::fail(
-            ExitCode::NotFound,
-            format!(
-                "no volume named or with GUID {name:?} in store {}: `strata volume list` shows the volumes",
-                engine.path().display()
-            ),
-        ),
         E::AlreadyExists(_) | E::Catalog(C::NameExists(_)) => exit::fail(
             ExitCode::AlreadyExists,
             format!("volume {name:?} already exists: choose another name or remove it first"),
@@ -192,7 +199,7 @@ fn create(engine: &Engine, a: &CreateArgs, out: &mut dyn Write) -> Result<()> {
             format!("cannot create volume {:?} with size 0: give a size such as --size 20G", a.name),
         ));
     }
-    let info = engine.create_volume(&a.name, size).map_err(|e| not_found_or(engine, &a.name, "create", e))?;
+    let info = engine.create_volume(&a.name, size).map_err(|e| volume_err(&a.name, "create", e))?;
     writeln!(out, "Created volume {:?} ({}, GUID {})", info.name, human(info.capacity), info.guid)?;
     Ok(())
 }
@@ -213,7 +220,7 @@ fn list(engine: &Engine, a: &ListArgs, out: &mut dyn Write) -> Result<()> {
 }
 
 fn show(engine: &Engine, a: &ShowArgs, out: &mut dyn Write) -> Result<()> {
-    let info = engine.volume_info(&a.volume).map_err(|e| not_found_or(engine, &a.volume, "show", e))?;
+    let info = engine.volume_info(&a.volume).map_err(|e| volume_err(&a.volume, "show", e))?;
     if a.format.format == Format::Json {
         return output::json(out, &info);
     }
@@ -278,16 +285,16 @@ fn write_props(props: &BTreeMap<String, String>, out: &mut dyn Write) -> Result<
 }
 
 /// Catalogue enums as oVirt prints them (`LEAF`, `RAW`, `SPARSE`, `LEGAL`).
-fn upper(value: &impl std::fmt::Debug) -> String {
+pub fn upper(value: &impl std::fmt::Debug) -> String {
     format!("{value:?}").to_uppercase()
 }
 
 fn rename(engine: &Engine, a: &RenameArgs, out: &mut dyn Write) -> Result<()> {
     engine.rename_volume(&a.volume, &a.new_name).map_err(|e| match e {
         volume::Error::AlreadyExists(_) | volume::Error::Catalog(crate::catalog::Error::NameExists(_)) => {
-            not_found_or(engine, &a.new_name, "rename", e)
+            volume_err(&a.new_name, "rename", e)
         }
-        e => not_found_or(engine, &a.volume, "rename", e),
+        e => volume_err(&a.volume, "rename", e),
     })?;
     writeln!(out, "Renamed volume {:?} to {:?}", a.volume, a.new_name)?;
     Ok(())
@@ -296,7 +303,7 @@ fn rename(engine: &Engine, a: &RenameArgs, out: &mut dyn Write) -> Result<()> {
 fn resize(engine: &Engine, a: &ResizeArgs, out: &mut dyn Write) -> Result<()> {
     let size = size_arg("resize", &a.volume, &a.size)?;
     // Checked here as well as in the engine so the refusal names the flag.
-    let info = engine.volume_info(&a.volume).map_err(|e| not_found_or(engine, &a.volume, "resize", e))?;
+    let info = engine.volume_info(&a.volume).map_err(|e| volume_err(&a.volume, "resize", e))?;
     if size < info.capacity && !a.allow_shrink {
         return Err(exit::fail(
             ExitCode::InvalidArgument,
@@ -308,7 +315,7 @@ fn resize(engine: &Engine, a: &ResizeArgs, out: &mut dyn Write) -> Result<()> {
             ),
         ));
     }
-    engine.resize_volume(&a.volume, size, a.allow_shrink).map_err(|e| not_found_or(engine, &a.volume, "resize", e))?;
+    engine.resize_volume(&a.volume, size, a.allow_shrink).map_err(|e| volume_err(&a.volume, "resize", e))?;
     writeln!(out, "Resized volume {:?} from {} to {}", a.volume, human(info.capacity), human(size))?;
     Ok(())
 }
@@ -316,13 +323,19 @@ fn resize(engine: &Engine, a: &ResizeArgs, out: &mut dyn Write) -> Result<()> {
 fn remove(engine: &Engine, a: &RemoveArgs, out: &mut dyn Write) -> Result<()> {
     // An unfinished create/import is refused by the engine with
     // `Incomplete`, whose message says to pass --force (SPEC §4).
-    engine.remove_volume(&a.volume, a.force).map_err(|e| not_found_or(engine, &a.volume, "remove", e))?;
+    engine.remove_volume(&a.volume, a.force).map_err(|e| volume_err(&a.volume, "remove", e))?;
     writeln!(out, "Removed volume {:?}", a.volume)?;
     Ok(())
 }
 
+fn flatten(engine: &Engine, a: &FlattenArgs, out: &mut dyn Write) -> Result<()> {
+    let moved = engine.flatten_volume(&a.volume).map_err(|e| volume_err(&a.volume, "flatten", e))?;
+    writeln!(out, "Flattened volume {:?} ({moved} map entries copied)", a.volume)?;
+    Ok(())
+}
+
 fn prop_get(engine: &Engine, a: &PropKeyArgs, out: &mut dyn Write) -> Result<()> {
-    match engine.get_property(&a.volume, &a.key).map_err(|e| not_found_or(engine, &a.volume, "read a property of", e))? {
+    match engine.get_property(&a.volume, &a.key).map_err(|e| volume_err(&a.volume, "read a property of", e))? {
         Some(value) => writeln!(out, "{value}")?,
         None => {
             return Err(exit::fail(
@@ -338,17 +351,17 @@ fn prop_get(engine: &Engine, a: &PropKeyArgs, out: &mut dyn Write) -> Result<()>
 }
 
 fn prop_set(engine: &Engine, a: &PropSetArgs, _out: &mut dyn Write) -> Result<()> {
-    engine.set_property(&a.volume, &a.key, &a.value).map_err(|e| not_found_or(engine, &a.volume, "set a property of", e))
+    engine.set_property(&a.volume, &a.key, &a.value).map_err(|e| volume_err(&a.volume, "set a property of", e))
 }
 
 fn prop_unset(engine: &Engine, a: &PropKeyArgs, _out: &mut dyn Write) -> Result<()> {
     // Idempotent like `incus config unset`: scripts can unset without checking first.
-    engine.unset_property(&a.volume, &a.key).map_err(|e| not_found_or(engine, &a.volume, "unset a property of", e))?;
+    engine.unset_property(&a.volume, &a.key).map_err(|e| volume_err(&a.volume, "unset a property of", e))?;
     Ok(())
 }
 
 fn prop_list(engine: &Engine, a: &PropListArgs, out: &mut dyn Write) -> Result<()> {
-    let props = engine.properties(&a.volume).map_err(|e| not_found_or(engine, &a.volume, "list the properties of", e))?;
+    let props = engine.properties(&a.volume).map_err(|e| volume_err(&a.volume, "list the properties of", e))?;
     if a.format.format == Format::Json {
         return output::json(out, &props);
     }
