@@ -22,8 +22,14 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 fn a_missing_import_file_exits_3_and_names_it() {
     let s = Store::new();
     let missing = s.scratch().join("no-such.raw");
-    let r = s.run(&["import", missing.to_str().unwrap(), "vm1"]).expect(3);
-    assert!(r.stderr.contains("no-such.raw") && r.stderr.contains("no such file"), "{}", r.stderr);
+    let r = s
+        .run(&["import", missing.to_str().unwrap(), "vm1"])
+        .expect(3);
+    assert!(
+        r.stderr.contains("no-such.raw") && r.stderr.contains("no such file"),
+        "{}",
+        r.stderr
+    );
     // Nothing was created.
     s.run(&["volume", "show", "vm1"]).expect(3);
 }
@@ -49,17 +55,25 @@ fn import_then_export_gives_the_same_bytes_as_a_sparse_file() {
 
     let back = std::fs::read(&dst).unwrap();
     assert_eq!(back.len(), image.len(), "exported size");
-    assert!(back == image, "exported bytes differ from the imported file");
+    assert!(
+        back == image,
+        "exported bytes differ from the imported file"
+    );
 
     // Sparse: the 6 MiB of zeros (and the zero tail) are holes, so the file
     // holds little more than its ~2.1 MiB of data.
     let blocks_bytes = std::fs::metadata(&dst).unwrap().blocks() * 512;
-    assert!(blocks_bytes < 4 * MIB as u64, "export is not sparse: {blocks_bytes} bytes allocated for {} bytes", back.len());
+    assert!(
+        blocks_bytes < 4 * MIB as u64,
+        "export is not sparse: {blocks_bytes} bytes allocated for {} bytes",
+        back.len()
+    );
 
     // Exporting over an existing file needs --force.
     let r = s.run(&["export", "vm1", dst.to_str().unwrap()]).expect(4);
     assert!(r.stderr.contains("--force"), "{}", r.stderr);
-    s.run(&["export", "--force", "vm1", dst.to_str().unwrap()]).ok();
+    s.run(&["export", "--force", "vm1", dst.to_str().unwrap()])
+        .ok();
     assert!(std::fs::read(&dst).unwrap() == image);
 }
 

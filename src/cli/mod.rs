@@ -40,8 +40,8 @@ use anyhow::Result;
 use clap::Parser;
 
 use crate::volume::{Engine, Error as EngineError, OpenOptions};
-pub use exit::{EXIT_CODES, ExitCode};
 use exit::fail;
+pub use exit::{EXIT_CODES, ExitCode};
 use pending::control;
 
 /// Where the store is when neither `--store` nor `$STRATA_STORE` says.
@@ -62,7 +62,13 @@ pub const DEFAULT_STORE: &str = "/var/lib/strata";
 )]
 pub struct Cli {
     /// The store directory [default: /var/lib/strata].
-    #[arg(long, global = true, value_name = "PATH", env = "STRATA_STORE", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "STRATA_STORE",
+        hide_env_values = true
+    )]
     pub store: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
@@ -123,7 +129,10 @@ pub fn run(cli: Cli, argv: Vec<OsString>) -> i32 {
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
-    err.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
+    err.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Run a command line against an engine that is already open (the mount
@@ -135,7 +144,11 @@ pub fn execute(engine: &Engine, argv: &[String]) -> (String, String, i32) {
         Ok(cli) => cli,
         Err(e) => {
             let text = e.render().to_string();
-            return if e.use_stderr() { (String::new(), text, e.exit_code()) } else { (text, String::new(), e.exit_code()) };
+            return if e.use_stderr() {
+                (String::new(), text, e.exit_code())
+            } else {
+                (text, String::new(), e.exit_code())
+            };
         }
     };
     let mut out = Vec::new();
@@ -143,7 +156,11 @@ pub fn execute(engine: &Engine, argv: &[String]) -> (String, String, i32) {
     let stdout = String::from_utf8_lossy(&out).into_owned();
     match result {
         Ok(()) => (stdout, String::new(), 0),
-        Err(err) => (stdout, format!("strata: error: {err:#}\n"), exit::exit_code(&err).code()),
+        Err(err) => (
+            stdout,
+            format!("strata: error: {err:#}\n"),
+            exit::exit_code(&err).code(),
+        ),
     }
 }
 
@@ -169,7 +186,13 @@ fn run_local(cli: &Cli, argv: &[OsString], out: &mut dyn Write, progress: bool) 
 
 /// Open the store and run the command; if a mount daemon holds the store,
 /// pass the command to it.
-fn with_engine(store: &Path, cli: &Cli, argv: &[OsString], out: &mut dyn Write, progress: bool) -> Result<i32> {
+fn with_engine(
+    store: &Path,
+    cli: &Cli,
+    argv: &[OsString],
+    out: &mut dyn Write,
+    progress: bool,
+) -> Result<i32> {
     if !store.exists() {
         return Err(exit::no_store(store));
     }
@@ -180,19 +203,31 @@ fn with_engine(store: &Path, cli: &Cli, argv: &[OsString], out: &mut dyn Write, 
         Err(EngineError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             return Err(exit::no_store(store));
         }
-        Err(e) => return Err(exit::engine(format!("cannot open store {}", store.display()), e)),
+        Err(e) => {
+            return Err(exit::engine(
+                format!("cannot open store {}", store.display()),
+                e,
+            ));
+        }
     };
     let result = dispatch(&engine, &cli.command, out, progress);
     // Close even after a failure: it flushes and marks the store clean.
     let closed = engine.close();
     result?;
-    closed.map_err(|e| exit::engine(format!("cannot close store {} cleanly", store.display()), e))?;
+    closed
+        .map_err(|e| exit::engine(format!("cannot close store {} cleanly", store.display()), e))?;
     Ok(0)
 }
 
 /// Pass the command to the daemon that has the store mounted, print what it
 /// printed and return its exit code.
-fn forward(store: &Path, busy: EngineError, cli: &Cli, argv: &[OsString], out: &mut dyn Write) -> Result<i32> {
+fn forward(
+    store: &Path,
+    busy: EngineError,
+    cli: &Cli,
+    argv: &[OsString],
+    out: &mut dyn Write,
+) -> Result<i32> {
     let argv = forwarded_argv(cli, argv)?;
     tracing::debug!(?argv, store = %store.display(), "store is locked; passing the command to the mount daemon");
     match control::call(store, &argv) {
@@ -202,7 +237,10 @@ fn forward(store: &Path, busy: EngineError, cli: &Cli, argv: &[OsString], out: &
             Ok(code)
         }
         // Locked, but not by a daemon we can talk to: the engine's message says what to do.
-        Ok(None) => Err(exit::engine(format!("cannot open store {}", store.display()), busy)),
+        Ok(None) => Err(exit::engine(
+            format!("cannot open store {}", store.display()),
+            busy,
+        )),
         Err(e) => Err(fail(
             ExitCode::Busy,
             format!(
@@ -264,5 +302,8 @@ fn dispatch(engine: &Engine, command: &Command, out: &mut dyn Write, progress: b
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

@@ -41,7 +41,10 @@ pub struct MountArgs {
 }
 
 #[derive(clap::Args, Debug)]
-#[command(about = "Unmount a strata mount (flushes and stops the daemon)", long_about = "Unmount a strata mount: everything is flushed, the store is closed cleanly and the daemon exits.")]
+#[command(
+    about = "Unmount a strata mount (flushes and stops the daemon)",
+    long_about = "Unmount a strata mount: everything is flushed, the store is closed cleanly and the daemon exits."
+)]
 pub struct UmountArgs {
     pub mountpoint: PathBuf,
 }
@@ -67,23 +70,40 @@ pub fn mount(default_store: &Path, a: &MountArgs, out: &mut dyn Write) -> Result
     if !mountpoint.is_dir() {
         return Err(exit::fail(
             ExitCode::NotFound,
-            format!("cannot mount on {}: it is not a directory: create it with `mkdir -p {}`", mountpoint.display(), mountpoint.display()),
+            format!(
+                "cannot mount on {}: it is not a directory: create it with `mkdir -p {}`",
+                mountpoint.display(),
+                mountpoint.display()
+            ),
         ));
     }
     if a.threads == Some(0) {
-        return Err(exit::fail(ExitCode::InvalidArgument, "--threads 0: give at least one worker thread"));
+        return Err(exit::fail(
+            ExitCode::InvalidArgument,
+            "--threads 0: give at least one worker thread",
+        ));
     }
     let config = fs::MountConfig {
         store: store.clone(),
         mountpoint: mountpoint.clone(),
         foreground: a.foreground,
-        options: a.options.iter().filter(|o| !o.is_empty()).cloned().collect(),
+        options: a
+            .options
+            .iter()
+            .filter(|o| !o.is_empty())
+            .cloned()
+            .collect(),
         threads: a.threads,
     };
-    let handler: fs::ControlHandler = Arc::new(|engine, argv| super::execute(engine, argv));
+    let handler: fs::ControlHandler = Arc::new(super::execute);
     fs::mount(&config, handler)?;
     if !a.foreground {
-        writeln!(out, "Mounted {} on {}", store.display(), mountpoint.display())?;
+        writeln!(
+            out,
+            "Mounted {} on {}",
+            store.display(),
+            mountpoint.display()
+        )?;
     }
     Ok(())
 }

@@ -19,7 +19,8 @@ pub mod fs {
         pub threads: Option<usize>,
     }
 
-    pub type ControlHandler = Arc<dyn Fn(&Engine, &[String]) -> (String, String, i32) + Send + Sync>;
+    pub type ControlHandler =
+        Arc<dyn Fn(&Engine, &[String]) -> (String, String, i32) + Send + Sync>;
 
     pub fn mount(config: &MountConfig, _handler: ControlHandler) -> anyhow::Result<()> {
         anyhow::bail!(
@@ -30,7 +31,10 @@ pub mod fs {
     }
 
     pub fn umount(mountpoint: &Path) -> anyhow::Result<()> {
-        anyhow::bail!("cannot unmount {}: this build of strata has no FUSE mount yet; use `fusermount3 -u`", mountpoint.display())
+        anyhow::bail!(
+            "cannot unmount {}: this build of strata has no FUSE mount yet; use `fusermount3 -u`",
+            mountpoint.display()
+        )
     }
 }
 

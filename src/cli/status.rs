@@ -12,18 +12,29 @@ use super::size::human;
 use crate::volume::{Engine, Mode, StoreStatus};
 
 #[derive(clap::Args, Debug)]
-#[command(about = "Show the store's mode, write policy, space used and dedup/compression ratios", long_about = "Show the store's operating mode (normal, recovering, read-only), its write \
+#[command(
+    about = "Show the store's mode, write policy, space used and dedup/compression ratios",
+    long_about = "Show the store's operating mode (normal, recovering, read-only), its write \
     policy as configured and as in effect, and its space accounting: logical and physical bytes \
     used, metadata overhead, saving percent, dedup and compression ratios, chunk count and the \
     memory of the dedup index. Statistics that are not known (nothing stored yet, or the store \
-    is still recovering) are shown as n/a.")]
+    is still recovering) are shown as n/a."
+)]
 pub struct StatusArgs {
     #[command(flatten)]
     pub format: FormatArg,
 }
 
 pub fn run(engine: &Engine, a: &StatusArgs, out: &mut dyn Write) -> Result<()> {
-    let s = engine.status().map_err(|e| exit::engine(format!("cannot read the status of store {}", engine.path().display()), e))?;
+    let s = engine.status().map_err(|e| {
+        exit::engine(
+            format!(
+                "cannot read the status of store {}",
+                engine.path().display()
+            ),
+            e,
+        )
+    })?;
     if a.format.format == Format::Json {
         return output::json(out, &s);
     }
@@ -47,7 +58,11 @@ fn write_status(s: &StoreStatus, out: &mut dyn Write) -> Result<()> {
     let effective = if s.write_policy_reason.is_empty() {
         s.effective_write_policy.as_str().to_string()
     } else {
-        format!("{} ({})", s.effective_write_policy.as_str(), s.write_policy_reason)
+        format!(
+            "{} ({})",
+            s.effective_write_policy.as_str(),
+            s.write_policy_reason
+        )
     };
     l.item("effective write policy", effective);
     l.item("volumes", s.volumes.to_string());
@@ -59,9 +74,15 @@ fn write_status(s: &StoreStatus, out: &mut dyn Write) -> Result<()> {
     l.item("  journal", bytes(s.journal_bytes));
     l.item("  block maps", bytes(s.map_bytes));
     l.item("  catalogue", bytes(s.catalog_bytes));
-    l.item("saving percent", or_na(s.saving_percent, |p| format!("{p:.1}%")));
+    l.item(
+        "saving percent",
+        or_na(s.saving_percent, |p| format!("{p:.1}%")),
+    );
     l.item("dedup ratio", or_na(s.dedup_ratio, |r| format!("{r:.2}")));
-    l.item("compression ratio", or_na(s.compression_ratio, |r| format!("{r:.2}")));
+    l.item(
+        "compression ratio",
+        or_na(s.compression_ratio, |r| format!("{r:.2}")),
+    );
     l.item("chunk count", s.chunk_count.to_string());
     l.item("dedup hits", s.dedup_hits.to_string());
     l.item("dedup false matches", s.dedup_false_matches.to_string());

@@ -18,10 +18,13 @@ use super::volume::volume_err;
 use crate::volume::Engine;
 
 #[derive(clap::Args, Debug)]
-#[command(about = "Import a raw image file as a new volume", long_about = "Import a raw disk image as a new volume. Zero blocks are not stored \
+#[command(
+    about = "Import a raw image file as a new volume",
+    long_about = "Import a raw disk image as a new volume. Zero blocks are not stored \
     and every other block is deduplicated and compressed. The volume stays unusable \
     (ILLEGAL, with a job record) until the import finishes; if it is interrupted, \
-    `strata volume remove --force NAME` cleans it up. qcow2 import is planned.")]
+    `strata volume remove --force NAME` cleans it up. qcow2 import is planned."
+)]
 pub struct ImportArgs {
     /// The raw image file to read.
     pub file: PathBuf,
@@ -30,9 +33,12 @@ pub struct ImportArgs {
 }
 
 #[derive(clap::Args, Debug)]
-#[command(about = "Export a volume to a raw image file (sparse)", long_about = "Export a volume to a raw image file. Zero regions become holes, \
+#[command(
+    about = "Export a volume to a raw image file (sparse)",
+    long_about = "Export a volume to a raw image file. Zero regions become holes, \
     so the file is sparse. An existing FILE is refused unless --force is given. \
-    qcow2 export is planned.")]
+    qcow2 export is planned."
+)]
 pub struct ExportArgs {
     /// Name or GUID of the volume.
     #[arg(value_name = "VOL")]
@@ -53,9 +59,11 @@ impl Progress {
             return Progress(None);
         }
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-        let style = ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-            .map(|s| s.progress_chars("=> "))
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
+        let style = ProgressStyle::with_template(
+            "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
         bar.set_style(style);
         bar.set_message(what.to_string());
         Progress(Some(bar))
@@ -80,7 +88,8 @@ pub fn import(engine: &Engine, a: &ImportArgs, out: &mut dyn Write, progress: bo
     let mut bar = Progress::new(progress, "importing");
     let result = engine.import_raw(&a.file, &a.name, &mut |done, total| bar.update(done, total));
     bar.finish();
-    let info = result.map_err(|e| volume_err(&a.name, &format!("import {} as", a.file.display()), e))?;
+    let info =
+        result.map_err(|e| volume_err(&a.name, &format!("import {} as", a.file.display()), e))?;
     writeln!(
         out,
         "Imported {} as volume {:?} ({}, {} used, GUID {})",
@@ -97,14 +106,25 @@ pub fn export(engine: &Engine, a: &ExportArgs, out: &mut dyn Write, progress: bo
     if !a.force && std::fs::symlink_metadata(&a.file).is_ok() {
         return Err(exit::fail(
             ExitCode::AlreadyExists,
-            format!("cannot export volume {:?} to {}: the file exists; remove it or pass --force to overwrite it", a.volume, a.file.display()),
+            format!(
+                "cannot export volume {:?} to {}: the file exists; remove it or pass --force to overwrite it",
+                a.volume,
+                a.file.display()
+            ),
         ));
     }
     let mut bar = Progress::new(progress, "exporting");
-    let result = engine.export_raw(&a.volume, &a.file, &mut |done, total| bar.update(done, total));
+    let result = engine.export_raw(&a.volume, &a.file, &mut |done, total| {
+        bar.update(done, total)
+    });
     bar.finish();
     result.map_err(|e| volume_err(&a.volume, &format!("export to {}", a.file.display()), e))?;
-    writeln!(out, "Exported volume {:?} to {}", a.volume, a.file.display())?;
+    writeln!(
+        out,
+        "Exported volume {:?} to {}",
+        a.volume,
+        a.file.display()
+    )?;
     Ok(())
 }
 
@@ -132,6 +152,10 @@ fn check_source(file: &Path) -> Result<()> {
 /// Make the file arguments absolute before a command is passed to the mount
 /// daemon, whose working directory is not the caller's.
 pub fn absolute(path: &Path) -> Result<PathBuf> {
-    std::path::absolute(path)
-        .map_err(|e| exit::fail(ExitCode::InvalidArgument, format!("cannot resolve the path {}: {e}", path.display())))
+    std::path::absolute(path).map_err(|e| {
+        exit::fail(
+            ExitCode::InvalidArgument,
+            format!("cannot resolve the path {}: {e}", path.display()),
+        )
+    })
 }
