@@ -109,3 +109,21 @@ fn status_json_has_exact_numbers_and_stable_names() {
         assert!(v[key].is_u64(), "{key} in {v}");
     }
 }
+
+#[test]
+fn a_store_held_by_a_process_without_a_daemon_exits_6() {
+    let store = Store::new();
+    // This test process holds the store lock the way a daemon would, but
+    // answers on no control socket.
+    let engine =
+        strata::volume::Engine::open(&store.path, &Default::default()).expect("open store");
+    let r = store.run(&["volume", "list"]).expect(6);
+    assert!(
+        r.stderr.contains("in use by another strata process"),
+        "{}",
+        r.stderr
+    );
+    engine.close().unwrap();
+    drop(engine);
+    store.run(&["volume", "list"]).ok();
+}

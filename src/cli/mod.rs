@@ -46,6 +46,8 @@ use pending::control;
 
 /// Where the store is when neither `--store` nor `$STRATA_STORE` says.
 pub const DEFAULT_STORE: &str = "/var/lib/strata";
+/// The environment variable that names the store when `--store` does not.
+pub const STORE_ENV: &str = "STRATA_STORE";
 
 /// strata: a deduplicating, compressing store of virtual-disk images.
 #[derive(Parser, Debug)]
@@ -61,14 +63,10 @@ pub const DEFAULT_STORE: &str = "/var/lib/strata";
     arg_required_else_help = true
 )]
 pub struct Cli {
-    /// The store directory [default: /var/lib/strata].
-    #[arg(
-        long,
-        global = true,
-        value_name = "PATH",
-        env = "STRATA_STORE",
-        hide_env_values = true
-    )]
+    /// The store directory (default: $STRATA_STORE, else /var/lib/strata).
+    // The variable is read in `store_path`, not by clap, so that an empty
+    // STRATA_STORE means "unset" instead of a usage error.
+    #[arg(long, global = true, value_name = "PATH")]
     pub store: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
@@ -98,10 +96,13 @@ pub enum Command {
 }
 
 impl Cli {
-    /// `--store`, else `$STRATA_STORE` (clap reads both), else the default.
+    /// `--store`, else a non-empty `$STRATA_STORE`, else the default.
     pub fn store_path(&self) -> PathBuf {
-        match &self.store {
-            Some(p) if !p.as_os_str().is_empty() => p.clone(),
+        if let Some(p) = &self.store {
+            return p.clone();
+        }
+        match std::env::var_os(STORE_ENV) {
+            Some(p) if !p.is_empty() => PathBuf::from(p),
             _ => PathBuf::from(DEFAULT_STORE),
         }
     }
@@ -306,4 +307,65 @@ pub fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("strata").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn forwarded_import_and_export_get_absolute_paths() {
+        let cwd = std::env::current_dir().unwrap();
+        let cli = parse(&["import", "disk.raw", "vm1"]);
+        let argv = forwarded_argv(&cli, &[]).unwrap();
+        assert_eq!(
+            argv,
+            [
+                "import",
+                "--",
+                cwd.join("disk.raw").to_str().unwrap(),
+                "vm1"
+            ]
+        );
+
+        let cli = parse(&["export", "--force", "--", "-weird", "out.raw"]);
+        let argv = forwarded_argv(&cli, &[]).unwrap();
+        assert_eq!(
+            argv,
+            [
+                "export",
+                "--force",
+                "--",
+                "-weird",
+                cwd.join("out.raw").to_str().unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn other_commands_are_forwarded_unchanged() {
+        let args: Vec<OsString> = ["volume", "list", "--show-props", "a,b"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        let cli = parse(&["volume", "list", "--show-props", "a,b"]);
+        assert_eq!(
+            forwarded_argv(&cli, &args).unwrap(),
+            ["volume", "list", "--show-props", "a,b"]
+        );
+    }
+
+    #[test]
+    fn the_store_flag_names_the_store() {
+        // The environment variable and the default are tested end to end
+        // (tests/cli_store.rs), where the environment is under control.
+        assert_eq!(
+            parse(&["--store", "/s", "status"]).store_path(),
+            PathBuf::from("/s")
+        );
+    }
 }
