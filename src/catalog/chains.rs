@@ -323,13 +323,16 @@ impl Catalog {
         })
     }
 
-    /// Finish flattening: the leaf no longer has a parent; `cloned-from`
-    /// stays as history. LEGAL + generation bump; job deleted.
-    pub fn finish_flatten(&self, leaf: Guid, job: i64) -> Result<()> {
+    /// Finish flattening one layer: it no longer has a parent;
+    /// `cloned-from` stays as history. LEGAL + generation bump; the job is
+    /// deleted with the last layer.
+    pub fn finish_flatten(&self, layer: Guid, job: Option<i64>) -> Result<()> {
         self.write(|c| {
-            c.execute("UPDATE volumes SET parent_guid = ?1, format = 'RAW' WHERE guid = ?2", params![Guid::BLANK.to_string(), leaf.to_string()])?;
-            bump(c, leaf)?;
-            c.execute("DELETE FROM jobs WHERE id = ?1", [job])?;
+            c.execute("UPDATE volumes SET parent_guid = ?1, format = 'RAW' WHERE guid = ?2", params![Guid::BLANK.to_string(), layer.to_string()])?;
+            bump(c, layer)?;
+            if let Some(job) = job {
+                c.execute("DELETE FROM jobs WHERE id = ?1", [job])?;
+            }
             Ok(())
         })
     }
@@ -426,7 +429,7 @@ mod tests {
         assert_eq!(c.chain(cl.guid).unwrap().iter().map(|v| v.guid).collect::<Vec<_>>(), vec![base.guid, leaf.guid]);
         assert!(matches!(c.remove_disk(disk.guid), Err(Error::HasDependents { .. })));
         let job = c.begin_job_marking("flatten", cl.guid, "{}", &[leaf.guid]).unwrap();
-        c.finish_flatten(leaf.guid, job).unwrap();
+        c.finish_flatten(leaf.guid, Some(job)).unwrap();
         assert_eq!(c.chain(cl.guid).unwrap().len(), 1);
         c.remove_disk(disk.guid).unwrap();
     }

@@ -98,7 +98,8 @@ struct MergeJob {
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct FlattenJob {
-    leaf: Guid,
+    /// Layers of the volume whose parent lies in another volume.
+    layers: Vec<Guid>,
 }
 
 /// Split "VOL@SNAP".
@@ -408,33 +409,45 @@ impl Engine {
         self.info_for(&disk)
     }
 
-    /// Copy everything the volume reads from its parents into its leaf and
-    /// cut the leaf loose (so the snapshot it was cloned from can go).
+    /// Make a volume independent of every other volume: each of its layers
+    /// whose parent belongs to another volume (the base of a clone) gets
+    /// the entries of that outside chain copied in where it has none, and
+    /// loses its parent. Afterwards the snapshot it was cloned from can be
+    /// removed. A volume that was never cloned has nothing to do.
     pub fn flatten_volume(&self, vol: &str) -> Result<u64> {
         self.check_writable()?;
         let d = self.disk_of(vol)?;
-        let rows = self.catalog.chain(d.guid)?;
-        if rows.len() == 1 {
+        let mut bottoms = Vec::new();
+        for l in self.catalog.disk_layers(d.guid)? {
+            if !l.parent.is_blank() && self.catalog.volume(l.parent)?.disk != d.guid {
+                bottoms.push(l.guid);
+            }
+        }
+        if bottoms.is_empty() {
             return Ok(0);
         }
-        let job = FlattenJob { leaf: d.leaf };
-        let id = self.catalog.begin_job_marking("flatten", d.guid, &serde_json::to_string(&job).expect("serializable"), &[d.leaf])?;
+        let job = FlattenJob { layers: bottoms };
+        let id = self.catalog.begin_job_marking("flatten", d.guid, &serde_json::to_string(&job).expect("serializable"), &job.layers)?;
         self.run_flatten(id, &job)
     }
 
     fn run_flatten(&self, id: i64, job: &FlattenJob) -> Result<u64> {
-        let rows = self.catalog.chain_from(job.leaf)?;
-        let leaf = self.layer(job.leaf)?;
         let mut moved = 0;
-        // Top-down, filling only blocks the leaf does not have: the first
-        // layer to provide a block is the one the chain resolves it to.
-        for r in rows.iter().rev().skip(1) {
-            let l = self.layer(r.guid)?;
-            moved += self.copy_entries(&leaf, &l, false)?;
+        for (i, g) in job.layers.iter().enumerate() {
+            let rows = self.catalog.chain_from(*g)?;
+            let dst = self.layer(*g)?;
+            // Top-down, filling only blocks the layer does not have: the
+            // first outside layer to provide a block is the one the chain
+            // resolves it to.
+            for r in rows.iter().rev().skip(1) {
+                let l = self.layer(r.guid)?;
+                moved += self.copy_entries(&dst, &l, false)?;
+            }
+            self.durable_now()?;
+            let last = i + 1 == job.layers.len();
+            self.catalog.finish_flatten(*g, if last { Some(id) } else { None })?;
         }
-        self.durable_now()?;
-        self.catalog.finish_flatten(job.leaf, id)?;
-        self.refresh_open_chains(&[job.leaf], false)?;
+        self.refresh_open_chains(&job.layers, true)?;
         Ok(moved)
     }
 
@@ -452,7 +465,7 @@ impl Engine {
                 "flatten" => {
                     let job: FlattenJob = serde_json::from_str(&j.payload)
                         .map_err(|e| Error::Incomplete(format!("flatten job {} has an unreadable payload ({e})", j.id)))?;
-                    tracing::warn!(job = j.id, leaf = %job.leaf, "resuming an interrupted flatten");
+                    tracing::warn!(job = j.id, layers = ?job.layers, "resuming an interrupted flatten");
                     self.run_flatten(j.id, &job)?;
                 }
                 // create/import: the user decides (`volume remove --force`).

@@ -12,6 +12,7 @@
 
 mod chains;
 mod error;
+mod gc;
 mod handle;
 mod policy;
 mod superblock;
@@ -19,6 +20,7 @@ mod superblock;
 mod tests;
 
 pub use error::{Error, Result};
+pub use gc::GcReport;
 pub use chains::{ChainDump, ImageDump, LayerDump, MergeReport, SnapshotInfo, split_at};
 pub(crate) use handle::State;
 pub use handle::Volume;
@@ -216,6 +218,7 @@ pub struct Engine {
     pub(crate) cut: RwLock<()>,
     durable: Durability,
     ckpt_lock: Mutex<()>,
+    gc_lock: Mutex<()>,
     effective_policy: WritePolicy,
     policy_reason: String,
     mode: AtomicU8,
@@ -463,6 +466,7 @@ impl Engine {
             cut: RwLock::new(()),
             durable: Durability { state: Mutex::new((info.last_seq, false)), cv: Condvar::new() },
             ckpt_lock: Mutex::new(()),
+            gc_lock: Mutex::new(()),
             effective_policy,
             policy_reason,
             mode: AtomicU8::new(if persisted_ro { 2 } else { 0 }),
@@ -497,9 +501,11 @@ impl Engine {
         let h = std::thread::Builder::new()
             .name("strata-checkpoint".into())
             .spawn(move || {
+                let mut last_gc = std::time::Instant::now();
                 loop {
                     let kick = rx.recv_timeout(std::time::Duration::from_secs(5));
                     let Some(e) = me.upgrade() else { return };
+                    e.maybe_gc(&mut last_gc, std::time::Duration::from_secs(60));
                     match kick {
                         Ok(Kick::Stop) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
                         Ok(Kick::Checkpoint) => {
@@ -521,6 +527,16 @@ impl Engine {
             })
             .expect("spawning the checkpoint thread");
         *lock(&self.worker) = Some((tx, h));
+    }
+
+    fn stop_worker(&self) {
+        if let Some((tx, h)) = lock(&self.worker).take() {
+            let _ = tx.send(Kick::Stop);
+            // The worker may itself drop the last reference to the engine.
+            if h.thread().id() != std::thread::current().id() {
+                let _ = h.join();
+            }
+        }
     }
 
     /// Ask the background thread for a checkpoint if the journal is large.
@@ -622,10 +638,7 @@ impl Engine {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        if let Some((tx, h)) = lock(&self.worker).take() {
-            let _ = tx.send(Kick::Stop);
-            let _ = h.join();
-        }
+        self.stop_worker();
         if self.read_only {
             return Ok(());
         }
@@ -644,10 +657,7 @@ impl Engine {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        if let Some((tx, h)) = lock(&self.worker).take() {
-            let _ = tx.send(Kick::Stop);
-            let _ = h.join();
-        }
+        self.stop_worker();
         // SAFETY: flock on the store lock's fd, which we own.
         unsafe { libc::flock(self._lock.as_raw_fd(), libc::LOCK_UN) };
     }
