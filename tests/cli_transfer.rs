@@ -85,3 +85,19 @@ fn importing_under_a_taken_name_exits_4() {
     std::fs::write(&src, noise(8192, 3)).unwrap();
     s.run(&["import", src.to_str().unwrap(), "vm1"]).expect(4);
 }
+
+#[test]
+fn gc_gives_back_the_space_of_a_removed_volume() {
+    let s = Store::new();
+    let src = s.scratch().join("in.raw");
+    std::fs::write(&src, noise(2 << 20, 5)).unwrap();
+    s.run(&["import", src.to_str().unwrap(), "vm1"]).ok();
+    s.run(&["volume", "remove", "vm1"]).ok();
+    let r = s.run(&["gc", "--format", "json"]).ok();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let (before, after) = (
+        v["bytes_before"].as_u64().unwrap(),
+        v["bytes_after"].as_u64().unwrap(),
+    );
+    assert!(before >= 2 << 20 && after < 1 << 20, "{v}");
+}

@@ -21,11 +21,13 @@
 //! socket). Nothing below depends on this module.
 
 mod exit;
+mod gc;
 mod init;
 mod man;
 mod mount;
 mod output;
 mod pending;
+mod progress;
 mod size;
 mod snapshot;
 mod status;
@@ -88,6 +90,7 @@ pub enum Command {
     Import(transfer::ImportArgs),
     Export(transfer::ExportArgs),
     Status(status::StatusArgs),
+    Gc(gc::GcArgs),
     Mount(mount::MountArgs),
     Umount(mount::UmountArgs),
     /// Write the man pages into a directory (for packaging).
@@ -178,7 +181,8 @@ fn run_local(cli: &Cli, argv: &[OsString], out: &mut dyn Write, progress: bool) 
         | Command::Chain(_)
         | Command::Import(_)
         | Command::Export(_)
-        | Command::Status(_) => {
+        | Command::Status(_)
+        | Command::Gc(_) => {
             return with_engine(&store, cli, argv, out, progress);
         }
     }
@@ -292,6 +296,7 @@ fn dispatch(engine: &Engine, command: &Command, out: &mut dyn Write, progress: b
         Command::Import(a) => transfer::import(engine, a, out, progress),
         Command::Export(a) => transfer::export(engine, a, out, progress),
         Command::Status(a) => status::run(engine, a, out),
+        Command::Gc(a) => gc::run(engine, a, out, progress),
         Command::Init(_) | Command::Mount(_) | Command::Umount(_) | Command::Man(_) => Err(fail(
             ExitCode::Usage,
             "init, mount, umount and man cannot run through the mount daemon: run them directly",

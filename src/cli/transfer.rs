@@ -10,9 +10,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::exit::{self, ExitCode};
+use super::progress::Progress;
 use super::size::human;
 use super::volume::volume_err;
 use crate::volume::Engine;
@@ -50,42 +50,9 @@ pub struct ExportArgs {
     pub force: bool,
 }
 
-/// A progress callback for the engine: a bar on stderr, or nothing.
-struct Progress(Option<ProgressBar>);
-
-impl Progress {
-    fn new(enabled: bool, what: &str) -> Progress {
-        if !enabled {
-            return Progress(None);
-        }
-        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-        let style = ProgressStyle::with_template(
-            "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .map(|s| s.progress_chars("=> "))
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
-        bar.set_style(style);
-        bar.set_message(what.to_string());
-        Progress(Some(bar))
-    }
-
-    fn update(&mut self, done: u64, total: u64) {
-        if let Some(bar) = &self.0 {
-            bar.set_length(total);
-            bar.set_position(done);
-        }
-    }
-
-    fn finish(self) {
-        if let Some(bar) = self.0 {
-            bar.finish_and_clear();
-        }
-    }
-}
-
 pub fn import(engine: &Engine, a: &ImportArgs, out: &mut dyn Write, progress: bool) -> Result<()> {
     check_source(&a.file)?;
-    let mut bar = Progress::new(progress, "importing");
+    let mut bar = Progress::bytes(progress, "importing");
     let result = engine.import_raw(&a.file, &a.name, &mut |done, total| bar.update(done, total));
     bar.finish();
     let info =
@@ -113,7 +80,7 @@ pub fn export(engine: &Engine, a: &ExportArgs, out: &mut dyn Write, progress: bo
             ),
         ));
     }
-    let mut bar = Progress::new(progress, "exporting");
+    let mut bar = Progress::bytes(progress, "exporting");
     let result = engine.export_raw(&a.volume, &a.file, &mut |done, total| {
         bar.update(done, total)
     });
