@@ -4,7 +4,7 @@
 #   ./install.sh                      store /var/lib/strata, mounted on /var/lib/images
 #   STORE=/srv/strata MOUNTPOINT=/srv/images ./install.sh
 #
-# Needs root (apt-get, /usr/local, mounting with allow_other for qemu).
+# Needs root (apt-get, /usr/local, a FUSE mount other users can open).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -34,6 +34,6 @@ mkdir -p "$MOUNTPOINT"
 if mountpoint -q "$MOUNTPOINT"; then
     echo "$MOUNTPOINT is already mounted"
 else
-    "$strata" mount "$STORE" "$MOUNTPOINT" -o allow_other
+    "$strata" mount "$STORE" "$MOUNTPOINT"
 fi
 echo "strata store $STORE is mounted on $MOUNTPOINT"
