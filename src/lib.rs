@@ -28,6 +28,7 @@
 
 pub mod catalog;
 pub mod chain;
+pub mod fault;
 pub mod format;
 pub mod guid;
 pub mod journal;
