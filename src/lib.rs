@@ -29,6 +29,7 @@
 pub mod catalog;
 pub mod chain;
 pub mod cli;
+pub mod fault;
 pub mod format;
 pub mod guid;
 pub mod journal;

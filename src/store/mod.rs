@@ -29,6 +29,7 @@
 pub mod pack;
 pub mod table;
 
+use crate::fault::{self, Faults, Point};
 use crate::format::{self, BLOCK_SIZE};
 use crate::guid::Guid;
 use crate::journal::ChunkPut;
@@ -185,6 +186,7 @@ pub struct ChunkStore {
     unsynced: Mutex<Vec<(u32, Arc<File>)>>,
     table: ChunkTable,
     index: Vec<Mutex<HashMap<u64, u64>>>,
+    faults: Arc<Faults>,
     next_id: AtomicU64,
     pub stats: Stats,
 }
@@ -211,7 +213,7 @@ impl ChunkStore {
     /// The highest-numbered pack becomes the active one; its length is
     /// truncated back to `committed_end` when the caller knows it (bytes past
     /// the last referenced record are an unfinished append).
-    pub fn open(dir: &Path, store_uuid: Guid, image: table::TableImage, level: i32) -> Result<ChunkStore> {
+    pub fn open(dir: &Path, store_uuid: Guid, image: table::TableImage, level: i32, faults: Arc<Faults>) -> Result<ChunkStore> {
         let mut packs = HashMap::new();
         let mut max_id = 0u32;
         let rd = std::fs::read_dir(dir).map_err(|e| classify(format!("reading {}", dir.display()), e))?;
@@ -248,6 +250,7 @@ impl ChunkStore {
             unsynced: Mutex::new(Vec::new()),
             table: ChunkTable::default(),
             index: (0..INDEX_SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            faults,
             next_id: AtomicU64::new(image.next_id.max(FIRST_CHUNK_ID)),
             stats: Stats::default(),
         };
@@ -364,7 +367,7 @@ impl ChunkStore {
         // Confirm: the candidate's BLAKE3 content id must equal ours.
         let file = self.pack_file(loc.pack_id).ok_or(Error::MissingChunk(cand))?;
         let mut hdr = [0u8; RECORD_HEADER_LEN];
-        file.read_exact_at(&mut hdr, loc.offset).map_err(|e| classify(format!("reading pack {}", loc.pack_id), e))?;
+        fault::read_exact_at(&self.faults, Point::PackRead, &file, &mut hdr, loc.offset).map_err(|e| classify(format!("reading pack {}", loc.pack_id), e))?;
         let h = match pack::decode_record_header(&hdr) {
             Ok(h) if h.chunk_id == cand => h,
             _ => {
@@ -471,7 +474,7 @@ impl ChunkStore {
             *a = ActivePack { id, file: f, len: PACK_HEADER_LEN };
         }
         let off = a.len;
-        if let Err(e) = a.file.write_all_at(bytes, off) {
+        if let Err(e) = fault::write_at(&self.faults, Point::PackWrite, &a.file, bytes, off) {
             // Drop whatever part landed so the next append starts clean.
             let _ = a.file.set_len(off);
             return Err(classify(format!("appending to pack {}", a.id), e));
@@ -492,7 +495,7 @@ impl ChunkStore {
     pub fn sync(&self) -> Result<()> {
         let files: Vec<(u32, Arc<File>)> = std::mem::take(&mut *self.unsynced.lock().unwrap_or_else(|p| p.into_inner()));
         for (i, (id, f)) in files.iter().enumerate() {
-            if let Err(e) = f.sync_data() {
+            if let Err(e) = fault::sync_data(&self.faults, Point::PackSync, f) {
                 // Keep them for the next attempt.
                 self.unsynced.lock().unwrap_or_else(|p| p.into_inner()).extend(files[i..].iter().cloned());
                 return Err(classify(format!("syncing pack {id}"), e));
@@ -525,7 +528,7 @@ impl ChunkStore {
         if n > rec.len() {
             return Err(corrupt(format!("stored length {} exceeds a block", loc.stored_len)));
         }
-        match file.read_exact_at(&mut rec[..n], loc.offset) {
+        match fault::read_exact_at(&self.faults, Point::PackRead, &file, &mut rec[..n], loc.offset) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(corrupt("pack file is truncated".into())),
             Err(e) => return Err(classify(format!("reading pack {}", loc.pack_id), e)),
@@ -643,7 +646,7 @@ impl ChunkStore {
         let loc = self.table.get(id).ok_or(Error::MissingChunk(id))?;
         let file = self.pack_file(loc.pack_id).ok_or(Error::MissingChunk(id))?;
         let mut rec = vec![0u8; RECORD_HEADER_LEN + loc.stored_len as usize];
-        file.read_exact_at(&mut rec, loc.offset).map_err(|e| classify(format!("reading pack {}", loc.pack_id), e))?;
+        fault::read_exact_at(&self.faults, Point::PackRead, &file, &mut rec, loc.offset).map_err(|e| classify(format!("reading pack {}", loc.pack_id), e))?;
         // Never copy damage forward silently: a bad record stays where it
         // is and is reported.
         let h = pack::decode_record_header(&rec[..RECORD_HEADER_LEN])
@@ -724,7 +727,7 @@ mod tests {
     fn new_store(dir: &Path) -> ChunkStore {
         let u = Guid([1; 16]);
         ChunkStore::create(dir, u).unwrap();
-        ChunkStore::open(dir, u, table::TableImage { stamp_seq: 0, next_id: FIRST_CHUNK_ID, entries: vec![] }, 3).unwrap()
+        ChunkStore::open(dir, u, table::TableImage { stamp_seq: 0, next_id: FIRST_CHUNK_ID, entries: vec![] }, 3, Faults::new()).unwrap()
     }
 
     fn block(seed: u8) -> Vec<u8> {

@@ -313,7 +313,7 @@ impl Engine {
                 }
                 batch.map_run(dst.guid, start, &run);
             }
-            self.journal.append(&batch)?;
+            self.journal.append(&batch).map_err(|e| self.on_write_error(e.into()))?;
             for (b, e) in todo {
                 if chain::is_chunk(e) {
                     self.store.incref(e)?;

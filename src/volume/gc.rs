@@ -78,7 +78,7 @@ impl Engine {
                     }
                 }
                 if !batch.is_empty() {
-                    self.journal.append(&batch)?;
+                    self.journal.append(&batch).map_err(|e| self.on_write_error(e.into()))?;
                 }
             }
             progress(i as u64 + 1, total);

@@ -17,7 +17,7 @@
 //!
 //! Lock order: stripes → engine cut → state → leaf map → journal.
 
-use super::{Engine, Error, Layer, Result, WritePolicy, rlock, wlock};
+use super::{Engine, Error, Layer, Result, rlock, wlock};
 use crate::chain::{self, ABSENT, PageMap, ZERO};
 use crate::format::{BLOCK_SIZE, BLOCK_SIZE_U64};
 use crate::guid::Guid;
@@ -269,7 +269,7 @@ impl Volume {
                 blocks.push(&buf[s..s + BLOCK_SIZE]);
             }
         }
-        let puts = self.engine.store.put_blocks(&blocks)?;
+        let puts = self.engine.store.put_blocks(&blocks).map_err(|e| self.engine.on_write_error(e.into()))?;
         let updates: Vec<(u64, u64)> = puts
             .iter()
             .enumerate()
@@ -346,12 +346,7 @@ impl Volume {
                     if ci == 0 {
                         release_puts(&self.engine);
                     }
-                    return Err(match e {
-                        crate::journal::Error::Io { path, source } if source.raw_os_error() == Some(libc::ENOSPC) => {
-                            Error::NoSpace(format!("journal {path}: {source}"))
-                        }
-                        e => e.into(),
-                    });
+                    return Err(self.engine.on_write_error(e.into()));
                 }
             };
             last_seq = seq;
@@ -378,7 +373,7 @@ impl Volume {
                 self.engine.store.decref(old);
             }
         }
-        if self.engine.effective_policy == WritePolicy::Sync {
+        if self.engine.sync_writes.load(Ordering::Acquire) {
             self.engine.make_durable(last_seq)?;
         }
         self.engine.maybe_checkpoint();
@@ -451,7 +446,7 @@ impl Volume {
             if st.parents.is_empty() {
                 let mut batch = Batch::new();
                 batch.map_truncate(st.leaf.guid, from);
-                self.engine.journal.append(&batch)?;
+                self.engine.journal.append(&batch).map_err(|e| self.engine.on_write_error(e.into()))?;
                 let removed = wlock(&st.leaf.map).truncate(from);
                 st.leaf.dirty.store(true, Ordering::Release);
                 for e in removed {

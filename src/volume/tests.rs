@@ -806,3 +806,149 @@ fn gc_runs_safely_alongside_writers_and_readers() {
     e.open_volume("w").unwrap().read_at(&mut back, 0).unwrap();
     assert!(back == model);
 }
+
+mod faults {
+    use super::*;
+    use crate::fault::{Fault, Faults, Point};
+
+    fn open_with(p: &Path, f: &Arc<Faults>) -> Arc<Engine> {
+        Engine::open(p, &OpenOptions { read_only: false, faults: Some(f.clone()) }).unwrap()
+    }
+
+    #[test]
+    fn enospc_on_a_pack_write_fails_that_write_only_and_the_store_goes_on() {
+        let (_d, p) = new_store(WritePolicy::Async);
+        let f = Faults::new();
+        let e = open_with(&p, &f);
+        e.create_volume("v", 1 << 20).unwrap();
+        let v = e.open_volume("v").unwrap();
+        v.write_at(&pattern(8192, 1), 0).unwrap();
+        f.arm(Point::PackWrite, Fault::Enospc, 0, Some(1));
+        let err = v.write_at(&pattern(8192, 2), 8192).unwrap_err();
+        assert!(matches!(err, Error::NoSpace(_)), "{err}");
+        assert_eq!(e.mode(), Mode::Normal);
+        v.write_at(&pattern(8192, 3), 8192).unwrap();
+        let mut b = vec![0u8; 8192];
+        v.read_at(&mut b, 8192).unwrap();
+        assert_eq!(b, pattern(8192, 3));
+        drop(v);
+        e.simulate_crash();
+        drop(e);
+        let e = open(&p);
+        let mut b = vec![0u8; 16384];
+        e.open_volume("v").unwrap().read_at(&mut b, 0).unwrap();
+        assert_eq!(&b[..8192], &pattern(8192, 1)[..]);
+        assert_eq!(&b[8192..], &pattern(8192, 3)[..]);
+    }
+
+    #[test]
+    fn eio_on_a_pack_read_is_an_error_for_that_read() {
+        let (_d, p) = new_store(WritePolicy::Async);
+        let f = Faults::new();
+        let e = open_with(&p, &f);
+        e.create_volume("v", 1 << 20).unwrap();
+        let v = e.open_volume("v").unwrap();
+        v.write_at(&pattern(4096, 1), 0).unwrap();
+        f.arm(Point::PackRead, Fault::Eio, 0, Some(1));
+        let mut b = vec![0u8; 4096];
+        let err = v.read_at(&mut b, 0).unwrap_err();
+        assert!(matches!(&err, Error::Store(crate::store::Error::Io { source, .. }) if source.raw_os_error() == Some(libc::EIO)), "{err:?}");
+        v.read_at(&mut b, 0).unwrap();
+        assert_eq!(b, pattern(4096, 1));
+        assert_eq!(e.mode(), Mode::Normal);
+    }
+
+    #[test]
+    fn a_torn_journal_write_is_cut_off_and_the_store_turns_read_only_until_repaired() {
+        let (_d, p) = new_store(WritePolicy::Async);
+        let f = Faults::new();
+        {
+            let e = open_with(&p, &f);
+            e.create_volume("v", 1 << 20).unwrap();
+            let v = e.open_volume("v").unwrap();
+            v.write_at(&pattern(4096, 1), 0).unwrap();
+            f.arm(Point::JournalWrite, Fault::Torn, 0, Some(1));
+            assert!(v.write_at(&pattern(4096, 2), 4096).is_err());
+            assert_eq!(e.mode(), Mode::ReadOnly);
+            assert!(matches!(v.write_at(&pattern(4096, 3), 4096), Err(Error::ReadOnly(_))));
+            let mut b = vec![0u8; 4096];
+            v.read_at(&mut b, 0).unwrap();
+            assert_eq!(b, pattern(4096, 1));
+            e.simulate_crash();
+        }
+        // The mode persists; the journal replays up to the last whole record.
+        let e = open(&p);
+        assert_eq!(e.mode(), Mode::ReadOnly);
+        assert!(e.status().unwrap().read_only_reason.is_some());
+        let v = e.open_volume("v").unwrap();
+        let mut b = vec![0u8; 8192];
+        v.read_at(&mut b, 0).unwrap();
+        assert_eq!(&b[..4096], &pattern(4096, 1)[..]);
+        assert!(b[4096..].iter().all(|&x| x == 0));
+        assert!(matches!(v.write_at(&[1], 0), Err(Error::ReadOnly(_))));
+    }
+
+    #[test]
+    fn a_failed_fsync_fails_the_flush_and_makes_the_store_read_only() {
+        let (_d, p) = new_store(WritePolicy::Async);
+        let f = Faults::new();
+        let e = open_with(&p, &f);
+        e.create_volume("v", 1 << 20).unwrap();
+        let v = e.open_volume("v").unwrap();
+        v.write_at(&pattern(4096, 1), 0).unwrap();
+        f.arm(Point::JournalSync, Fault::FsyncFail, 0, None);
+        assert!(v.flush().is_err());
+        assert_eq!(e.mode(), Mode::ReadOnly);
+    }
+
+    #[test]
+    fn sync_policy_reports_a_failed_pack_fsync_to_the_writer() {
+        let (_d, p) = new_store(WritePolicy::Sync);
+        let f = Faults::new();
+        let e = open_with(&p, &f);
+        e.create_volume("v", 1 << 20).unwrap();
+        let v = e.open_volume("v").unwrap();
+        f.arm(Point::PackSync, Fault::FsyncFail, 0, None);
+        assert!(v.write_at(&pattern(4096, 1), 0).is_err());
+        assert_eq!(e.mode(), Mode::ReadOnly);
+    }
+
+    #[test]
+    fn enospc_writing_a_checkpoint_keeps_the_journal_and_loses_nothing() {
+        let (_d, p) = new_store(WritePolicy::Async);
+        let f = Faults::new();
+        {
+            let e = open_with(&p, &f);
+            e.create_volume("v", 1 << 20).unwrap();
+            let v = e.open_volume("v").unwrap();
+            v.write_at(&pattern(8192, 5), 0).unwrap();
+            f.arm(Point::MetaWrite, Fault::Enospc, 0, Some(1));
+            assert!(matches!(e.checkpoint(), Err(Error::NoSpace(_))));
+            assert_eq!(e.mode(), Mode::Normal);
+            v.write_at(&pattern(8192, 6), 8192).unwrap();
+            e.flush().unwrap();
+            e.simulate_crash();
+        }
+        let e = open(&p);
+        let mut b = vec![0u8; 16384];
+        e.open_volume("v").unwrap().read_at(&mut b, 0).unwrap();
+        assert_eq!(&b[..8192], &pattern(8192, 5)[..]);
+        assert_eq!(&b[8192..], &pattern(8192, 6)[..]);
+    }
+
+    #[test]
+    fn the_write_policy_can_be_changed_and_is_kept() {
+        let (_d, p) = new_store(WritePolicy::Async);
+        {
+            let e = open(&p);
+            assert_eq!(e.set_write_policy(WritePolicy::Sync).unwrap().0, WritePolicy::Sync);
+            assert_eq!(e.status().unwrap().write_policy, WritePolicy::Sync);
+        }
+        let e = open(&p);
+        assert_eq!(e.write_policy(), WritePolicy::Sync);
+        assert_eq!(e.effective_write_policy(), WritePolicy::Sync);
+        let (eff, why) = e.set_write_policy(WritePolicy::Auto).unwrap();
+        assert!(matches!(eff, WritePolicy::Sync | WritePolicy::Async));
+        assert!(!why.is_empty());
+    }
+}
