@@ -127,3 +127,17 @@ fn a_store_held_by_a_process_without_a_daemon_exits_6() {
     drop(engine);
     store.run(&["volume", "list"]).ok();
 }
+
+#[test]
+fn the_write_policy_can_be_changed_after_init() {
+    let store = Store::new();
+    assert_eq!(store.run(&["config", "get", "write-policy"]).ok().stdout, "async\n");
+    let r = store.run(&["config", "set", "write-policy", "sync"]).ok();
+    assert!(r.stdout.contains("in effect: sync"), "{}", r.stdout);
+    let r = store.run(&["status", "--format", "json"]).ok();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["write_policy"], "sync");
+    assert_eq!(v["effective_write_policy"], "sync");
+    store.run(&["config", "set", "write-policy", "fast"]).expect(5);
+    store.run(&["config", "get", "colour"]).expect(3);
+}

@@ -191,7 +191,9 @@ fn store_code(err: &store::Error) -> ExitCode {
 fn journal_code(err: &journal::Error) -> ExitCode {
     match err {
         journal::Error::Io { source, .. } => io_code(source),
-        journal::Error::Corrupt { .. } => ExitCode::ReadOnlyOrCorrupt,
+        journal::Error::Corrupt { .. } | journal::Error::Fatal { .. } => {
+            ExitCode::ReadOnlyOrCorrupt
+        }
     }
 }
 
@@ -267,7 +269,7 @@ fn volume_advice(err: &volume::Error) -> &'static str {
             | store::Error::MissingChunk(_)
             | store::Error::BadFile { .. },
         )
-        | E::Journal(journal::Error::Corrupt { .. }) => DAMAGED,
+        | E::Journal(journal::Error::Corrupt { .. } | journal::Error::Fatal { .. }) => DAMAGED,
         E::Busy { .. } | E::Incomplete(_) => "",
         E::Io { .. }
         | E::Store(store::Error::Io { .. } | store::Error::ReadOnly { .. })

@@ -20,6 +20,7 @@
 //! Depends on: `volume` (the engine), `fs` and `control` (the mount and its
 //! socket). Nothing below depends on this module.
 
+mod config;
 mod exit;
 mod gc;
 mod init;
@@ -91,6 +92,9 @@ pub enum Command {
     Export(transfer::ExportArgs),
     Status(status::StatusArgs),
     Gc(gc::GcArgs),
+    /// Show or change the store's settings (write policy).
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
     Mount(mount::MountArgs),
     Umount(mount::UmountArgs),
     /// Write the man pages into a directory (for packaging).
@@ -182,7 +186,8 @@ fn run_local(cli: &Cli, argv: &[OsString], out: &mut dyn Write, progress: bool) 
         | Command::Import(_)
         | Command::Export(_)
         | Command::Status(_)
-        | Command::Gc(_) => {
+        | Command::Gc(_)
+        | Command::Config(_) => {
             return with_engine(&store, cli, argv, out, progress);
         }
     }
@@ -297,6 +302,7 @@ fn dispatch(engine: &Engine, command: &Command, out: &mut dyn Write, progress: b
         Command::Export(a) => transfer::export(engine, a, out, progress),
         Command::Status(a) => status::run(engine, a, out),
         Command::Gc(a) => gc::run(engine, a, out, progress),
+        Command::Config(c) => config::run(engine, c, out),
         Command::Init(_) | Command::Mount(_) | Command::Umount(_) | Command::Man(_) => Err(fail(
             ExitCode::Usage,
             "init, mount, umount and man cannot run through the mount daemon: run them directly",

@@ -32,7 +32,7 @@ pub struct MountArgs {
     /// Stay in the foreground (for systemd or debugging) instead of daemonizing.
     #[arg(long, short = 'f')]
     pub foreground: bool,
-    /// Mount options, comma separated (e.g. allow_other); may be repeated.
+    /// Mount options, comma separated (e.g. ro,threads=4; see docs/mount.md); may be repeated.
     #[arg(short = 'o', value_name = "OPTS", value_delimiter = ',')]
     pub options: Vec<String>,
     /// Number of FUSE worker threads (default: chosen by the mount).

@@ -53,6 +53,9 @@ fn write_status(s: &StoreStatus, out: &mut dyn Write) -> Result<()> {
     l.item("store uuid", s.store_uuid.to_string());
     l.item("format version", s.format_version.to_string());
     l.item("operating mode", mode);
+    if let Some(why) = &s.read_only_reason {
+        l.item("read-only because", why.as_str());
+    }
     l.item("write policy", s.write_policy.as_str());
     // `auto` says what it chose and why (SPEC §4).
     let effective = if s.write_policy_reason.is_empty() {
