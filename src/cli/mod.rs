@@ -119,9 +119,11 @@ impl Cli {
 /// `argv` is the process's arguments without the program name, kept to pass
 /// them to a mount daemon unchanged.
 pub fn run(cli: Cli, argv: Vec<OsString>) -> i32 {
-    let stdout = std::io::stdout();
-    let progress = stdout.is_terminal();
-    let mut out = stdout.lock();
+    let mut out = std::io::stdout();
+    let progress = out.is_terminal();
+    // Not locked for the whole command: `mount --foreground` runs the
+    // daemon's threads in this process, and one of them printing would
+    // wait forever on a lock held here.
     let result = run_local(&cli, &argv, &mut out, progress);
     let flushed = out.flush();
     match result.and_then(|code| flushed.map(|()| code).map_err(Into::into)) {
