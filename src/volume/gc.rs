@@ -49,6 +49,9 @@ impl Engine {
     /// are read and written. `progress(done, total)` counts packs.
     pub fn gc(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<GcReport> {
         self.check_writable()?;
+        if self.store.is_recovering() {
+            return Err(super::Error::Unsupported("garbage collection waits until recovery has rebuilt the reference counts; try again when `strata status` shows normal mode".into()));
+        }
         let _one = lock(&self.gc_lock);
         let t0 = Instant::now();
         let mut rep = GcReport { bytes_before: self.store.pack_bytes().1, ..GcReport::default() };
@@ -104,7 +107,7 @@ impl Engine {
     /// Background collector: run GC when dead bytes are worth it, at most
     /// once per `interval`.
     pub(crate) fn maybe_gc(&self, last: &mut Instant, interval: Duration) {
-        if last.elapsed() < interval || self.check_writable().is_err() {
+        if last.elapsed() < interval || self.check_writable().is_err() || self.store.is_recovering() {
             return;
         }
         *last = Instant::now();
