@@ -41,6 +41,15 @@ pub fn run(engine: &Engine, a: &StatusArgs, out: &mut dyn Write) -> Result<()> {
     write_status(&s, out)
 }
 
+/// A count the engine only knows once recovery has rebuilt the reference
+/// counts: `unknown` until then (ratios, which can also be unknown because
+/// nothing is stored, print `n/a`).
+fn counted<T>(value: Option<T>, show: impl FnOnce(T) -> String) -> String {
+    value
+        .map(show)
+        .unwrap_or_else(|| "unknown (recovering)".to_string())
+}
+
 fn write_status(s: &StoreStatus, out: &mut dyn Write) -> Result<()> {
     let bytes = |b: u64| format!("{} ({b} bytes)", human(b));
     let mode = match s.operating_mode {
@@ -70,9 +79,9 @@ fn write_status(s: &StoreStatus, out: &mut dyn Write) -> Result<()> {
     l.item("effective write policy", effective);
     l.item("volumes", s.volumes.to_string());
     l.item("layers", s.layers.to_string());
-    l.item("logical bytes used", bytes(s.logical_bytes_used));
+    l.item("logical bytes used", counted(s.logical_bytes_used, bytes));
     l.item("physical bytes used", bytes(s.physical_bytes_used));
-    l.item("data bytes stored", bytes(s.data_bytes_stored));
+    l.item("data bytes stored", counted(s.data_bytes_stored, bytes));
     l.item("metadata overhead", bytes(s.metadata_bytes));
     l.item("  journal", bytes(s.journal_bytes));
     l.item("  block maps", bytes(s.map_bytes));
@@ -89,7 +98,10 @@ fn write_status(s: &StoreStatus, out: &mut dyn Write) -> Result<()> {
     l.item("chunk count", s.chunk_count.to_string());
     l.item("dedup hits", s.dedup_hits.to_string());
     l.item("dedup false matches", s.dedup_false_matches.to_string());
-    l.item("unreferenced chunks", s.unreferenced_chunks.to_string());
+    l.item(
+        "unreferenced chunks",
+        counted(s.unreferenced_chunks, |n| n.to_string()),
+    );
     l.item("index entries", s.index_entries.to_string());
     l.item("index memory", bytes(s.index_memory_bytes));
     l.item("pack files", s.pack_files.to_string());
