@@ -11,6 +11,7 @@
 //! decompression on the read path.
 
 mod chains;
+pub mod check;
 mod error;
 mod gc;
 mod handle;
