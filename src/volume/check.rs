@@ -454,8 +454,13 @@ pub fn check(path: &Path, opts: &CheckOptions, progress: &mut dyn FnMut(u64, u64
         }
     }
 
-    if opts.repair {
-        let catalogue_ok = !rep.findings.iter().any(|f| f.severity == "error" && f.object == "catalogue");
+    let catalogue_ok = catalog.is_some() && !rep.findings.iter().any(|f| f.severity == "error" && f.object == "catalogue");
+    if opts.repair && !catalogue_ok {
+        // Without a trustworthy list of layers, nothing on disk can be
+        // judged an orphan or rewritten safely.
+        rep.repaired.push("nothing: the catalogue is damaged; restore catalog.db from a backup, then run check --repair again".into());
+        rep.clean = false;
+    } else if opts.repair {
         let mut maps: BTreeMap<Guid, PageMap> = maps.into_iter().map(|(g, (m, _))| (g, m)).collect();
         for (g, b) in &zero_out {
             if let Some(m) = maps.get_mut(g) {
