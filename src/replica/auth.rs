@@ -101,7 +101,13 @@ pub fn verify_response(
 }
 
 /// The per-direction key for frames from `sender` to `receiver`.
-pub fn session_key(key: &[u8; 32], sender: u64, receiver: u64, sender_ch: &[u8; 32], receiver_ch: &[u8; 32]) -> [u8; 32] {
+pub fn session_key(
+    key: &[u8; 32],
+    sender: u64,
+    receiver: u64,
+    sender_ch: &[u8; 32],
+    receiver_ch: &[u8; 32],
+) -> [u8; 32] {
     let (lo, hi) = if sender < receiver { (sender_ch, receiver_ch) } else { (receiver_ch, sender_ch) };
     let mut m = Vec::with_capacity(SESSION_LABEL.len() + 16 + 64);
     m.extend_from_slice(SESSION_LABEL);

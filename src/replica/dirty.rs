@@ -142,12 +142,7 @@ impl DirtySet {
             Some(c) => self.map.range(..=c),
             None => self.map.range(..BlockKey { layer: Guid::BLANK, block_no: 0 }),
         };
-        after
-            .chain(before)
-            .filter(|(_, e)| e.cover == Cover::None)
-            .take(max)
-            .map(|(k, e)| (*k, e.stamp))
-            .collect()
+        after.chain(before).filter(|(_, e)| e.cover == Cover::None).take(max).map(|(k, e)| (*k, e.stamp)).collect()
     }
 
     /// The run-length encoded keys (the persisted / wire form).

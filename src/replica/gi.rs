@@ -85,6 +85,8 @@ pub struct Side {
     pub dirty_blocks: u64,
     pub primary: bool,
     pub discard_my_data: bool,
+    /// The disk is Inconsistent (an unfinished resync target).
+    pub inconsistent: bool,
     pub node_id: u64,
 }
 
@@ -99,6 +101,15 @@ pub fn decide(me: &Side, peer: &Side) -> (Decision, &'static str) {
         (SourceFull, "peer-just-created")
     } else if m.current == 0 {
         (TargetFull, "self-just-created")
+    } else if m.current == p.current && me.inconsistent != peer.inconsistent {
+        // A target that applied its whole resync but missed SyncDone: the
+        // consistent side's dirty set still holds whatever was not
+        // confirmed, so a bitmap resync (maybe empty) finishes the job.
+        if me.inconsistent {
+            (TargetUseBitmap, "current-equal-inconsistent-self")
+        } else {
+            (SourceUseBitmap, "current-equal-inconsistent-peer")
+        }
     } else if m.current == p.current {
         // Same generation; leftover dirty bits (a crashed primary's
         // in-flight writes) decide the direction. The side holding bits
@@ -115,14 +126,15 @@ pub fn decide(me: &Side, peer: &Side) -> (Decision, &'static str) {
                 _ => (SplitBrain, "current-equal-dirty-both"),
             },
         }
-    } else if m.bitmap != 0 && m.bitmap == p.current {
-        (SourceUseBitmap, "bitmap-self")
-    } else if p.bitmap != 0 && p.bitmap == m.current {
-        (TargetUseBitmap, "bitmap-peer")
-    } else if p.in_history(m.current) {
-        (TargetFull, "history-peer")
-    } else if m.in_history(p.current) {
-        (SourceFull, "history-self")
+    } else if (m.bitmap != 0 && m.bitmap == p.current) != (p.bitmap != 0 && p.bitmap == m.current) {
+        // Exactly one side descends from the other's current generation.
+        // (Both at once is a cycle no real history produces: refused below
+        // rather than letting both sides claim SyncSource.)
+        if m.bitmap == p.current { (SourceUseBitmap, "bitmap-self") } else { (TargetUseBitmap, "bitmap-peer") }
+    } else if p.in_history(m.current) != m.in_history(p.current) {
+        if p.in_history(m.current) { (TargetFull, "history-peer") } else { (SourceFull, "history-self") }
+    } else if m.bitmap != 0 && m.bitmap == p.current || p.in_history(m.current) {
+        (SplitBrain, "generation-cycle")
     } else if m.bitmap != 0 && m.bitmap == p.bitmap {
         (SplitBrain, "bitmap-both")
     } else if [m.bitmap, m.history[0], m.history[1]].iter().any(|&x| x != 0 && (x == p.bitmap || p.in_history(x))) {
@@ -135,8 +147,12 @@ pub fn decide(me: &Side, peer: &Side) -> (Decision, &'static str) {
     // everything (history-both). Never applies to unrelated data.
     if d == SplitBrain {
         return match (me.discard_my_data, peer.discard_my_data) {
-            (true, false) => (if rule == "history-both" { TargetFull } else { TargetUseBitmap }, "discard-my-data-self"),
-            (false, true) => (if rule == "history-both" { SourceFull } else { SourceUseBitmap }, "discard-my-data-peer"),
+            (true, false) => {
+                (if rule == "history-both" { TargetFull } else { TargetUseBitmap }, "discard-my-data-self")
+            }
+            (false, true) => {
+                (if rule == "history-both" { SourceFull } else { SourceUseBitmap }, "discard-my-data-peer")
+            }
             _ => (SplitBrain, rule),
         };
     }
@@ -148,7 +164,14 @@ mod tests {
     use super::*;
 
     fn side(current: u64, bitmap: u64, history: [u64; 2], dirty: u64, primary: bool, discard: bool) -> Side {
-        Side { gis: GenIds { current, bitmap, history }, dirty_blocks: dirty, primary, discard_my_data: discard, node_id: 0 }
+        Side {
+            gis: GenIds { current, bitmap, history },
+            dirty_blocks: dirty,
+            primary,
+            discard_my_data: discard,
+            inconsistent: false,
+            node_id: 0,
+        }
     }
 
     fn mirror(d: Decision) -> Decision {
@@ -183,6 +206,27 @@ mod tests {
             let (db, _) = decide(b, a);
             assert_eq!(da, *want, "case {i}");
             assert_eq!(db, mirror(*want), "case {i} mirrored");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the inputs, the two sides reach mirrored decisions, so
+        /// they never both send or both receive.
+        #[test]
+        fn decisions_are_antisymmetric(
+            a in (0u64..4, 0u64..4, 0u64..4, 0u64..4, 0u64..3, proptest::bool::ANY, proptest::bool::ANY, proptest::bool::ANY),
+            b in (0u64..4, 0u64..4, 0u64..4, 0u64..4, 0u64..3, proptest::bool::ANY, proptest::bool::ANY, proptest::bool::ANY),
+        ) {
+            let mk = |t: (u64, u64, u64, u64, u64, bool, bool, bool)| Side {
+                gis: GenIds { current: t.0, bitmap: t.1, history: [t.2, t.3] },
+                dirty_blocks: t.4,
+                primary: t.5,
+                discard_my_data: t.6,
+                inconsistent: t.7,
+                node_id: 0,
+            };
+            let (sa, sb) = (mk(a), mk(b));
+            proptest::prop_assert_eq!(decide(&sa, &sb).0, mirror(decide(&sb, &sa).0));
         }
     }
 

@@ -203,8 +203,7 @@ impl Record {
         catalogue: Vec<Vec<u8>>,
         resolve: impl Fn(u64) -> Option<Hash>,
     ) -> Result<Record, RecordError> {
-        let local: std::collections::HashMap<u64, Hash> =
-            placements.iter().map(|p| (p.chunk_id, p.hash)).collect();
+        let local: std::collections::HashMap<u64, Hash> = placements.iter().map(|p| (p.chunk_id, p.hash)).collect();
         let mut updates = Vec::new();
         for run in runs {
             for (i, &entry) in run.entries.iter().enumerate() {
@@ -240,8 +239,8 @@ impl BlockRange {
     pub fn keys(&self) -> impl Iterator<Item = BlockKey> + '_ {
         // Inclusive end: a range may end at block u64::MAX (CATALOGUE_KEY).
         let last = self.start_block.saturating_add(self.len_blocks.saturating_sub(1));
-        let blocks = if self.len_blocks == 0 { 1..=0 } else { self.start_block..=last };
-        blocks.map(move |b| BlockKey { layer: self.layer, block_no: b })
+        let n = if self.len_blocks == 0 { 0 } else { usize::MAX };
+        (self.start_block..=last).take(n).map(move |b| BlockKey { layer: self.layer, block_no: b })
     }
 }
 
@@ -271,8 +270,7 @@ mod tests {
 
     #[test]
     fn rle_merges_adjacent_blocks_of_the_same_layer_only() {
-        let keys = [(1, 0), (1, 1), (1, 2), (1, 5), (2, 6), (2, 7)]
-            .map(|(l, b)| BlockKey { layer: g(l), block_no: b });
+        let keys = [(1, 0), (1, 1), (1, 2), (1, 5), (2, 6), (2, 7)].map(|(l, b)| BlockKey { layer: g(l), block_no: b });
         let r = rle_encode(keys);
         assert_eq!(r.len(), 3);
         assert_eq!(r[0], BlockRange { layer: g(1), start_block: 0, len_blocks: 3 });

@@ -27,7 +27,9 @@ use super::dirty::{Cover, DirtySet};
 use super::gi::{self, Decision, GenIds, Side};
 use super::status::{ConnState, DiskState, Object, ReplState, ReplicaStatus, Role, StateChange};
 use super::wire::{self, AckKind, GiMsg, GiPurpose, Hello, Message, RangeDigest, Ship, ShipKind};
-use super::{BLOCK_SIZE, BlockKey, BlockRange, CATALOGUE_KEY, ChunkPayload, Guid, HASH_NAME, Hash, MapUpdate, MapValue, Record};
+use super::{
+    BLOCK_SIZE, BlockKey, BlockRange, CATALOGUE_KEY, ChunkPayload, Guid, HASH_NAME, Hash, MapUpdate, MapValue, Record,
+};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 /// DRBD replication protocol.
@@ -138,23 +140,46 @@ pub enum Event {
     /// The transport connected to the peer.
     Connected,
     /// The transport closed or a connect attempt failed.
-    Disconnected { reason: String },
+    Disconnected {
+        reason: String,
+    },
     Tick(u64),
     Admin(AdminCommand),
     /// Answer to `LookupChunks`: the hashes the local store lacks.
-    ChunksLookedUp { req: u64, missing: Vec<Hash> },
+    ChunksLookedUp {
+        req: u64,
+        missing: Vec<Hash>,
+    },
     /// Answer to `ReadChunks`.
-    ChunksRead { req: u64, chunks: Vec<ChunkPayload> },
+    ChunksRead {
+        req: u64,
+        chunks: Vec<ChunkPayload>,
+    },
     /// Answer to `ReadMap`: the current value of each requested block.
-    MapRead { req: u64, values: Vec<(BlockKey, MapValue)> },
+    MapRead {
+        req: u64,
+        values: Vec<(BlockKey, MapValue)>,
+    },
     /// Answer to `ReadCatalogue`: a complete catalogue snapshot.
-    CatalogueRead { req: u64, snapshot: Vec<u8> },
+    CatalogueRead {
+        req: u64,
+        snapshot: Vec<u8>,
+    },
     /// Answer to `ScanBlocks`: every mapped block of the store.
-    BlocksScanned { req: u64, ranges: Vec<BlockRange> },
+    BlocksScanned {
+        req: u64,
+        ranges: Vec<BlockRange>,
+    },
     /// Answer to `ComputeDigests`.
-    DigestsComputed { req: u64, digests: Vec<RangeDigest> },
+    DigestsComputed {
+        req: u64,
+        digests: Vec<RangeDigest>,
+    },
     /// The engine could not apply a batch (a chunk failed its hash, …).
-    ApplyFailed { batch: u64, reason: String },
+    ApplyFailed {
+        batch: u64,
+        reason: String,
+    },
 }
 
 /// A batch for the secondary's engine to apply atomically and durably.
@@ -178,26 +203,53 @@ pub enum Action {
     SendFrame(Vec<u8>),
     /// Start (or retry) connecting to the peer.
     OpenConnection,
-    CloseConnection { reason: String },
+    CloseConnection {
+        reason: String,
+    },
     ApplyRecord(ApplyBatch),
     /// `replicated`: the peer durably holds everything up to this flush.
-    CompleteFlush { id: u64, replicated: bool },
+    CompleteFlush {
+        id: u64,
+        replicated: bool,
+    },
     PersistState(PersistedState),
     StateChanged(StateChange),
     /// Keep the victim's divergent layers as snapshots before resync
     /// overwrites them (split-brain resolution never throws data away).
-    PreserveDivergent { layers: Vec<Guid>, generation: u64 },
+    PreserveDivergent {
+        layers: Vec<Guid>,
+        generation: u64,
+    },
     /// An admin command was refused, with the reason.
-    CommandRefused { command: String, reason: String },
-    LookupChunks { req: u64, hashes: Vec<Hash> },
-    ReadChunks { req: u64, hashes: Vec<Hash> },
-    ReadMap { req: u64, keys: Vec<BlockKey> },
+    CommandRefused {
+        command: String,
+        reason: String,
+    },
+    LookupChunks {
+        req: u64,
+        hashes: Vec<Hash>,
+    },
+    ReadChunks {
+        req: u64,
+        hashes: Vec<Hash>,
+    },
+    ReadMap {
+        req: u64,
+        keys: Vec<BlockKey>,
+    },
     /// A complete snapshot of the catalogue, for resync.
-    ReadCatalogue { req: u64 },
-    ScanBlocks { req: u64 },
+    ReadCatalogue {
+        req: u64,
+    },
+    ScanBlocks {
+        req: u64,
+    },
     /// Digests of map ranges; an empty `ranges` means "the whole store, in
     /// ranges of your choice".
-    ComputeDigests { req: u64, ranges: Vec<BlockRange> },
+    ComputeDigests {
+        req: u64,
+        ranges: Vec<BlockRange>,
+    },
 }
 
 /// Error codes carried in Error frames.
@@ -723,9 +775,11 @@ impl Replica {
                 // whole before; otherwise a resync snapshot is still owed.
                 let owed = match self.dirty.cover_of(&CATALOGUE_KEY) {
                     None => false,
-                    Some(Cover::Batch(b)) => {
-                        !self.session.as_ref().and_then(|s| s.batches.get(&b)).is_some_and(|sb| sb.kind == ShipKind::Live)
-                    }
+                    Some(Cover::Batch(b)) => !self
+                        .session
+                        .as_ref()
+                        .and_then(|s| s.batches.get(&b))
+                        .is_some_and(|sb| sb.kind == ShipKind::Live),
                     Some(_) => true,
                 };
                 let cover = if owed { Cover::None } else { Cover::Batch(batch) };
@@ -740,7 +794,8 @@ impl Replica {
                 .iter()
                 .filter_map(|u| if let MapValue::Data(h) = u.value { Some(h) } else { None })
                 .collect();
-            let chunks = rec.chunks.into_iter().filter(|c| hashes.contains(&c.hash)).map(|c| (c.hash, c.payload)).collect();
+            let chunks =
+                rec.chunks.into_iter().filter(|c| hashes.contains(&c.hash)).map(|c| (c.hash, c.payload)).collect();
             let remaining = self.dirty.uncovered() as u64;
             let ship = Ship {
                 batch,
@@ -751,7 +806,8 @@ impl Replica {
                 catalogue: rec.catalogue,
             };
             if let Some(s) = &mut self.session {
-                s.batches.insert(batch, SentBatch { kind: ShipKind::Live, record_seq: rec.seq, blocks, hashes, chunks });
+                s.batches
+                    .insert(batch, SentBatch { kind: ShipKind::Live, record_seq: rec.seq, blocks, hashes, chunks });
             }
             if handshaking {
                 if let Some(s) = &mut self.session {
@@ -837,13 +893,11 @@ impl Replica {
                 let t = self.now;
                 self.send(Message::Ping(t), out);
             }
-        } else if self.want_connection && !self.dialing {
-            if self.next_attempt_at.is_none_or(|t| t <= self.now) {
-                self.next_attempt_at = None;
-                self.dialing = true;
-                self.conn = ConnState::Connecting;
-                out.push(Action::OpenConnection);
-            }
+        } else if self.want_connection && !self.dialing && self.next_attempt_at.is_none_or(|t| t <= self.now) {
+            self.next_attempt_at = None;
+            self.dialing = true;
+            self.conn = ConnState::Connecting;
+            out.push(Action::OpenConnection);
         }
         if self.persist_due.is_some_and(|t| t <= self.now) {
             self.persist(out);
@@ -904,10 +958,7 @@ impl Replica {
                     return refuse(format!("disk is {} while SyncTarget", self.disk), out);
                 }
                 if self.disk != DiskState::UpToDate && !force {
-                    return refuse(
-                        format!("local disk is {}, not UpToDate; promotion needs --force", self.disk),
-                        out,
-                    );
+                    return refuse(format!("local disk is {}, not UpToDate; promotion needs --force", self.disk), out);
                 }
                 if self.disk != DiskState::UpToDate {
                     self.disk = DiskState::UpToDate;
@@ -1009,6 +1060,7 @@ impl Replica {
             dirty_blocks: self.dirty.len() as u64,
             primary: self.role == Role::Primary,
             discard_my_data: self.discard_my_data,
+            inconsistent: self.disk == DiskState::Inconsistent,
             node_id: self.cfg.node_id,
         }
     }
@@ -1213,6 +1265,7 @@ impl Replica {
             dirty_blocks: g.dirty_blocks,
             primary: g.role == 1,
             discard_my_data: g.flags & wire::GI_FLAG_DISCARD_MY_DATA != 0,
+            inconsistent: DiskState::from_u8(g.disk) == DiskState::Inconsistent,
             node_id: peer_id,
         };
         let peer_disk = DiskState::from_u8(g.disk);
@@ -1506,11 +1559,8 @@ impl Replica {
                 }
             }
         }
-        let catalogue: Vec<Vec<u8>> = if blocks.iter().any(|(k, _)| *k == CATALOGUE_KEY) {
-            snapshot.into_iter().collect()
-        } else {
-            Vec::new()
-        };
+        let catalogue: Vec<Vec<u8>> =
+            if blocks.iter().any(|(k, _)| *k == CATALOGUE_KEY) { snapshot.into_iter().collect() } else { Vec::new() };
         if blocks.is_empty() {
             return self.check_sync_done(out);
         }
@@ -1593,10 +1643,8 @@ impl Replica {
                 .collect()
         };
         let empty = hashes.is_empty();
-        s.incoming.insert(
-            batch,
-            Incoming { missing: empty.then(HashSet::new), ship: ship.clone(), chunks: Vec::new() },
-        );
+        s.incoming
+            .insert(batch, Incoming { missing: empty.then(HashSet::new), ship: ship.clone(), chunks: Vec::new() });
         if proto_a {
             self.send(Message::Ack { kind: AckKind::Received, batch, record_seq: ship.record_seq }, out);
         }
@@ -1668,11 +1716,8 @@ impl Replica {
             s.wanted.retain(|_, b| *b != batch);
             let record_seq = inc.ship.record_seq;
             let resync = inc.ship.kind == ShipKind::Resync;
-            let (catalogue, catalogue_snapshot) = if resync {
-                (Vec::new(), inc.ship.catalogue.into_iter().next())
-            } else {
-                (inc.ship.catalogue, None)
-            };
+            let (catalogue, catalogue_snapshot) =
+                if resync { (Vec::new(), inc.ship.catalogue.into_iter().next()) } else { (inc.ship.catalogue, None) };
             out.push(Action::ApplyRecord(ApplyBatch {
                 batch,
                 record_seq,
@@ -1720,13 +1765,15 @@ impl Replica {
         let Some((batch, n)) = s.chunk_reads.remove(&req) else { return };
         if chunks.len() != n {
             // The peer would wait forever for the missing ones.
-            return self.protocol_error(format!("{} chunk(s) of batch {batch} missing locally", n - chunks.len().min(n)), out);
+            return self
+                .protocol_error(format!("{} chunk(s) of batch {batch} missing locally", n - chunks.len().min(n)), out);
         }
         self.send_chunks(batch, chunks, out);
     }
 
     fn send_chunks(&mut self, batch: u64, chunks: Vec<ChunkPayload>, out: &mut Vec<Action>) {
-        let resync = self.session.as_ref().and_then(|s| s.batches.get(&batch)).is_some_and(|b| b.kind == ShipKind::Resync);
+        let resync =
+            self.session.as_ref().and_then(|s| s.batches.get(&batch)).is_some_and(|b| b.kind == ShipKind::Resync);
         let mut part: Vec<ChunkPayload> = Vec::new();
         let mut size = 0usize;
         let flush = |part: &mut Vec<ChunkPayload>, this: &mut Replica, out: &mut Vec<Action>| {
@@ -1857,7 +1904,8 @@ impl Replica {
         if !bad.is_empty() {
             self.persist(out);
         }
-        let list: Vec<String> = bad.iter().take(8).map(|r| format!("{}+{}@{}", r.start_block, r.len_blocks, r.layer)).collect();
+        let list: Vec<String> =
+            bad.iter().take(8).map(|r| format!("{}+{}@{}", r.start_block, r.len_blocks, r.layer)).collect();
         self.call(
             vec![("verify", "finished".into()), ("ov-mismatches", bad.len().to_string()), ("ranges", list.join(","))],
             out,
@@ -1897,11 +1945,10 @@ impl Replica {
             ReplState::SyncSource | ReplState::SyncTarget | ReplState::PausedSyncS | ReplState::PausedSyncT
         );
         let to_go = self.to_go();
-        let out_of_sync_blocks = if self.session.as_ref().is_some_and(|s| s.is_target()) {
-            to_go
-        } else {
-            self.dirty.len() as u64
-        };
+        // The catalogue entry of the dirty set is not a data block.
+        let dirty_data = self.dirty.len() - usize::from(self.dirty.contains(&CATALOGUE_KEY));
+        let out_of_sync_blocks =
+            if self.session.as_ref().is_some_and(|s| s.is_target()) { to_go } else { dirty_data as u64 };
         let done = syncing.then(|| {
             let total = self.rs_total.max(to_go);
             if total == 0 { 100.0 } else { ((total - to_go) as f64 * 1000.0 / total as f64).round() / 10.0 }

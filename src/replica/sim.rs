@@ -122,8 +122,12 @@ impl EngineModel {
                 req: *req,
                 values: keys.iter().map(|k| (*k, self.map.get(k).copied().unwrap_or(MapValue::Absent))).collect(),
             },
-            Action::ReadCatalogue { req } => Event::CatalogueRead { req: *req, snapshot: encode_catalogue(&self.catalogue) },
-            Action::ScanBlocks { req } => Event::BlocksScanned { req: *req, ranges: rle_encode(self.map.keys().copied()) },
+            Action::ReadCatalogue { req } => {
+                Event::CatalogueRead { req: *req, snapshot: encode_catalogue(&self.catalogue) }
+            }
+            Action::ScanBlocks { req } => {
+                Event::BlocksScanned { req: *req, ranges: rle_encode(self.map.keys().copied()) }
+            }
             Action::ComputeDigests { req, ranges } => {
                 let mut digests = Vec::new();
                 if ranges.is_empty() {
@@ -131,7 +135,12 @@ impl EngineModel {
                         self.map.keys().map(|k| (k.layer, k.block_no / VERIFY_RANGE * VERIFY_RANGE)).collect();
                     for (layer, start) in starts {
                         let count = VERIFY_RANGE as u32;
-                        digests.push(RangeDigest { layer, start_block: start, count, digest: self.digest(layer, start, count) });
+                        digests.push(RangeDigest {
+                            layer,
+                            start_block: start,
+                            count,
+                            digest: self.digest(layer, start, count),
+                        });
                     }
                 } else {
                     for r in ranges {
@@ -441,7 +450,10 @@ impl Sim {
             let now = self.now;
             self.deliver(i, Event::Tick(now));
             let n = &self.nodes[i];
-            if n.alive && n.wants_primary && n.replica.role() != Role::Primary && n.replica.disk() == DiskState::UpToDate
+            if n.alive
+                && n.wants_primary
+                && n.replica.role() != Role::Primary
+                && n.replica.disk() == DiskState::UpToDate
             {
                 self.admin(i, AdminCommand::Promote { force: false });
             }
@@ -470,8 +482,8 @@ impl Sim {
                 W::Zero => MapValue::Zero,
                 W::Data(c) => {
                     let h = content_hash(*c);
-                    if !n.engine.chunks.contains_key(&h) {
-                        n.engine.chunks.insert(h, content(*c));
+                    if let std::collections::hash_map::Entry::Vacant(e) = n.engine.chunks.entry(h) {
+                        e.insert(content(*c));
                         chunks.push(ChunkPayload { hash: h, payload: content(*c) });
                     }
                     MapValue::Data(h)

@@ -362,7 +362,10 @@ fn get_str(r: &mut Reader, what: &'static str) -> Result<String, WireError> {
 fn get_count(r: &mut Reader, min_each: usize, what: &'static str) -> Result<usize, WireError> {
     let n = r.u32().map_err(malformed(what))? as usize;
     if n.saturating_mul(min_each) > r.remaining() {
-        return Err(WireError::Malformed { what, detail: format!("count {n} exceeds the {} bytes left", r.remaining()) });
+        return Err(WireError::Malformed {
+            what,
+            detail: format!("count {n} exceeds the {} bytes left", r.remaining()),
+        });
     }
     Ok(n)
 }
@@ -623,9 +626,13 @@ mod tests {
         assert_eq!(
             hex(&f),
             concat!(
-                "53545250", "0100", "0a00", "0700000000000000", "08000000", // header
-                "0201000000000000", // token
-                "00000000000000000000000000000000" // mac
+                "53545250",
+                "0100",
+                "0a00",
+                "0700000000000000",
+                "08000000",                         // header
+                "0201000000000000",                 // token
+                "00000000000000000000000000000000"  // mac
             )
         );
     }
@@ -636,8 +643,14 @@ mod tests {
         assert_eq!(
             hex(&f),
             concat!(
-                "53545250", "0100", "0900", "0100000000000000", "11000000",
-                "01", "0300000000000000", "1000000000000000",
+                "53545250",
+                "0100",
+                "0900",
+                "0100000000000000",
+                "11000000",
+                "01",
+                "0300000000000000",
+                "1000000000000000",
                 "00000000000000000000000000000000"
             )
         );
