@@ -322,6 +322,7 @@ mod replica_sim {
     // ------------------------------------------------------------ regressions
     // Cases the property tests once found, replayed exactly.
 
+    #[allow(clippy::too_many_arguments)]
     fn replay(
         seed: u64,
         drop: u32,

@@ -85,6 +85,33 @@
 //! * **Authenticated peer and frames.** See auth.rs: mutual challenge-
 //!   response bound to both node ids and both challenges, reflected
 //!   challenges refused, per-direction session keys MAC every later frame.
+//! * **Both sides decide alike.** Each side decides on exactly the ids,
+//!   dirty count, role and flags it *sent*; a write during the handshake is
+//!   queued as a numbered live batch and sent right after the decision (or
+//!   dropped with the session, its blocks staying dirty). If such a write
+//!   must start a new generation, the handshake is abandoned and retried.
+//! * **Catalogue.** Live records carry catalogue deltas, applied in batch
+//!   order. The dirty set has one extra entry, [`CATALOGUE_KEY`], meaning
+//!   "the peer may have missed a delta"; resync then ships a complete
+//!   catalogue snapshot that replaces the peer's.
+//!
+//! # Flush semantics
+//!
+//! `CompleteFlush { replicated }`: protocol A completes at once with
+//! `replicated: false`. Protocol C completes after the durable Ack of the
+//! last live batch before the flush; `replicated` is true only if the peer
+//! was UpToDate and no write since then bypassed live shipping. Without a
+//! connection, flushes complete locally (`replicated: false`, DRBD's
+//! degraded mode): the data is durable here and in the dirty set.
+//!
+//! # Known limits (first version)
+//!
+//! * The dirty set is held per block in memory (RLE only when persisted or
+//!   sent); `max_dirty_blocks` bounds what a peer can make us hold.
+//! * A record's Ship must fit in one frame (16 MiB payload).
+//! * Verify compares the ranges the source reports; layers that exist only
+//!   on the target are not reported.
+//! * Only one peer; no quorum (a two-node pair cannot have one).
 
 pub mod auth;
 pub mod dirty;
