@@ -32,6 +32,7 @@ pub mod fault;
 pub mod format;
 pub mod guid;
 pub mod journal;
+pub mod replica;
 pub mod store;
 pub mod volume;
 
