@@ -31,6 +31,7 @@ pub mod chain;
 pub mod format;
 pub mod guid;
 pub mod journal;
+pub mod qcow2;
 pub mod store;
 pub mod volume;
 
