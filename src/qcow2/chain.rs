@@ -20,9 +20,15 @@ use super::{BackingFile, MAX_CHAIN_DEPTH};
 /// One member of a backing chain.
 #[derive(Debug)]
 pub enum ChainImage {
-    Qcow2 { path: PathBuf, image: Qcow2Image<File> },
+    Qcow2 {
+        path: PathBuf,
+        image: Box<Qcow2Image<File>>,
+    },
     /// A raw base image (only ever the first element of a chain).
-    Raw { path: PathBuf, size: u64 },
+    Raw {
+        path: PathBuf,
+        size: u64,
+    },
 }
 
 impl ChainImage {
@@ -75,7 +81,7 @@ pub fn open_chain(path: impl AsRef<Path>) -> Result<Vec<ChainImage>> {
                     let fmt = backing_format(&path, &child, backing)?;
                     next = Some((child, fmt));
                 }
-                chain.push(ChainImage::Qcow2 { path, image });
+                chain.push(ChainImage::Qcow2 { path, image: Box::new(image) });
             }
         }
     }
@@ -123,8 +129,11 @@ fn backing_format(image: &Path, child: &Path, backing: &BackingFile) -> Result<F
         None => {
             let f = File::open(child).map_err(|source| Qcow2Error::Opening { path: child.to_owned(), source })?;
             let mut magic = [0u8; 4];
-            let n = read_full(&f, &mut magic, 0)
-                .map_err(|source| Qcow2Error::Reading { what: "magic", offset: 0, source })?;
+            let n = read_full(&f, &mut magic, 0).map_err(|source| Qcow2Error::Reading {
+                what: "magic",
+                offset: 0,
+                source,
+            })?;
             Ok(if n == 4 && magic == MAGIC { Format::Qcow2 } else { Format::Raw })
         }
     }

@@ -30,11 +30,7 @@ fn inflate_raw(input: &[u8], out: &mut [u8]) -> Result<(), String> {
     let mut d = Decompress::new(false);
     match d.decompress(input, out, FlushDecompress::Finish) {
         Ok(_) if d.total_out() == out.len() as u64 => Ok(()),
-        Ok(status) => Err(format!(
-            "deflate stream ended after {} of {} bytes ({status:?})",
-            d.total_out(),
-            out.len()
-        )),
+        Ok(status) => Err(format!("deflate stream ended after {} of {} bytes ({status:?})", d.total_out(), out.len())),
         Err(e) => Err(format!("deflate stream is invalid: {e}")),
     }
 }

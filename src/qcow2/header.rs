@@ -513,10 +513,10 @@ fn parse_extensions(h: &mut Header, first: &[u8], start: usize, end: usize) -> R
                         "backing format extension is {len} bytes, longer than {MAX_BACKING_FORMAT_LEN}"
                     )));
                 }
-                let fmt = std::str::from_utf8(data)
-                    .ok()
-                    .filter(|s| s.bytes().all(|c| c.is_ascii_graphic()))
-                    .ok_or_else(|| Qcow2Error::corrupt(format!("backing format {data:02x?} is not a printable name")))?;
+                let fmt =
+                    std::str::from_utf8(data).ok().filter(|s| s.bytes().all(|c| c.is_ascii_graphic())).ok_or_else(
+                        || Qcow2Error::corrupt(format!("backing format {data:02x?} is not a printable name")),
+                    )?;
                 h.backing_format = Some(fmt.to_owned());
             }
             EXT_FEATURE_NAMES => {

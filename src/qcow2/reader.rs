@@ -59,10 +59,15 @@ enum Mapping {
     Unallocated,
     Zero,
     /// Uncompressed; host offset of the piece's first byte.
-    Data { host: u64 },
+    Data {
+        host: u64,
+    },
     /// The whole guest cluster, compressed at `host`, `len` bytes long
     /// (including sector padding).
-    Compressed { host: u64, len: u64 },
+    Compressed {
+        host: u64,
+        len: u64,
+    },
 }
 
 impl Mapping {
@@ -136,9 +141,8 @@ impl<R: ReadAt> Qcow2Image<R> {
         })?;
         first.truncate(got);
         let header = Header::parse(&first, file_len)?;
-        let backing = header
-            .backing_file_name(&first)?
-            .map(|name| BackingFile { name, format: header.backing_format.clone() });
+        let backing =
+            header.backing_file_name(&first)?.map(|name| BackingFile { name, format: header.backing_format.clone() });
         if header.is_dirty() {
             tracing::warn!(
                 "qcow2 image has the dirty bit set (not closed cleanly); its refcounts may be stale, \
@@ -222,6 +226,13 @@ impl<R: ReadAt> Qcow2Image<R> {
         })
     }
 
+    /// Replaces the L2 cache bound ([`L2_CACHE_BYTES`] by default); at least
+    /// four tables are always kept.
+    pub fn with_l2_cache_bytes(self, bytes: u64) -> Self {
+        let capacity = (bytes / self.cluster_size()).max(4) as usize;
+        Qcow2Image { cache: Mutex::new(L2Cache::new(capacity)), ..self }
+    }
+
     pub fn header(&self) -> &Header {
         &self.header
     }
@@ -294,9 +305,11 @@ impl<R: ReadAt> Qcow2Image<R> {
     /// that is not a multiple of the cluster size.
     pub fn read_cluster_data(&self, cluster_index: u64, buf: &mut [u8]) -> Result<Vec<Extent>> {
         let cs = self.cluster_size();
-        let offset = cluster_index.checked_mul(cs).filter(|&o| o < self.header.size).ok_or(
-            Qcow2Error::OutOfRange { offset: cluster_index.saturating_mul(cs), len: cs, size: self.header.size },
-        )?;
+        let offset = cluster_index.checked_mul(cs).filter(|&o| o < self.header.size).ok_or(Qcow2Error::OutOfRange {
+            offset: cluster_index.saturating_mul(cs),
+            len: cs,
+            size: self.header.size,
+        })?;
         let want = cs.min(self.header.size - offset);
         if buf.len() as u64 != want {
             return Err(Qcow2Error::OutOfRange { offset, len: buf.len() as u64, size: self.header.size });
@@ -324,10 +337,7 @@ impl<R: ReadAt> Qcow2Image<R> {
     /// exist in the file, not by the virtual size.
     fn walk(&self, offset: u64, len: u64, mut f: impl FnMut(u64, u64, Mapping) -> Result<()>) -> Result<()> {
         let size = self.header.size;
-        let end = offset
-            .checked_add(len)
-            .filter(|&e| e <= size)
-            .ok_or(Qcow2Error::OutOfRange { offset, len, size })?;
+        let end = offset.checked_add(len).filter(|&e| e <= size).ok_or(Qcow2Error::OutOfRange { offset, len, size })?;
         let bits = self.header.cluster_bits;
         let cs = self.cluster_size();
         let l2_entries = self.header.l2_entries();
@@ -498,8 +508,7 @@ impl<R: ReadAt> Qcow2Image<R> {
             offset,
             source,
         })?;
-        let table: Arc<[u64]> =
-            raw.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().expect("8"))).collect();
+        let table: Arc<[u64]> = raw.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().expect("8"))).collect();
         self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(offset, table.clone());
         Ok(table)
     }
@@ -558,6 +567,13 @@ impl L2Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_image_on_a_file_can_be_shared_between_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Qcow2Image<File>>();
+        shareable::<Qcow2Image<Vec<u8>>>();
+    }
 
     #[test]
     fn cache_evicts_the_least_recently_used_table() {

@@ -56,7 +56,6 @@ pub struct Qcow2Writer {
     cluster_bits: u32,
     virtual_size: u64,
     backing: Option<BackingFile>,
-    header_area: Vec<u8>,
     /// Host offset of the next cluster to allocate.
     next_free: u64,
     /// Host offsets of L2 tables, 0 = none yet.
@@ -113,33 +112,35 @@ impl Qcow2Writer {
                 }
             }
         }
-        let mut w = Qcow2Writer {
-            file: OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&path)
-                .map_err(|source| Qcow2Error::Opening { path: path.clone(), source })?,
+        let l1_len = l1_size as usize;
+        let header_area = v3_header(cluster_bits, virtual_size, l1_len as u32, backing.as_ref(), 0, 0, 0)
+            .encode_v3(backing.as_ref().map(|b| b.name.as_str()));
+        if header_area.len() as u64 > cs {
+            return Err(Qcow2Error::InvalidWrite(format!(
+                "the header with its backing file name needs {} bytes, more than one {cs}-byte cluster",
+                header_area.len()
+            )));
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|source| Qcow2Error::Opening { path: path.clone(), source })?;
+        let w = Qcow2Writer {
+            file,
             path,
             cluster_bits,
             virtual_size,
             backing,
-            header_area: Vec::new(),
             next_free: cs,
-            l1: vec![0; l1_size as usize],
+            l1: vec![0; l1_len],
             resident: HashMap::new(),
             by_age: BTreeMap::new(),
             tick: 0,
             max_resident: (MAX_RESIDENT_L2_BYTES / cs).max(4) as usize,
         };
-        w.header_area = w.header(0, 0, 0).encode_v3(w.backing.as_ref().map(|b| b.name.as_str()));
-        if w.header_area.len() as u64 > cs {
-            return Err(Qcow2Error::InvalidWrite(format!(
-                "the header with its backing file name needs {} bytes, more than one {cs}-byte cluster",
-                w.header_area.len()
-            )));
-        }
         // Reserve cluster 0; the real header is written by finish.
         w.pwrite(&vec![0u8; cs as usize], 0, "header")?;
         Ok(w)
@@ -283,27 +284,15 @@ impl Qcow2Writer {
     }
 
     fn header(&self, l1_table_offset: u64, refcount_table_offset: u64, refcount_table_clusters: u32) -> Header {
-        Header {
-            version: 3,
-            backing_file_offset: 0,
-            backing_file_size: 0,
-            cluster_bits: self.cluster_bits,
-            size: self.virtual_size,
-            l1_size: self.l1.len() as u32,
+        v3_header(
+            self.cluster_bits,
+            self.virtual_size,
+            self.l1.len() as u32,
+            self.backing.as_ref(),
             l1_table_offset,
             refcount_table_offset,
             refcount_table_clusters,
-            nb_snapshots: 0,
-            snapshots_offset: 0,
-            incompatible_features: 0,
-            compatible_features: 0,
-            autoclear_features: 0,
-            refcount_order: REFCOUNT_ORDER,
-            header_length: super::header::V3_HEADER_LEN_WRITTEN as u32,
-            compression_type: CompressionType::Deflate,
-            backing_format: self.backing.as_ref().and_then(|b| b.format.clone()),
-            feature_names: Vec::new(),
-        }
+        )
     }
 
     fn allocate(&mut self) -> u64 {
@@ -383,5 +372,97 @@ impl Qcow2Writer {
 
     fn pwrite(&self, data: &[u8], offset: u64, what: &'static str) -> Result<()> {
         self.file.write_all_at(data, offset).map_err(|source| Qcow2Error::Writing { what, offset, source })
+    }
+}
+
+fn v3_header(
+    cluster_bits: u32,
+    size: u64,
+    l1_size: u32,
+    backing: Option<&BackingFile>,
+    l1_table_offset: u64,
+    refcount_table_offset: u64,
+    refcount_table_clusters: u32,
+) -> Header {
+    Header {
+        version: 3,
+        backing_file_offset: 0,
+        backing_file_size: 0,
+        cluster_bits,
+        size,
+        l1_size,
+        l1_table_offset,
+        refcount_table_offset,
+        refcount_table_clusters,
+        nb_snapshots: 0,
+        snapshots_offset: 0,
+        incompatible_features: 0,
+        compatible_features: 0,
+        autoclear_features: 0,
+        refcount_order: REFCOUNT_ORDER,
+        header_length: super::header::V3_HEADER_LEN_WRITTEN as u32,
+        compression_type: CompressionType::Deflate,
+        backing_format: backing.and_then(|b| b.format.clone()),
+        feature_names: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::qcow2::header::be64;
+
+    /// Reads the refcount of every cluster of a finished image.
+    fn refcounts(b: &[u8]) -> Vec<u16> {
+        let cs = 1usize << super::super::header::be32(b, 20);
+        let table = be64(b, 48) as usize;
+        let clusters = super::super::header::be32(b, 56) as usize;
+        let mut out = Vec::new();
+        for i in 0..clusters * cs / 8 {
+            let block = be64(b, table + 8 * i) as usize;
+            if block == 0 {
+                break;
+            }
+            for k in 0..cs / 2 {
+                out.push(u16::from_be_bytes([b[block + 2 * k], b[block + 2 * k + 1]]));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_cluster_of_a_finished_image_has_refcount_one_and_no_more() {
+        for (cs, size, writes) in [(512u32, 1u64 << 20, 700u64), (4096, 8 << 20, 3), (512, 0, 0)] {
+            let d = tempfile::tempdir().unwrap();
+            let p = d.path().join("r.qcow2");
+            let mut w = Qcow2Writer::create(&p, size, cs, None).unwrap();
+            for i in 0..writes {
+                w.write_cluster(i * u64::from(cs), &vec![1u8; cs as usize]).unwrap();
+            }
+            w.finish().unwrap();
+            let b = std::fs::read(&p).unwrap();
+            assert_eq!(b.len() % cs as usize, 0);
+            let used = b.len() / cs as usize;
+            let rc = refcounts(&b);
+            assert!(rc[..used].iter().all(|&r| r == 1), "cluster size {cs}");
+            assert!(rc[used..].iter().all(|&r| r == 0), "cluster size {cs}");
+        }
+    }
+
+    #[test]
+    fn misuse_is_an_error_not_a_panic() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("m.qcow2");
+        assert!(Qcow2Writer::create(&p, 1 << 20, 1000, None).is_err());
+        assert!(Qcow2Writer::create(&p, 1000, 4096, None).is_err());
+        assert!(Qcow2Writer::create(&p, 1 << 50, 512, None).is_err());
+        let long = BackingFile { name: "x".repeat(600), format: None };
+        assert!(Qcow2Writer::create(&p, 1 << 20, 512, Some(long)).is_err());
+        let mut w = Qcow2Writer::create(&p, 6144, 4096, None).unwrap();
+        assert!(w.write_cluster(512, &[1; 4096]).is_err());
+        assert!(w.write_cluster(0, &[1; 100]).is_err());
+        assert!(w.write_cluster(8192, &[1; 4096]).is_err());
+        w.write_cluster(4096, &[1; 2048]).unwrap(); // the short last cluster
+        w.finish().unwrap();
     }
 }
