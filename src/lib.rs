@@ -33,6 +33,7 @@ pub mod format;
 pub mod guid;
 pub mod journal;
 pub mod replica;
+pub mod qcow2;
 pub mod store;
 pub mod volume;
 
