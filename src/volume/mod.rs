@@ -15,6 +15,7 @@ pub mod check;
 mod error;
 mod gc;
 mod handle;
+mod images;
 mod policy;
 mod superblock;
 #[cfg(test)]
@@ -25,6 +26,7 @@ pub use gc::GcReport;
 pub use chains::{ChainDump, ImageDump, LayerDump, MergeReport, SnapshotInfo, split_at};
 pub(crate) use handle::State;
 pub use handle::Volume;
+pub use images::sniff;
 pub use policy::{resolve_auto, resolve_auto_for_dev};
 pub use superblock::FORMAT_VERSION;
 
