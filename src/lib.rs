@@ -33,6 +33,8 @@ pub mod fault;
 pub mod format;
 pub mod guid;
 pub mod journal;
+pub mod replica;
+pub mod qcow2;
 pub mod store;
 pub mod volume;
 

@@ -11,9 +11,11 @@
 //! decompression on the read path.
 
 mod chains;
+pub mod check;
 mod error;
 mod gc;
 mod handle;
+mod images;
 mod policy;
 mod superblock;
 #[cfg(test)]
@@ -24,6 +26,7 @@ pub use gc::GcReport;
 pub use chains::{ChainDump, ImageDump, LayerDump, MergeReport, SnapshotInfo, split_at};
 pub(crate) use handle::State;
 pub use handle::Volume;
+pub use images::sniff;
 pub use policy::{resolve_auto, resolve_auto_for_dev};
 pub use superblock::FORMAT_VERSION;
 
@@ -264,6 +267,29 @@ impl Paths {
     const PACKS: &'static str = "packs";
     const MAPS: &'static str = "maps";
     const JOURNAL: &'static str = "journal";
+    const RESERVE: &'static str = "reserve";
+}
+
+/// Bytes kept preallocated in `STORE/reserve` so GC can run on a full
+/// filesystem (it needs a new pack, journal records and a checkpoint to
+/// free space).
+pub const RESERVE_BYTES: u64 = 8 << 20;
+
+/// Create (or re-create) the space reserve with real blocks.
+pub(crate) fn make_reserve(root: &Path) -> std::io::Result<()> {
+    let p = root.join(Paths::RESERVE);
+    if std::fs::metadata(&p).map(|m| m.len() == RESERVE_BYTES).unwrap_or(false) {
+        return Ok(());
+    }
+    let f = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(&p)?;
+    // SAFETY: fallocate on a valid fd owned by `f`.
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, RESERVE_BYTES as libc::off_t) };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        let _ = std::fs::remove_file(&p);
+        return Err(e);
+    }
+    f.sync_all()
 }
 
 fn map_path(root: &Path, layer: Guid) -> PathBuf {
@@ -307,7 +333,7 @@ impl Engine {
                 return Err(Error::InvalidArgument(format!("{} exists and is not a directory", path.display())));
             }
             // Only leftovers of an interrupted init may be present.
-            let known = [Paths::LOCK, Paths::CATALOG, "catalog.db-wal", "catalog.db-shm", Paths::CHUNKS, Paths::PACKS, Paths::MAPS, Paths::JOURNAL, "superblock.tmp", "chunks.tmp", "lost+found"];
+            let known = [Paths::RESERVE, Paths::LOCK, Paths::CATALOG, "catalog.db-wal", "catalog.db-shm", Paths::CHUNKS, Paths::PACKS, Paths::MAPS, Paths::JOURNAL, "superblock.tmp", "chunks.tmp", "lost+found"];
             for e in std::fs::read_dir(path).map_err(store_err("reading the store directory"))? {
                 let e = e.map_err(store_err("reading the store directory"))?;
                 let n = e.file_name().to_string_lossy().into_owned();
@@ -334,6 +360,7 @@ impl Engine {
         let empty = store::ChunkTable::default().encode(uuid, 0, store::FIRST_CHUNK_ID);
         format::write_atomic(&path.join(Paths::CHUNKS), &empty).map_err(store_err("writing chunks.tbl"))?;
         Catalog::create(&path.join(Paths::CATALOG))?;
+        make_reserve(path).map_err(store_err("reserving space for garbage collection"))?;
         // The superblock comes last: its presence marks a complete store.
         let sb = superblock::Superblock {
             format_version: FORMAT_VERSION,

@@ -1010,3 +1010,111 @@ fn after_a_crash_the_store_recovers_in_the_background_while_serving_io() {
     assert_eq!(e.mode(), Mode::Normal);
     assert_eq!(e.status().unwrap().logical_bytes_used, s.logical_bytes_used);
 }
+
+mod checking {
+    use super::*;
+    use crate::volume::check::{self, CheckOptions};
+
+    fn store_with_data() -> (tempfile::TempDir, PathBuf) {
+        let (d, p) = new_store(WritePolicy::Async);
+        let e = open(&p);
+        e.create_volume("vm1", 1 << 20).unwrap();
+        let v = e.open_volume("vm1").unwrap();
+        v.write_at(&pattern(64 * 1024, 70), 0).unwrap();
+        e.snapshot_create("vm1", "s1").unwrap();
+        v.write_at(&pattern(8192, 71), 4096).unwrap();
+        drop(v);
+        e.close().unwrap();
+        (d, p)
+    }
+
+    fn run(p: &Path, repair: bool) -> check::CheckReport {
+        check::check(p, &CheckOptions { repair, force_rebuild: false }, &mut |_, _| {}).unwrap()
+    }
+
+    #[test]
+    fn a_healthy_store_checks_clean() {
+        let (_d, p) = store_with_data();
+        let r = run(&p, false);
+        assert!(r.clean, "{}", check::render(&r));
+        assert!(r.records > 0);
+    }
+
+    #[test]
+    fn a_flipped_pack_byte_is_reported_by_volume_and_offset_and_repaired_to_zeros() {
+        let (_d, p) = store_with_data();
+        let pack = p.join("packs").join(crate::store::pack::pack_file_name(1));
+        let mut b = std::fs::read(&pack).unwrap();
+        // Inside the payload of the first record (the first block of vm1).
+        b[64 + 64 + 10] ^= 0x20;
+        std::fs::write(&pack, b).unwrap();
+        let r = run(&p, false);
+        let text = check::render(&r);
+        assert!(!r.clean);
+        assert!(text.contains("chunk 16 at offset 64"), "{text}");
+        assert!(text.contains("volume vm1") && text.contains("at offset 0 point at chunk"), "{text}");
+        assert!(matches!(Engine::open(&p, &OpenOptions::default()).map(|_| ()), Ok(())));
+        let r = run(&p, true);
+        assert!(r.clean, "{}", check::render(&r));
+        assert!(r.repaired.iter().any(|x| x.contains("offset 0 were lost")), "{:?}", r.repaired);
+        let r = run(&p, false);
+        assert!(r.clean, "{}", check::render(&r));
+        let e = open(&p);
+        let v = e.open_volume("vm1").unwrap();
+        let mut blk = vec![1u8; 4096];
+        v.read_at(&mut blk, 0).unwrap();
+        assert!(blk.iter().all(|&x| x == 0));
+        v.read_at(&mut blk, 4096).unwrap();
+        assert_eq!(blk, pattern(8192, 71)[..4096]);
+    }
+
+    #[test]
+    fn a_damaged_chunk_table_is_rebuilt_from_the_packs_without_loss() {
+        let (_d, p) = store_with_data();
+        let t = p.join("chunks.tbl");
+        let mut b = std::fs::read(&t).unwrap();
+        let n = b.len();
+        b[n - 5] ^= 1;
+        std::fs::write(&t, b).unwrap();
+        assert!(Engine::open(&p, &OpenOptions::default()).is_err());
+        let r = run(&p, false);
+        assert!(check::render(&r).contains("chunks.tbl"), "{}", check::render(&r));
+        let r = run(&p, true);
+        assert!(r.clean, "{}", check::render(&r));
+        let e = open(&p);
+        let mut buf = vec![0u8; 64 * 1024];
+        e.open_snapshot("vm1", "s1").unwrap().read_at(&mut buf, 0).unwrap();
+        assert_eq!(buf, pattern(64 * 1024, 70));
+    }
+
+    #[test]
+    fn a_truncated_map_is_reported() {
+        let (_d, p) = store_with_data();
+        let maps: Vec<_> = std::fs::read_dir(p.join("maps")).unwrap().flatten().map(|e| e.path()).collect();
+        let m = &maps[0];
+        let len = std::fs::metadata(m).unwrap().len();
+        std::fs::OpenOptions::new().write(true).open(m).unwrap().set_len(len - 7).unwrap();
+        let r = run(&p, false);
+        let text = check::render(&r);
+        assert!(text.contains("is damaged"), "{text}");
+        assert!(!r.clean);
+    }
+
+    #[test]
+    fn read_only_mode_is_cleared_by_a_clean_repair() {
+        let (_d, p) = store_with_data();
+        {
+            let f = crate::fault::Faults::new();
+            let e = Engine::open(&p, &OpenOptions { read_only: false, faults: Some(f.clone()) }).unwrap();
+            f.arm(crate::fault::Point::JournalSync, crate::fault::Fault::FsyncFail, 0, None);
+            let v = e.open_volume("vm1").unwrap();
+            v.write_at(&[1u8; 4096], 0).unwrap();
+            assert!(v.flush().is_err());
+            e.simulate_crash();
+        }
+        assert_eq!(open(&p).mode(), Mode::ReadOnly);
+        let r = run(&p, true);
+        assert!(r.repaired.iter().any(|x| x.contains("read-only mode cleared")), "{}", check::render(&r));
+        assert_eq!(open(&p).mode(), Mode::Normal);
+    }
+}
