@@ -101,3 +101,91 @@ fn gc_gives_back_the_space_of_a_removed_volume() {
     );
     assert!(before >= 2 << 20 && after < 1 << 20, "{v}");
 }
+
+/// qemu-img is needed to make and compare qcow2 files; CI installs it.
+fn have_qemu_img() -> bool {
+    let ok = std::process::Command::new("qemu-img")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set, so this test may not skip: qemu-img is not installed"
+        );
+        eprintln!("skipped: qemu-img is not installed (apt-get install qemu-utils)");
+    }
+    ok
+}
+
+fn qemu_img(args: &[&str]) {
+    let out = std::process::Command::new("qemu-img")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "qemu-img {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_qcow2_chain_imports_as_a_chain_and_exports_identical() {
+    if !have_qemu_img() {
+        return;
+    }
+    let s = Store::new();
+    let dir = s.scratch();
+    let p = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let mut base = noise(2 << 20, 13);
+    base[1 << 20..].fill(0);
+    std::fs::write(dir.join("base.raw"), &base).unwrap();
+    qemu_img(&["convert", "-O", "qcow2", &p("base.raw"), &p("base.qcow2")]);
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.qcow2",
+        "-F",
+        "qcow2",
+        &p("top.qcow2"),
+    ]);
+
+    let r = s.run(&["import", &p("top.qcow2"), "vm1"]).ok();
+    assert!(r.stdout.contains("2 layer(s)"), "{}", r.stdout);
+    let r = s.run(&["snapshot", "list", "vm1"]).ok();
+    assert!(r.stdout.contains("base.qcow2"), "{}", r.stdout);
+
+    s.run(&["export", "vm1", &p("out.qcow2"), "--format", "qcow2"])
+        .ok();
+    qemu_img(&["compare", &p("top.qcow2"), &p("out.qcow2")]);
+    qemu_img(&["check", &p("out.qcow2")]);
+    s.run(&[
+        "export",
+        "vm1@base.qcow2",
+        &p("snap.qcow2"),
+        "--format",
+        "qcow2",
+    ])
+    .ok();
+    qemu_img(&["compare", &p("base.qcow2"), &p("snap.qcow2")]);
+    s.run(&["export", "vm1", &p("chain"), "--format", "qcow2", "--chain"])
+        .ok();
+    let mut files: Vec<_> = std::fs::read_dir(dir.join("chain"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 2, "{files:?}");
+    qemu_img(&["compare", &p("top.qcow2"), files[1].to_str().unwrap()]);
+
+    // Raw export of a snapshot is refused with the way round it.
+    let r = s
+        .run(&["export", "vm1@base.qcow2", &p("snap.raw")])
+        .expect(5);
+    assert!(r.stderr.contains("--format qcow2"), "{}", r.stderr);
+    s.run(&["export", "vm1", &p("c2"), "--chain"]).expect(5);
+}

@@ -73,7 +73,7 @@ pub const EXIT_CODES: [(ExitCode, &str); 9] = [
         ExitCode::Busy,
         "busy (the store is locked by a process that does not answer, or the volume has an unfinished operation)",
     ),
-    (ExitCode::ReadOnlyOrCorrupt, "read-only or corrupt store"),
+    (ExitCode::ReadOnlyOrCorrupt, "read-only or corrupt store (for check: problems remain)"),
     (ExitCode::NoSpace, "no space left"),
 ];
 

@@ -20,6 +20,7 @@
 //! Depends on: `volume` (the engine), `fs` and `control` (the mount and its
 //! socket). Nothing below depends on this module.
 
+mod check;
 mod config;
 mod exit;
 mod gc;
@@ -92,6 +93,7 @@ pub enum Command {
     Export(transfer::ExportArgs),
     Status(status::StatusArgs),
     Gc(gc::GcArgs),
+    Check(check::CheckArgs),
     /// Show or change the store's settings (write policy).
     #[command(subcommand)]
     Config(config::ConfigCommand),
@@ -178,9 +180,12 @@ fn run_local(cli: &Cli, argv: &[OsString], out: &mut dyn Write, progress: bool) 
     let store = cli.store_path();
     match &cli.command {
         Command::Init(a) => init::run(a.dir.as_deref().unwrap_or(&store), a, out)?,
-        Command::Mount(a) => mount::mount(&store, a, out)?,
+        Command::Mount(a) => mount::mount(&store, a, out, progress)?,
         Command::Umount(a) => mount::umount(a, out)?,
         Command::Man(a) => man::run(a, out)?,
+        Command::Check(a) => {
+            return check::run(a.dir.as_deref().unwrap_or(&store), a, out, progress);
+        }
         Command::Volume(_)
         | Command::Snapshot(_)
         | Command::Clone(_)
@@ -275,7 +280,14 @@ fn forwarded_argv(cli: &Cli, argv: &[OsString]) -> Result<Vec<String>> {
     Ok(match &cli.command {
         Command::Import(a) => vec!["import".into(), "--".into(), text(&a.file)?, a.name.clone()],
         Command::Export(a) => {
-            let mut v = vec!["export".to_string()];
+            let format = match a.image_format {
+                transfer::ImageFormat::Raw => "raw",
+                transfer::ImageFormat::Qcow2 => "qcow2",
+            };
+            let mut v = vec!["export".to_string(), "--format".into(), format.into()];
+            if a.chain {
+                v.push("--chain".into());
+            }
             if a.force {
                 v.push("--force".into());
             }
@@ -305,9 +317,13 @@ fn dispatch(engine: &Engine, command: &Command, out: &mut dyn Write, progress: b
         Command::Status(a) => status::run(engine, a, out),
         Command::Gc(a) => gc::run(engine, a, out, progress),
         Command::Config(c) => config::run(engine, c, out),
-        Command::Init(_) | Command::Mount(_) | Command::Umount(_) | Command::Man(_) => Err(fail(
+        Command::Init(_)
+        | Command::Mount(_)
+        | Command::Umount(_)
+        | Command::Man(_)
+        | Command::Check(_) => Err(fail(
             ExitCode::Usage,
-            "init, mount, umount and man cannot run through the mount daemon: run them directly",
+            "init, mount, umount, check and man cannot run through the mount daemon: run them directly (check and init need the store unmounted)",
         )),
     }
 }
@@ -351,6 +367,8 @@ mod tests {
             argv,
             [
                 "export",
+                "--format",
+                "raw",
                 "--force",
                 "--",
                 "-weird",

@@ -13,6 +13,7 @@ use anyhow::Result;
 
 use super::exit::{self, ExitCode};
 use super::pending::fs;
+use crate::volume::check;
 
 #[derive(clap::Args, Debug)]
 #[command(
@@ -35,6 +36,10 @@ pub struct MountArgs {
     /// Mount options, comma separated (e.g. ro,threads=4; see docs/mount.md); may be repeated.
     #[arg(short = 'o', value_name = "OPTS", value_delimiter = ',')]
     pub options: Vec<String>,
+    /// First rebuild the store's metadata from its packs and maps offline
+    /// (`strata check --force-rebuild`); may lose data that is already damaged.
+    #[arg(long)]
+    pub force_rebuild: bool,
     /// Number of FUSE worker threads (default: chosen by the mount).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(usize))]
     pub threads: Option<usize>,
@@ -62,7 +67,12 @@ impl MountArgs {
     }
 }
 
-pub fn mount(default_store: &Path, a: &MountArgs, out: &mut dyn Write) -> Result<()> {
+pub fn mount(
+    default_store: &Path,
+    a: &MountArgs,
+    out: &mut dyn Write,
+    progress: bool,
+) -> Result<()> {
     let (store, mountpoint) = a.split(default_store);
     if !store.exists() {
         return Err(exit::no_store(&store));
@@ -82,6 +92,28 @@ pub fn mount(default_store: &Path, a: &MountArgs, out: &mut dyn Write) -> Result
             ExitCode::InvalidArgument,
             "--threads 0: give at least one worker thread",
         ));
+    }
+    if a.force_rebuild {
+        // SPEC §4: an offline rebuild before serving, which says that it may lose data.
+        eprintln!(
+            "strata: rebuilding the metadata of {} from its packs and maps; data already damaged is dropped and listed below",
+            store.display()
+        );
+        let opts = check::CheckOptions {
+            repair: true,
+            force_rebuild: true,
+        };
+        let report = super::check::check_store(&store, &opts, progress)?;
+        out.write_all(check::render(&report).as_bytes())?;
+        if !report.clean {
+            return Err(exit::fail(
+                ExitCode::ReadOnlyOrCorrupt,
+                format!(
+                    "not mounting {}: problems remain after the rebuild (listed above); restore the store from a copy",
+                    store.display()
+                ),
+            ));
+        }
     }
     let config = fs::MountConfig {
         store: store.clone(),
