@@ -28,7 +28,9 @@
 
 pub mod catalog;
 pub mod chain;
+pub mod control;
 pub mod format;
+pub mod fs;
 pub mod guid;
 pub mod journal;
 pub mod store;
