@@ -1,6 +1,635 @@
-//! store
+//! The content-addressed chunk store: 4 KiB blocks, deduplicated,
+//! compressed, checksummed, appended to pack files.
+//!
+//! Owns `STORE/packs/*.pack` and the in-memory chunk table and dedup index
+//! (the table is checkpointed to `STORE/chunks.tbl` by the engine).
+//!
+//! Write path ([`ChunkStore::put_blocks`]): an all-zero block is never
+//! stored (the caller maps it to the zero sentinel). Otherwise the block's
+//! MurmurHash3 x64-128 signature (VDO's hash and seed) is looked up in the
+//! dedup index; a hit is *confirmed* by reading the candidate record's
+//! header and comparing BLAKE3 content ids before the chunk is shared, so
+//! unequal data is never shared. A miss is zstd-compressed (kept raw when
+//! that saves less than 1/16 of the block), appended to the active pack with
+//! its header, and given a new chunk id.
+//!
+//! Read path ([`ChunkStore::get`]): one `pread` of header + payload, header
+//! checks, decompression, then BLAKE3 of the result against the content id.
+//! A mismatch is `Error::Corrupt`, never data.
+//!
+//! New chunks enter the dedup index only when the caller publishes them
+//! ([`ChunkStore::publish`]) after their journal record is appended, so no
+//! other writer can reference a chunk whose placement is not yet in the
+//! journal ahead of its own record.
+//!
+//! Depends on: `format`, `guid`, `journal` (for `ChunkPut`). Knows nothing
+//! of layers or volumes. Lock order: active pack → packs map; index shards
+//! and table segments are leaf locks.
+
+pub mod pack;
+pub mod table;
+
+use crate::format::{self, BLOCK_SIZE};
+use crate::guid::Guid;
+use crate::journal::ChunkPut;
+use pack::{RecordHeader, FLAG_ZSTD, PACK_HEADER_LEN, RECORD_HEADER_LEN};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+pub use table::{ChunkLoc, ChunkTable, FIRST_CHUNK_ID};
+
+/// VDO's MurmurHash3 seed (kvdo `vio-write.c`).
+pub const MURMUR_SEED: u32 = 0x62ea_60be;
+/// A pack is closed and a new one started past this size.
+pub const PACK_TARGET_BYTES: u64 = 128 << 20;
+/// Default zstd level (research: levels ≥ 9 cost 5–50× CPU for +2–13 %).
+pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+const INDEX_SHARDS: usize = 64;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{0}")]
-    Placeholder(String),
+    #[error("{what}: {source}")]
+    Io { what: String, #[source] source: io::Error },
+    #[error("no space left writing {what}: {source}")]
+    NoSpace { what: String, #[source] source: io::Error },
+    #[error("read-only filesystem writing {what}: {source}")]
+    ReadOnly { what: String, #[source] source: io::Error },
+    #[error("corrupt chunk {chunk_id} (pack {pack_id}, offset {offset}): {detail}")]
+    Corrupt { chunk_id: u64, pack_id: u32, offset: u64, detail: String },
+    #[error("chunk {0} is referenced but does not exist")]
+    MissingChunk(u64),
+    #[error("{path}: {detail}")]
+    BadFile { path: String, detail: String },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn classify(what: String, source: io::Error) -> Error {
+    match source.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => Error::NoSpace { what, source },
+        Some(libc::EROFS) => Error::ReadOnly { what, source },
+        _ => Error::Io { what, source },
+    }
+}
+
+/// The dedup signature of a block: low 64 bits of MurmurHash3 x64-128.
+pub fn murmur64(data: &[u8]) -> u64 {
+    let h = murmur3::murmur3_x64_128(&mut io::Cursor::new(data), MURMUR_SEED).expect("reading a slice cannot fail");
+    h as u64
+}
+
+/// Outcome of storing one block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Put {
+    /// All zeros: nothing stored.
+    Zero,
+    /// Shared with an existing chunk (one reference taken).
+    Dedup(u64),
+    /// Stored as a new chunk (one reference taken); journal `ChunkPut` and
+    /// then [`ChunkStore::publish`] it.
+    New(ChunkPut),
+}
+
+impl Put {
+    pub fn chunk_id(&self) -> Option<u64> {
+        match self {
+            Put::Zero => None,
+            Put::Dedup(id) => Some(*id),
+            Put::New(p) => Some(p.chunk_id),
+        }
+    }
+}
+
+struct ActivePack {
+    id: u32,
+    file: Arc<File>,
+    len: u64,
+}
+
+/// Counters for `status`.
+#[derive(Default)]
+pub struct Stats {
+    /// Sum of all refcounts (references from layer maps).
+    pub total_refs: AtomicU64,
+    /// Chunks with at least one reference.
+    pub live_chunks: AtomicU64,
+    /// Stored payload bytes of live chunks.
+    pub live_stored_bytes: AtomicU64,
+    pub dedup_hits: AtomicU64,
+    pub dedup_false_matches: AtomicU64,
+    pub new_chunks: AtomicU64,
+}
+
+thread_local! {
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+fn compress(level: i32, src: &[u8], dst: &mut Vec<u8>) -> Option<usize> {
+    COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.as_ref().map(|(l, _)| *l) != Some(level) {
+            *c = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+        }
+        let (_, comp) = c.as_mut()?;
+        let start = dst.len();
+        // Only worth it if it saves at least 1/16 of the block.
+        let limit = BLOCK_SIZE - BLOCK_SIZE / 16;
+        dst.resize(start + limit, 0);
+        match comp.compress_to_buffer(src, &mut dst[start..]) {
+            Ok(n) => {
+                dst.truncate(start + n);
+                Some(n)
+            }
+            Err(_) => {
+                dst.truncate(start);
+                None
+            }
+        }
+    })
+}
+
+fn decompress(src: &[u8], out: &mut [u8]) -> std::result::Result<usize, String> {
+    DECOMPRESSOR.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?);
+        }
+        d.as_mut().expect("set above").decompress_to_buffer(src, out).map_err(|e| e.to_string())
+    })
+}
+
+pub struct ChunkStore {
+    dir: PathBuf,
+    store_uuid: Guid,
+    level: i32,
+    packs: RwLock<HashMap<u32, Arc<File>>>,
+    active: Mutex<ActivePack>,
+    /// Packs written since the last sync (including the active one).
+    unsynced: Mutex<Vec<(u32, Arc<File>)>>,
+    table: ChunkTable,
+    index: Vec<Mutex<HashMap<u64, u64>>>,
+    next_id: AtomicU64,
+    pub stats: Stats,
+}
+
+impl ChunkStore {
+    /// Create the packs directory with its first pack.
+    pub fn create(dir: &Path, store_uuid: Guid) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| classify(format!("creating {}", dir.display()), e))?;
+        Self::new_pack_file(dir, 1, store_uuid)?;
+        Ok(())
+    }
+
+    fn new_pack_file(dir: &Path, id: u32, store_uuid: Guid) -> Result<File> {
+        let path = dir.join(pack::pack_file_name(id));
+        let what = || format!("pack {}", path.display());
+        let f = OpenOptions::new().read(true).write(true).create_new(true).open(&path).map_err(|e| classify(what(), e))?;
+        f.write_all_at(&pack::encode_pack_header(id, store_uuid), 0).map_err(|e| classify(what(), e))?;
+        f.sync_all().map_err(|e| classify(what(), e))?;
+        format::fsync_dir(dir).map_err(|e| classify(format!("directory {}", dir.display()), e))?;
+        Ok(f)
+    }
+
+    /// Open the packs directory. `image` is the checkpointed chunk table.
+    /// The highest-numbered pack becomes the active one; its length is
+    /// truncated back to `committed_end` when the caller knows it (bytes past
+    /// the last referenced record are an unfinished append).
+    pub fn open(dir: &Path, store_uuid: Guid, image: table::TableImage, level: i32) -> Result<ChunkStore> {
+        let mut packs = HashMap::new();
+        let mut max_id = 0u32;
+        let rd = std::fs::read_dir(dir).map_err(|e| classify(format!("reading {}", dir.display()), e))?;
+        for ent in rd {
+            let ent = ent.map_err(|e| classify(format!("reading {}", dir.display()), e))?;
+            let name = ent.file_name();
+            let Some(hex) = name.to_str().and_then(|n| n.strip_suffix(".pack")) else { continue };
+            let Ok(id) = u32::from_str_radix(hex, 16) else { continue };
+            let path = ent.path();
+            let f = OpenOptions::new().read(true).write(true).open(&path).map_err(|e| classify(format!("pack {}", path.display()), e))?;
+            let mut hdr = [0u8; PACK_HEADER_LEN as usize];
+            let n = f.read_at(&mut hdr, 0).map_err(|e| classify(format!("pack {}", path.display()), e))?;
+            let got = pack::decode_pack_header(&hdr[..n], store_uuid)
+                .map_err(|detail| Error::BadFile { path: path.display().to_string(), detail })?;
+            if got != id {
+                return Err(Error::BadFile { path: path.display().to_string(), detail: format!("header says pack {got}") });
+            }
+            max_id = max_id.max(id);
+            packs.insert(id, Arc::new(f));
+        }
+        if max_id == 0 {
+            let f = Self::new_pack_file(dir, 1, store_uuid)?;
+            packs.insert(1, Arc::new(f));
+            max_id = 1;
+        }
+        let active_file = packs[&max_id].clone();
+        let len = active_file.metadata().map_err(|e| classify("pack metadata".into(), e))?.len();
+        let store = ChunkStore {
+            dir: dir.to_path_buf(),
+            store_uuid,
+            level,
+            packs: RwLock::new(packs),
+            active: Mutex::new(ActivePack { id: max_id, file: active_file, len }),
+            unsynced: Mutex::new(Vec::new()),
+            table: ChunkTable::default(),
+            index: (0..INDEX_SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            next_id: AtomicU64::new(image.next_id.max(FIRST_CHUNK_ID)),
+            stats: Stats::default(),
+        };
+        for (id, loc) in image.entries {
+            store.table.insert(id, loc);
+        }
+        Ok(store)
+    }
+
+    pub fn table(&self) -> &ChunkTable {
+        &self.table
+    }
+
+    pub fn next_id(&self) -> u64 {
+        self.next_id.load(Ordering::Acquire)
+    }
+
+    /// Replay a journaled placement.
+    pub fn apply_put(&self, p: &ChunkPut) {
+        self.table.insert(p.chunk_id, ChunkLoc { pack_id: p.pack_id, offset: p.offset, stored_len: p.stored_len, murmur: p.murmur });
+        self.next_id.fetch_max(p.chunk_id + 1, Ordering::AcqRel);
+    }
+
+    /// Replay a journaled free.
+    pub fn apply_free(&self, chunk_id: u64) {
+        self.table.remove(chunk_id);
+    }
+
+    fn shard(&self, murmur: u64) -> &Mutex<HashMap<u64, u64>> {
+        &self.index[(murmur >> 58) as usize % INDEX_SHARDS]
+    }
+
+    /// (Re)build the dedup index from the chunk table.
+    pub fn rebuild_index(&self) {
+        for s in &self.index {
+            s.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
+        self.table.for_each(|id, loc, _| {
+            self.shard(loc.murmur).lock().unwrap_or_else(|p| p.into_inner()).insert(loc.murmur, id);
+        });
+    }
+
+    /// Recompute the live counters from the refcounts (after they were
+    /// derived from the maps).
+    pub fn recount_stats(&self) {
+        let (mut refs, mut live, mut bytes) = (0u64, 0u64, 0u64);
+        self.table.for_each(|_, loc, r| {
+            refs += r as u64;
+            if r > 0 {
+                live += 1;
+                bytes += loc.stored_len as u64;
+            }
+        });
+        self.stats.total_refs.store(refs, Ordering::Relaxed);
+        self.stats.live_chunks.store(live, Ordering::Relaxed);
+        self.stats.live_stored_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    pub fn index_entries(&self) -> u64 {
+        self.index.iter().map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len() as u64).sum()
+    }
+
+    /// Bytes of RAM the dedup index holds (table capacity × slot size).
+    pub fn index_memory_bytes(&self) -> u64 {
+        // hashbrown: 16-byte (key, value) slot + 1 control byte per bucket.
+        self.index.iter().map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).capacity() as u64 * 17).sum()
+    }
+
+    fn pack_file(&self, id: u32) -> Option<Arc<File>> {
+        self.packs.read().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
+    }
+
+    /// Add a reference to an existing chunk (replay / derived counts).
+    pub fn incref(&self, id: u64) -> Result<()> {
+        match self.table.incref(id) {
+            None => Err(Error::MissingChunk(id)),
+            Some(before) => {
+                self.stats.total_refs.fetch_add(1, Ordering::Relaxed);
+                if before == 0 {
+                    self.stats.live_chunks.fetch_add(1, Ordering::Relaxed);
+                    if let Some(loc) = self.table.get(id) {
+                        self.stats.live_stored_bytes.fetch_add(loc.stored_len as u64, Ordering::Relaxed);
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Drop a reference. A chunk at zero references stays readable and
+    /// dedupable until GC reclaims it.
+    pub fn decref(&self, id: u64) {
+        if let Some(before) = self.table.decref(id) {
+            if before == 0 {
+                tracing::error!(chunk = id, "reference count underflow");
+                return;
+            }
+            self.stats.total_refs.fetch_sub(1, Ordering::Relaxed);
+            if before == 1 {
+                self.stats.live_chunks.fetch_sub(1, Ordering::Relaxed);
+                if let Some(loc) = self.table.get(id) {
+                    self.stats.live_stored_bytes.fetch_sub(loc.stored_len as u64, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Try to share an existing chunk with this content.
+    fn dedup(&self, murmur: u64, content: &blake3::Hash) -> Result<Option<u64>> {
+        let Some(cand) = self.shard(murmur).lock().unwrap_or_else(|p| p.into_inner()).get(&murmur).copied() else {
+            return Ok(None);
+        };
+        let Some(loc) = self.table.get(cand) else { return Ok(None) };
+        // Confirm: the candidate's BLAKE3 content id must equal ours.
+        let file = self.pack_file(loc.pack_id).ok_or(Error::MissingChunk(cand))?;
+        let mut hdr = [0u8; RECORD_HEADER_LEN];
+        file.read_exact_at(&mut hdr, loc.offset).map_err(|e| classify(format!("reading pack {}", loc.pack_id), e))?;
+        let h = match pack::decode_record_header(&hdr) {
+            Ok(h) if h.chunk_id == cand => h,
+            _ => {
+                // A damaged candidate is never shared; reads will report it.
+                self.stats.dedup_false_matches.fetch_add(1, Ordering::Relaxed);
+                return Ok(None);
+            }
+        };
+        if h.content != *content.as_bytes() {
+            self.stats.dedup_false_matches.fetch_add(1, Ordering::Relaxed);
+            return Ok(None);
+        }
+        self.incref(cand)?;
+        self.stats.dedup_hits.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(cand))
+    }
+
+    /// Store whole 4 KiB blocks. New chunks of one call are appended with a
+    /// single write. Each non-zero result holds one reference.
+    pub fn put_blocks(&self, blocks: &[&[u8]]) -> Result<Vec<Put>> {
+        let mut out = Vec::with_capacity(blocks.len());
+        let mut buf: Vec<u8> = Vec::new();
+        // (index in out, offset in buf, stored_len, murmur)
+        let mut pending: Vec<(usize, usize, u32, u64)> = Vec::new();
+        for b in blocks.iter() {
+            debug_assert_eq!(b.len(), BLOCK_SIZE);
+            if format::is_zero(b) {
+                out.push(Put::Zero);
+                continue;
+            }
+            let murmur = murmur64(b);
+            let content = blake3::hash(b);
+            if let Some(id) = self.dedup(murmur, &content)? {
+                out.push(Put::Dedup(id));
+                continue;
+            }
+            let id = self.next_id.fetch_add(1, Ordering::AcqRel);
+            let rec_start = buf.len();
+            buf.resize(rec_start + RECORD_HEADER_LEN, 0);
+            let (flags, stored_len) = match compress(self.level, b, &mut buf) {
+                Some(n) => (FLAG_ZSTD, n),
+                None => {
+                    buf.extend_from_slice(b);
+                    (0, BLOCK_SIZE)
+                }
+            };
+            let mut hdr = Vec::with_capacity(RECORD_HEADER_LEN);
+            pack::encode_record_header(&RecordHeader { flags, chunk_id: id, stored_len: stored_len as u32, content: *content.as_bytes() }, &mut hdr);
+            buf[rec_start..rec_start + RECORD_HEADER_LEN].copy_from_slice(&hdr);
+            pending.push((out.len(), rec_start, stored_len as u32, murmur));
+            out.push(Put::New(ChunkPut { chunk_id: id, pack_id: 0, offset: 0, stored_len: stored_len as u32, murmur }));
+        }
+        if pending.is_empty() {
+            return Ok(out);
+        }
+        let (pack_id, base) = match self.append(&buf) {
+            Ok(v) => v,
+            Err(e) => {
+                // Give back the references taken by dedup hits.
+                for p in &out {
+                    if let Put::Dedup(id) = p {
+                        self.decref(*id);
+                    }
+                }
+                return Err(e);
+            }
+        };
+        for (i, off, stored_len, murmur) in pending {
+            let put = ChunkPut { chunk_id: out[i].chunk_id().expect("new"), pack_id, offset: base + off as u64, stored_len, murmur };
+            self.table.insert(put.chunk_id, ChunkLoc { pack_id, offset: put.offset, stored_len, murmur });
+            out[i] = Put::New(put);
+            self.incref(put.chunk_id)?;
+            self.stats.new_chunks.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(out)
+    }
+
+    /// Make new chunks findable by dedup (after their journal record).
+    pub fn publish(&self, puts: &[Put]) {
+        for p in puts {
+            if let Put::New(c) = p {
+                self.shard(c.murmur).lock().unwrap_or_else(|p| p.into_inner()).insert(c.murmur, c.chunk_id);
+            }
+        }
+    }
+
+    /// Append bytes to the active pack; returns (pack id, offset).
+    fn append(&self, bytes: &[u8]) -> Result<(u32, u64)> {
+        let mut a = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        if a.len + bytes.len() as u64 > PACK_TARGET_BYTES && a.len > PACK_HEADER_LEN {
+            let id = a.id + 1;
+            let f = Arc::new(Self::new_pack_file(&self.dir, id, self.store_uuid)?);
+            self.packs.write().unwrap_or_else(|p| p.into_inner()).insert(id, f.clone());
+            *a = ActivePack { id, file: f, len: PACK_HEADER_LEN };
+        }
+        let off = a.len;
+        if let Err(e) = a.file.write_all_at(bytes, off) {
+            // Drop whatever part landed so the next append starts clean.
+            let _ = a.file.set_len(off);
+            return Err(classify(format!("appending to pack {}", a.id), e));
+        }
+        a.len += bytes.len() as u64;
+        let (id, file) = (a.id, a.file.clone());
+        drop(a);
+        let mut u = self.unsynced.lock().unwrap_or_else(|p| p.into_inner());
+        if !u.iter().any(|(i, _)| *i == id) {
+            u.push((id, file));
+        }
+        Ok((id, off))
+    }
+
+    /// Make every appended record durable (fdatasync of the packs written
+    /// since the last call). Must complete before the journal records that
+    /// reference them are synced (FORMAT.md, "Commit protocol").
+    pub fn sync(&self) -> Result<()> {
+        let files: Vec<(u32, Arc<File>)> = std::mem::take(&mut *self.unsynced.lock().unwrap_or_else(|p| p.into_inner()));
+        for (i, (id, f)) in files.iter().enumerate() {
+            if let Err(e) = f.sync_data() {
+                // Keep them for the next attempt.
+                self.unsynced.lock().unwrap_or_else(|p| p.into_inner()).extend(files[i..].iter().cloned());
+                return Err(classify(format!("syncing pack {id}"), e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Read and verify one chunk into `out` (4096 bytes).
+    pub fn get(&self, id: u64, out: &mut [u8]) -> Result<()> {
+        let loc = self.table.get(id).ok_or(Error::MissingChunk(id))?;
+        let corrupt = |detail: String| Error::Corrupt { chunk_id: id, pack_id: loc.pack_id, offset: loc.offset, detail };
+        let file = self.pack_file(loc.pack_id).ok_or_else(|| corrupt("its pack file is missing".into()))?;
+        let mut rec = [0u8; RECORD_HEADER_LEN + BLOCK_SIZE];
+        let n = RECORD_HEADER_LEN + loc.stored_len as usize;
+        if n > rec.len() {
+            return Err(corrupt(format!("stored length {} exceeds a block", loc.stored_len)));
+        }
+        match file.read_exact_at(&mut rec[..n], loc.offset) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(corrupt("pack file is truncated".into())),
+            Err(e) => return Err(classify(format!("reading pack {}", loc.pack_id), e)),
+        }
+        let h = pack::decode_record_header(&rec[..RECORD_HEADER_LEN]).map_err(corrupt)?;
+        if h.chunk_id != id || h.stored_len != loc.stored_len {
+            return Err(corrupt(format!("record header names chunk {} ({} bytes)", h.chunk_id, h.stored_len)));
+        }
+        let payload = &rec[RECORD_HEADER_LEN..n];
+        if h.flags & FLAG_ZSTD != 0 {
+            let got = decompress(payload, &mut out[..BLOCK_SIZE]).map_err(|e| corrupt(format!("zstd: {e}")))?;
+            if got != BLOCK_SIZE {
+                return Err(corrupt(format!("decompressed to {got} bytes")));
+            }
+        } else {
+            if payload.len() != BLOCK_SIZE {
+                return Err(corrupt("raw record is not a whole block".into()));
+            }
+            out[..BLOCK_SIZE].copy_from_slice(payload);
+        }
+        if blake3::hash(&out[..BLOCK_SIZE]).as_bytes() != &h.content {
+            return Err(corrupt("BLAKE3 checksum mismatch".into()));
+        }
+        Ok(())
+    }
+
+    /// Total bytes of all pack files.
+    pub fn pack_bytes(&self) -> (u64, u64) {
+        let packs = self.packs.read().unwrap_or_else(|p| p.into_inner());
+        let bytes = packs.values().filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum();
+        (packs.len() as u64, bytes)
+    }
+
+    /// Truncate the active pack past its last referenced record (bytes of
+    /// an append whose journal record never became durable).
+    pub fn trim_active_tail(&self) -> Result<()> {
+        let mut a = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        let active = a.id;
+        let mut end = PACK_HEADER_LEN;
+        self.table.for_each(|_, loc, _| {
+            if loc.pack_id == active {
+                end = end.max(loc.offset + RECORD_HEADER_LEN as u64 + loc.stored_len as u64);
+            }
+        });
+        if a.len > end {
+            tracing::info!(pack = active, from = a.len, to = end, "dropping an unfinished pack tail");
+            a.file.set_len(end).map_err(|e| classify(format!("truncating pack {active}"), e))?;
+            a.file.sync_all().map_err(|e| classify(format!("syncing pack {active}"), e))?;
+            a.len = end;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_store(dir: &Path) -> ChunkStore {
+        let u = Guid([1; 16]);
+        ChunkStore::create(dir, u).unwrap();
+        ChunkStore::open(dir, u, table::TableImage { stamp_seq: 0, next_id: FIRST_CHUNK_ID, entries: vec![] }, 3).unwrap()
+    }
+
+    fn block(seed: u8) -> Vec<u8> {
+        (0..BLOCK_SIZE).map(|i| (i as u8).wrapping_mul(seed).wrapping_add(seed)).collect()
+    }
+
+    #[test]
+    fn identical_blocks_share_one_chunk_and_zero_blocks_are_not_stored() {
+        let d = tempfile::tempdir().unwrap();
+        let s = new_store(d.path());
+        let a = block(3);
+        let z = vec![0u8; BLOCK_SIZE];
+        let r = s.put_blocks(&[&a, &z]).unwrap();
+        assert!(matches!(r[0], Put::New(_)));
+        assert_eq!(r[1], Put::Zero);
+        s.publish(&r);
+        let r2 = s.put_blocks(&[&a]).unwrap();
+        assert_eq!(r2[0], Put::Dedup(r[0].chunk_id().unwrap()));
+        assert_eq!(s.table().refs(r[0].chunk_id().unwrap()), 2);
+        let mut out = vec![0u8; BLOCK_SIZE];
+        s.get(r[0].chunk_id().unwrap(), &mut out).unwrap();
+        assert_eq!(out, a);
+    }
+
+    #[test]
+    fn a_signature_collision_with_different_content_is_not_shared() {
+        let d = tempfile::tempdir().unwrap();
+        let s = new_store(d.path());
+        let a = block(5);
+        let b = block(7);
+        let r = s.put_blocks(&[&a]).unwrap();
+        s.publish(&r);
+        // Forge the index: make b's signature point at a's chunk.
+        let mb = murmur64(&b);
+        s.shard(mb).lock().unwrap().insert(mb, r[0].chunk_id().unwrap());
+        let r2 = s.put_blocks(&[&b]).unwrap();
+        assert!(matches!(r2[0], Put::New(_)), "unequal data must never be shared");
+        let mut out = vec![0u8; BLOCK_SIZE];
+        s.get(r2[0].chunk_id().unwrap(), &mut out).unwrap();
+        assert_eq!(out, b);
+        assert_eq!(s.stats.dedup_false_matches.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn incompressible_blocks_are_stored_raw() {
+        let d = tempfile::tempdir().unwrap();
+        let s = new_store(d.path());
+        let mut x = 0x9e3779b97f4a7c15u64;
+        let rnd: Vec<u8> = (0..BLOCK_SIZE)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let r = s.put_blocks(&[&rnd]).unwrap();
+        let Put::New(p) = r[0] else { panic!() };
+        assert_eq!(p.stored_len as usize, BLOCK_SIZE);
+        let mut out = vec![0u8; BLOCK_SIZE];
+        s.get(p.chunk_id, &mut out).unwrap();
+        assert_eq!(out, rnd);
+    }
+
+    #[test]
+    fn a_flipped_payload_byte_is_an_error_not_data() {
+        let d = tempfile::tempdir().unwrap();
+        let s = new_store(d.path());
+        let a = block(9);
+        let r = s.put_blocks(&[&a]).unwrap();
+        let Put::New(p) = r[0] else { panic!() };
+        let path = d.path().join(pack::pack_file_name(p.pack_id));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[(p.offset as usize) + RECORD_HEADER_LEN + 5] ^= 0x01;
+        std::fs::write(&path, bytes).unwrap();
+        let mut out = vec![0u8; BLOCK_SIZE];
+        let err = s.get(p.chunk_id, &mut out).unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    }
 }

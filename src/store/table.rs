@@ -1,0 +1,292 @@
+//! The chunk table in memory (chunk id → pack location, refcount, dedup
+//! signature) and its checkpoint file `STORE/chunks.tbl`.
+//!
+//! ```text
+//! chunks.tbl
+//!   0  magic       [8]  "STRCHNK\0"
+//!   8  version     u32  = 1
+//!  12  reserved    u32
+//!  16  store_uuid  [16]
+//!  32  stamp_seq   u64  journal records ≤ this are included
+//!  40  count       u64  number of entries
+//!  48  next_id     u64  next chunk id to allocate
+//!  56  body_sum    u32  checksum32(body)
+//!  60  checksum    u32  checksum32(bytes 0..60)
+//!  64  body        count × { chunk_id u64, pack_id u32, stored_len u32,
+//!                            offset u64, murmur u64 }   (32 bytes each)
+//! ```
+//!
+//! Reference counts are not stored: they are derived from the layer maps
+//! when the store opens (one pass over all map entries), so they can never
+//! drift from the maps across a crash.
+//!
+//! Slots are atomics in fixed segments so readers never take a lock longer
+//! than a segment-vector read guard.
+
+use crate::format::{Reader, Writer, checksum32};
+use crate::guid::Guid;
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+pub const TABLE_MAGIC: &[u8; 8] = b"STRCHNK\0";
+pub const TABLE_VERSION: u32 = 1;
+const SEG_BITS: u32 = 16;
+const SEG_LEN: usize = 1 << SEG_BITS;
+
+/// Chunk ids below this are reserved: map entry 0 = absent, 1 = zero.
+pub const FIRST_CHUNK_ID: u64 = 16;
+
+/// Where a chunk lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkLoc {
+    pub pack_id: u32,
+    pub offset: u64,
+    pub stored_len: u32,
+    pub murmur: u64,
+}
+
+#[derive(Default)]
+struct Slot {
+    /// pack_id << 40 | offset; 0 = free slot.
+    loc: AtomicU64,
+    stored_len: AtomicU32,
+    refs: AtomicU32,
+    murmur: AtomicU64,
+}
+
+const OFFSET_BITS: u32 = 40;
+
+pub struct ChunkTable {
+    segs: RwLock<Vec<Box<[Slot]>>>,
+}
+
+impl Default for ChunkTable {
+    fn default() -> Self {
+        ChunkTable { segs: RwLock::new(Vec::new()) }
+    }
+}
+
+impl ChunkTable {
+    fn with_slot<R>(&self, id: u64, f: impl FnOnce(&Slot) -> R) -> Option<R> {
+        let segs = self.segs.read().unwrap_or_else(|p| p.into_inner());
+        let seg = segs.get((id >> SEG_BITS) as usize)?;
+        Some(f(&seg[(id as usize) & (SEG_LEN - 1)]))
+    }
+
+    /// Record a chunk's location (new chunk or replay).
+    pub fn insert(&self, id: u64, loc: ChunkLoc) {
+        assert!(loc.offset < (1 << OFFSET_BITS), "pack offsets are below 1 TiB");
+        let seg_no = (id >> SEG_BITS) as usize;
+        {
+            let segs = self.segs.read().unwrap_or_else(|p| p.into_inner());
+            if seg_no < segs.len() {
+                drop(segs);
+            } else {
+                drop(segs);
+                let mut w = self.segs.write().unwrap_or_else(|p| p.into_inner());
+                while w.len() <= seg_no {
+                    w.push((0..SEG_LEN).map(|_| Slot::default()).collect());
+                }
+            }
+        }
+        self.with_slot(id, |s| {
+            s.stored_len.store(loc.stored_len, Ordering::Relaxed);
+            s.murmur.store(loc.murmur, Ordering::Relaxed);
+            s.loc.store(((loc.pack_id as u64) << OFFSET_BITS) | loc.offset, Ordering::Release);
+        });
+    }
+
+    pub fn get(&self, id: u64) -> Option<ChunkLoc> {
+        self.with_slot(id, |s| {
+            let loc = s.loc.load(Ordering::Acquire);
+            if loc == 0 {
+                return None;
+            }
+            Some(ChunkLoc {
+                pack_id: (loc >> OFFSET_BITS) as u32,
+                offset: loc & ((1 << OFFSET_BITS) - 1),
+                stored_len: s.stored_len.load(Ordering::Relaxed),
+                murmur: s.murmur.load(Ordering::Relaxed),
+            })
+        })
+        .flatten()
+    }
+
+    pub fn remove(&self, id: u64) {
+        self.with_slot(id, |s| {
+            s.loc.store(0, Ordering::Release);
+            s.refs.store(0, Ordering::Relaxed);
+        });
+    }
+
+    /// Add one reference; returns the count before.
+    pub fn incref(&self, id: u64) -> Option<u32> {
+        self.with_slot(id, |s| s.refs.fetch_add(1, Ordering::AcqRel))
+    }
+
+    /// Drop one reference; returns the count before (0 means it was
+    /// already unreferenced, which callers treat as an accounting bug).
+    pub fn decref(&self, id: u64) -> Option<u32> {
+        self.with_slot(id, |s| {
+            s.refs
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| Some(r.saturating_sub(1)))
+                .expect("closure never fails")
+        })
+    }
+
+    pub fn refs(&self, id: u64) -> u32 {
+        self.with_slot(id, |s| s.refs.load(Ordering::Acquire)).unwrap_or(0)
+    }
+
+    pub fn reset_refs(&self) {
+        let segs = self.segs.read().unwrap_or_else(|p| p.into_inner());
+        for seg in segs.iter() {
+            for s in seg.iter() {
+                s.refs.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Visit every live chunk (id, location, refs).
+    pub fn for_each(&self, mut f: impl FnMut(u64, ChunkLoc, u32)) {
+        let segs = self.segs.read().unwrap_or_else(|p| p.into_inner());
+        for (si, seg) in segs.iter().enumerate() {
+            for (i, s) in seg.iter().enumerate() {
+                let loc = s.loc.load(Ordering::Acquire);
+                if loc == 0 {
+                    continue;
+                }
+                let id = ((si as u64) << SEG_BITS) | i as u64;
+                f(
+                    id,
+                    ChunkLoc {
+                        pack_id: (loc >> OFFSET_BITS) as u32,
+                        offset: loc & ((1 << OFFSET_BITS) - 1),
+                        stored_len: s.stored_len.load(Ordering::Relaxed),
+                        murmur: s.murmur.load(Ordering::Relaxed),
+                    },
+                    s.refs.load(Ordering::Relaxed),
+                );
+            }
+        }
+    }
+
+    /// Encode the checkpoint file.
+    pub fn encode(&self, store_uuid: Guid, stamp_seq: u64, next_id: u64) -> Vec<u8> {
+        let mut body = Writer::default();
+        let mut count = 0u64;
+        self.for_each(|id, loc, _| {
+            body.u64(id).u32(loc.pack_id).u32(loc.stored_len).u64(loc.offset).u64(loc.murmur);
+            count += 1;
+        });
+        let mut w = Writer::with_capacity(64 + body.len());
+        w.bytes(TABLE_MAGIC)
+            .u32(TABLE_VERSION)
+            .u32(0)
+            .bytes(store_uuid.as_bytes())
+            .u64(stamp_seq)
+            .u64(count)
+            .u64(next_id)
+            .u32(checksum32(&body.buf));
+        let c = checksum32(&w.buf);
+        w.u32(c).bytes(&body.buf);
+        w.buf
+    }
+}
+
+/// A decoded `chunks.tbl`.
+#[derive(Debug)]
+pub struct TableImage {
+    pub stamp_seq: u64,
+    pub next_id: u64,
+    pub entries: Vec<(u64, ChunkLoc)>,
+}
+
+pub fn decode(bytes: &[u8], store_uuid: Guid) -> Result<TableImage, String> {
+    if bytes.len() < 64 {
+        return Err(format!("truncated: {} bytes, header needs 64", bytes.len()));
+    }
+    let mut r = Reader::new(bytes);
+    let magic: [u8; 8] = r.array().map_err(|e| e.to_string())?;
+    if &magic != TABLE_MAGIC {
+        return Err("bad magic: not a strata chunk table".into());
+    }
+    if checksum32(&bytes[..60]) != u32::from_le_bytes(bytes[60..64].try_into().expect("4")) {
+        return Err("header checksum mismatch".into());
+    }
+    let version = r.u32().map_err(|e| e.to_string())?;
+    if version != TABLE_VERSION {
+        return Err(format!("chunk table version {version} is not supported (this strata reads {TABLE_VERSION})"));
+    }
+    r.u32().map_err(|e| e.to_string())?;
+    let uuid = Guid(r.array().map_err(|e| e.to_string())?);
+    if uuid != store_uuid {
+        return Err(format!("belongs to store {uuid}, not {store_uuid}"));
+    }
+    let stamp_seq = r.u64().map_err(|e| e.to_string())?;
+    let count = r.u64().map_err(|e| e.to_string())?;
+    let next_id = r.u64().map_err(|e| e.to_string())?;
+    let body_sum = r.u32().map_err(|e| e.to_string())?;
+    let body = &bytes[64..];
+    if count.checked_mul(32) != Some(body.len() as u64) {
+        return Err(format!("body is {} bytes, {count} entries need {}", body.len(), count.saturating_mul(32)));
+    }
+    if checksum32(body) != body_sum {
+        return Err("body checksum mismatch".into());
+    }
+    let mut r = Reader::new(body);
+    let mut entries = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let id = r.u64().map_err(|e| e.to_string())?;
+        let pack_id = r.u32().map_err(|e| e.to_string())?;
+        let stored_len = r.u32().map_err(|e| e.to_string())?;
+        let offset = r.u64().map_err(|e| e.to_string())?;
+        let murmur = r.u64().map_err(|e| e.to_string())?;
+        if id < FIRST_CHUNK_ID || id >= next_id || offset >= 1 << OFFSET_BITS || pack_id == 0 {
+            return Err(format!("entry for chunk {id} is out of range"));
+        }
+        entries.push((id, ChunkLoc { pack_id, offset, stored_len, murmur }));
+    }
+    Ok(TableImage { stamp_seq, next_id, entries })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_file_round_trips() {
+        let t = ChunkTable::default();
+        let loc = ChunkLoc { pack_id: 1, offset: 64, stored_len: 1000, murmur: 42 };
+        t.insert(16, loc);
+        t.insert(70000, ChunkLoc { offset: 2000, ..loc });
+        let u = Guid::new_random();
+        let bytes = t.encode(u, 9, 70001);
+        let img = decode(&bytes, u).unwrap();
+        assert_eq!(img.stamp_seq, 9);
+        assert_eq!(img.next_id, 70001);
+        assert_eq!(img.entries, vec![(16, loc), (70000, ChunkLoc { offset: 2000, ..loc })]);
+    }
+
+    #[test]
+    fn damaged_table_is_rejected() {
+        let t = ChunkTable::default();
+        t.insert(16, ChunkLoc { pack_id: 1, offset: 64, stored_len: 1000, murmur: 42 });
+        let u = Guid::new_random();
+        let bytes = t.encode(u, 1, 17);
+        let mut b = bytes.clone();
+        b[70] ^= 1;
+        assert!(decode(&b, u).unwrap_err().contains("body checksum"));
+        assert!(decode(&bytes[..80], u).is_err());
+    }
+
+    #[test]
+    fn refcounts_saturate_at_zero() {
+        let t = ChunkTable::default();
+        t.insert(20, ChunkLoc { pack_id: 1, offset: 64, stored_len: 10, murmur: 0 });
+        assert_eq!(t.incref(20), Some(0));
+        assert_eq!(t.decref(20), Some(1));
+        assert_eq!(t.decref(20), Some(0));
+        assert_eq!(t.refs(20), 0);
+    }
+}

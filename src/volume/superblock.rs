@@ -1,0 +1,186 @@
+//! The superblock `STORE/superblock`: identifies a store and its format
+//! version, and carries the settings and state that must survive restarts
+//! (write policy, operating mode, clean-shutdown flag).
+//!
+//! ```text
+//!   0  magic          [8]  "STRATASB"
+//!   8  format_version u32  = 1
+//!  12  flags          u32  bit 0: clean (set by a clean close, cleared at open)
+//!  16  store_uuid     [16]
+//!  32  created_unix   u64
+//!  40  block_size     u32  = 4096
+//!  44  write_policy   u8   0 sync, 1 async, 2 async-unsafe, 3 auto
+//!  45  mode           u8   0 normal, 1 recovering, 2 read-only
+//!  46  zstd_level     i8
+//!  47  reserved       u8
+//!  48  checkpoint_seq u64  journal seq of the last complete checkpoint
+//!  56  reserved       [4036]
+//! 4092 checksum       u32  checksum32(bytes 0..4092)
+//! ```
+//!
+//! Replaced atomically (write `superblock.tmp`, fsync, rename, fsync dir).
+//! Readers reject a bad magic, a bad checksum and any format version they
+//! do not know.
+
+use super::{Mode, WritePolicy};
+use crate::format::{self, BLOCK_SIZE, Reader, Writer, checksum32};
+use crate::guid::Guid;
+use std::path::Path;
+
+pub const MAGIC: &[u8; 8] = b"STRATASB";
+pub const FORMAT_VERSION: u32 = 1;
+pub const LEN: usize = 4096;
+pub const FLAG_CLEAN: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Superblock {
+    pub format_version: u32,
+    pub clean: bool,
+    pub store_uuid: Guid,
+    pub created_unix: u64,
+    pub write_policy: WritePolicy,
+    pub mode: Mode,
+    pub zstd_level: i32,
+    pub checkpoint_seq: u64,
+}
+
+fn policy_code(p: WritePolicy) -> u8 {
+    match p {
+        WritePolicy::Sync => 0,
+        WritePolicy::Async => 1,
+        WritePolicy::AsyncUnsafe => 2,
+        WritePolicy::Auto => 3,
+    }
+}
+
+fn mode_code(m: Mode) -> u8 {
+    match m {
+        Mode::Normal => 0,
+        Mode::Recovering => 1,
+        Mode::ReadOnly => 2,
+    }
+}
+
+impl Superblock {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(LEN);
+        w.bytes(MAGIC)
+            .u32(self.format_version)
+            .u32(if self.clean { FLAG_CLEAN } else { 0 })
+            .bytes(self.store_uuid.as_bytes())
+            .u64(self.created_unix)
+            .u32(BLOCK_SIZE as u32)
+            .u8(policy_code(self.write_policy))
+            .u8(mode_code(self.mode))
+            .u8(self.zstd_level as i8 as u8)
+            .u8(0)
+            .u64(self.checkpoint_seq);
+        w.zeros(LEN - 4 - w.len());
+        let c = checksum32(&w.buf);
+        w.u32(c);
+        w.buf
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Superblock, String> {
+        if b.len() != LEN {
+            return Err(format!("superblock is {} bytes, expected {LEN}", b.len()));
+        }
+        let mut r = Reader::new(b);
+        let magic: [u8; 8] = r.array().map_err(|e| e.to_string())?;
+        if &magic != MAGIC {
+            return Err("bad magic: this is not a strata store".into());
+        }
+        if checksum32(&b[..LEN - 4]) != u32::from_le_bytes(b[LEN - 4..].try_into().expect("4")) {
+            return Err("superblock checksum mismatch".into());
+        }
+        let format_version = r.u32().map_err(|e| e.to_string())?;
+        if format_version != FORMAT_VERSION {
+            return Err(format!(
+                "store format version {format_version} is not supported (this strata reads version {FORMAT_VERSION}); use a matching strata release"
+            ));
+        }
+        let flags = r.u32().map_err(|e| e.to_string())?;
+        if flags & !FLAG_CLEAN != 0 {
+            return Err(format!("unknown superblock flags {flags:#x}"));
+        }
+        let store_uuid = Guid(r.array().map_err(|e| e.to_string())?);
+        let created_unix = r.u64().map_err(|e| e.to_string())?;
+        let bs = r.u32().map_err(|e| e.to_string())?;
+        if bs as usize != BLOCK_SIZE {
+            return Err(format!("block size {bs} is not supported"));
+        }
+        let write_policy = match r.u8().map_err(|e| e.to_string())? {
+            0 => WritePolicy::Sync,
+            1 => WritePolicy::Async,
+            2 => WritePolicy::AsyncUnsafe,
+            3 => WritePolicy::Auto,
+            x => return Err(format!("unknown write policy code {x}")),
+        };
+        let mode = match r.u8().map_err(|e| e.to_string())? {
+            0 => Mode::Normal,
+            1 => Mode::Recovering,
+            2 => Mode::ReadOnly,
+            x => return Err(format!("unknown operating mode code {x}")),
+        };
+        let zstd_level = r.u8().map_err(|e| e.to_string())? as i8 as i32;
+        r.u8().map_err(|e| e.to_string())?;
+        let checkpoint_seq = r.u64().map_err(|e| e.to_string())?;
+        Ok(Superblock { format_version, clean: flags & FLAG_CLEAN != 0, store_uuid, created_unix, write_policy, mode, zstd_level, checkpoint_seq })
+    }
+
+    pub fn read(path: &Path) -> Result<Superblock, String> {
+        let b = std::fs::read(path).map_err(|e| e.to_string())?;
+        Superblock::decode(&b)
+    }
+
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        format::write_atomic(path, &self.encode())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Superblock {
+        Superblock {
+            format_version: 1,
+            clean: true,
+            store_uuid: Guid([0x11; 16]),
+            created_unix: 1_700_000_000,
+            write_policy: WritePolicy::Auto,
+            mode: Mode::Normal,
+            zstd_level: 3,
+            checkpoint_seq: 42,
+        }
+    }
+
+    #[test]
+    fn golden_superblock_bytes() {
+        let b = sample().encode();
+        assert_eq!(b.len(), 4096);
+        assert_eq!(&b[0..8], b"STRATASB");
+        assert_eq!(&b[8..12], &[1, 0, 0, 0]);
+        assert_eq!(&b[12..16], &[1, 0, 0, 0]);
+        assert_eq!(&b[16..32], &[0x11; 16]);
+        assert_eq!(&b[40..44], &4096u32.to_le_bytes());
+        assert_eq!(b[44], 3);
+        assert_eq!(b[45], 0);
+        assert_eq!(b[46], 3);
+        assert_eq!(&b[48..56], &42u64.to_le_bytes());
+        assert_eq!(Superblock::decode(&b).unwrap(), sample());
+    }
+
+    #[test]
+    fn unknown_versions_and_damage_are_refused() {
+        let mut b = sample().encode();
+        b[8] = 2;
+        let c = checksum32(&b[..LEN - 4]);
+        b[LEN - 4..].copy_from_slice(&c.to_le_bytes());
+        assert!(Superblock::decode(&b).unwrap_err().contains("not supported"));
+        let mut b = sample().encode();
+        b[100] = 1;
+        assert!(Superblock::decode(&b).unwrap_err().contains("checksum"));
+        assert!(Superblock::decode(&b[..100]).is_err());
+    }
+}
