@@ -78,13 +78,44 @@ fn catalog_errno(e: &catalog::Error, op: &str) -> Errno {
             tracing::error!(op, what = %what, "catalogue is inconsistent: returning EIO");
             Errno::EIO
         }
+        // `name` is not settable as a property; the fs only writes
+        // `fs.*`/`xattr.*` keys, so this is a caller bug, not a user error.
+        catalog::Error::ReservedKey(_) => Errno::EINVAL,
+        catalog::Error::InvalidName { .. } => Errno::EINVAL,
+        // A size past 2^63-1: what ftruncate(2) says for a too-large file.
+        catalog::Error::CapacityTooLarge(_) => Errno::EFBIG,
+        // Clones are based on it: the volume is in use.
+        catalog::Error::HasDependents { .. } => Errno::EBUSY,
+        catalog::Error::NoSuchJob(_) => Errno::ENOENT,
+        catalog::Error::Io { path, source } => {
+            tracing::error!(op, path = %path, error = %source, "catalogue I/O error");
+            io_errno(source)
+        }
     }
 }
 
 fn store_errno(e: &store::Error, op: &str) -> Errno {
     match e {
-        store::Error::Placeholder(what) => {
-            tracing::error!(op, what = %what, "chunk store error");
+        store::Error::Io { what, source } => {
+            let errno = io_errno(source);
+            tracing::error!(op, what = %what, error = %source, "chunk store I/O error");
+            errno
+        }
+        store::Error::NoSpace { source, .. } => match source.raw_os_error() {
+            Some(libc::EDQUOT) => Errno::from_i32(libc::EDQUOT),
+            _ => Errno::ENOSPC,
+        },
+        store::Error::ReadOnly { .. } => Errno::EROFS,
+        store::Error::Corrupt { chunk_id, pack_id, offset, detail } => {
+            tracing::error!(op, chunk_id, pack_id, pack_offset = offset, detail = %detail, "corrupt chunk: returning EIO");
+            Errno::EIO
+        }
+        store::Error::MissingChunk(chunk_id) => {
+            tracing::error!(op, chunk_id, "referenced chunk is missing: returning EIO");
+            Errno::EIO
+        }
+        store::Error::BadFile { path, detail } => {
+            tracing::error!(op, path = %path, detail = %detail, "bad store file: returning EIO");
             Errno::EIO
         }
     }
@@ -92,8 +123,12 @@ fn store_errno(e: &store::Error, op: &str) -> Errno {
 
 fn journal_errno(e: &journal::Error, op: &str) -> Errno {
     match e {
-        journal::Error::Placeholder(what) => {
-            tracing::error!(op, what = %what, "journal error");
+        journal::Error::Io { path, source } => {
+            tracing::error!(op, path = %path, error = %source, "journal I/O error");
+            io_errno(source)
+        }
+        journal::Error::Corrupt { path, detail } => {
+            tracing::error!(op, path = %path, detail = %detail, "journal is corrupt: returning EIO");
             Errno::EIO
         }
     }
@@ -117,6 +152,12 @@ mod tests {
             (Error::Unsupported("x".into()), Errno::EOPNOTSUPP),
             (Error::Catalog(catalog::Error::NameExists("a".into())), Errno::EEXIST),
             (Error::Catalog(catalog::Error::NotFound("a".into())), Errno::ENOENT),
+            (Error::Catalog(catalog::Error::InvalidName { name: "a/b".into(), reason: "slash" }), Errno::EINVAL),
+            (Error::Catalog(catalog::Error::CapacityTooLarge(u64::MAX)), Errno::EFBIG),
+            (Error::Store(store::Error::ReadOnly { what: "p".into(), source: std::io::Error::from_raw_os_error(libc::EROFS) }), Errno::EROFS),
+            (Error::Store(store::Error::NoSpace { what: "p".into(), source: std::io::Error::from_raw_os_error(libc::ENOSPC) }), Errno::ENOSPC),
+            (Error::Store(store::Error::MissingChunk(3)), Errno::EIO),
+            (Error::Journal(journal::Error::Corrupt { path: "j".into(), detail: "d".into() }), Errno::EIO),
         ];
         for (err, want) in cases {
             assert_eq!(to_errno(&err, "test"), want, "{err:?}");
