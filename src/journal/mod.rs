@@ -265,8 +265,12 @@ impl Journal {
     /// Callers must exclude appends (the engine's cut lock).
     pub fn rotate(&self) -> Result<u64> {
         let mut a = self.active.lock().unwrap_or_else(|p| p.into_inner());
-        a.file.sync_data().map_err(io_err(&a.path))?;
         let last = self.last_seq.load(Ordering::Acquire);
+        if a.len == HEADER_LEN as u64 {
+            // Nothing in the active file: keep it.
+            return Ok(last);
+        }
+        a.file.sync_data().map_err(io_err(&a.path))?;
         let (file, path) = Self::new_file(&self.dir, self.store_uuid, last + 1)?;
         *a = Active { file, path, len: HEADER_LEN as u64, dirty: false };
         self.first_seq.store(last + 1, Ordering::Release);
@@ -319,18 +323,29 @@ pub struct ReplayInfo {
     pub torn_tail: bool,
 }
 
+/// What the replay callback wants next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    /// The record was applied; go on.
+    Continue,
+    /// The record cannot be applied (its data never reached the disk):
+    /// treat it and everything after it as a torn tail.
+    StopBefore,
+}
+
 /// Replay every valid record of every journal file in order, calling `f`
 /// with (seq, entries). A torn record ends replay of the last file; an
 /// invalid record followed by further files is corruption.
 pub fn replay(
     dir: &Path,
     store_uuid: Guid,
-    mut f: impl FnMut(u64, Vec<Entry>) -> std::result::Result<(), String>,
+    mut f: impl FnMut(u64, Vec<Entry>) -> std::result::Result<Replay, String>,
 ) -> Result<ReplayInfo> {
     let files = list_files(dir)?;
     let mut info = ReplayInfo::default();
     let n = files.len();
-    for (i, (first, path)) in files.into_iter().enumerate() {
+    let next_firsts: Vec<u64> = files.iter().map(|(f, _)| *f).collect();
+    'files: for (i, (first, path)) in files.into_iter().enumerate() {
         let is_last = i + 1 == n;
         let corrupt = |detail: String| Error::Corrupt { path: path.display().to_string(), detail };
         let bytes = std::fs::read(&path).map_err(io_err(&path))?;
@@ -366,6 +381,9 @@ pub fn replay(
         if info.last_seq != 0 && first > info.last_seq + 1 {
             return Err(corrupt(format!("gap in the journal: expected seq {}, file starts at {first}", info.last_seq + 1)));
         }
+        // A file with no records still says where the sequence stands.
+        info.last_seq = info.last_seq.max(first - 1);
+        let next_first = next_firsts.get(i + 1).copied();
         let mut pos = HEADER_LEN;
         let mut expect_seq = first;
         loop {
@@ -375,7 +393,14 @@ pub fn replay(
             match parse_record(&bytes[pos..], expect_seq) {
                 Ok((entries, used)) => {
                     if expect_seq > info.last_seq {
-                        f(expect_seq, entries).map_err(|d| corrupt(format!("record {expect_seq}: {d}")))?;
+                        match f(expect_seq, entries).map_err(|d| corrupt(format!("record {expect_seq}: {d}")))? {
+                            Replay::Continue => {}
+                            Replay::StopBefore => {
+                                tracing::warn!(seq = expect_seq, "journal record points at chunk data that never reached the disk; replay ends before it");
+                                info.torn_tail = true;
+                                break 'files;
+                            }
+                        }
                         info.last_seq = expect_seq;
                         info.records += 1;
                     }
@@ -383,7 +408,10 @@ pub fn replay(
                     pos += used;
                 }
                 Err(detail) => {
-                    if is_last {
+                    // A torn tail is fine in the last file, or where the
+                    // next file starts right after the last good record
+                    // (a later open began a new file past the tear).
+                    if is_last || next_first == Some(expect_seq) {
                         tracing::warn!(path = %path.display(), offset = pos, %detail, "journal ends in a torn record; ignoring the tail");
                         info.torn_tail = true;
                         break;
@@ -450,7 +478,7 @@ mod tests {
         let mut seen = vec![];
         let info = replay(d.path(), uuid, |s, e| {
             seen.push((s, e));
-            Ok(())
+            Ok(Replay::Continue)
         })
         .unwrap();
         assert_eq!(info.last_seq, 2);
@@ -473,7 +501,7 @@ mod tests {
         let len = std::fs::metadata(&path).unwrap().len();
         let f = OpenOptions::new().write(true).open(&path).unwrap();
         f.set_len(len - 5).unwrap();
-        let info = replay(d.path(), uuid, |_, _| Ok(())).unwrap();
+        let info = replay(d.path(), uuid, |_, _| Ok(Replay::Continue)).unwrap();
         assert_eq!(info.last_seq, 1);
         assert!(info.torn_tail);
     }
@@ -490,7 +518,7 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[HEADER_LEN + 30] ^= 0xff;
         std::fs::write(&path, bytes).unwrap();
-        let err = replay(d.path(), uuid, |_, _| Ok(())).unwrap_err();
+        let err = replay(d.path(), uuid, |_, _| Ok(Replay::Continue)).unwrap_err();
         assert!(err.to_string().contains("invalid record"), "{err}");
     }
 

@@ -517,6 +517,35 @@ impl ChunkStore {
         Ok(())
     }
 
+    /// Is a placed chunk's record intact on disk (header, length, content)?
+    pub fn verify_put(&self, p: &ChunkPut) -> bool {
+        let Some(file) = self.pack_file(p.pack_id) else { return false };
+        let n = RECORD_HEADER_LEN + p.stored_len as usize;
+        if p.stored_len == 0 || n > RECORD_HEADER_LEN + BLOCK_SIZE {
+            return false;
+        }
+        let mut rec = vec![0u8; n];
+        if file.read_exact_at(&mut rec, p.offset).is_err() {
+            return false;
+        }
+        let Ok(h) = pack::decode_record_header(&rec[..RECORD_HEADER_LEN]) else { return false };
+        if h.chunk_id != p.chunk_id || h.stored_len != p.stored_len {
+            return false;
+        }
+        let mut out = [0u8; BLOCK_SIZE];
+        let payload = &rec[RECORD_HEADER_LEN..];
+        if h.flags & FLAG_ZSTD != 0 {
+            if decompress(payload, &mut out) != Ok(BLOCK_SIZE) {
+                return false;
+            }
+        } else if payload.len() == BLOCK_SIZE {
+            out.copy_from_slice(payload);
+        } else {
+            return false;
+        }
+        blake3::hash(&out).as_bytes() == &h.content
+    }
+
     /// Total bytes of all pack files.
     pub fn pack_bytes(&self) -> (u64, u64) {
         let packs = self.packs.read().unwrap_or_else(|p| p.into_inner());

@@ -23,6 +23,10 @@ pub enum Error {
     Busy { path: String, detail: String },
     #[error("{0}")]
     Unsupported(String),
+    /// A multi-step operation on the volume did not finish (a job record or
+    /// an ILLEGAL layer remains); the message says what to run.
+    #[error("{0}")]
+    Incomplete(String),
     #[error("{what}: {source}")]
     Io { what: String, #[source] source: std::io::Error },
     #[error(transparent)]

@@ -11,14 +11,31 @@
 //! decompression on the read path.
 
 mod error;
+mod handle;
+mod policy;
+mod superblock;
+#[cfg(test)]
+mod tests;
 
 pub use error::{Error, Result};
+pub use handle::Volume;
+pub use policy::{resolve_auto, resolve_auto_for_dev};
+pub use superblock::FORMAT_VERSION;
 
-use crate::catalog::{Catalog, DiskRow, JobRow, VolumeRow};
+use crate::catalog::{self, Catalog, DiskRow, JobRow, Legality, VolumeRow};
+use crate::chain::{self, PageMap};
+use crate::format;
 use crate::guid::Guid;
-use std::collections::BTreeMap;
+use crate::journal::{self, Entry, Journal};
+use crate::store::{self, ChunkStore};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 
 /// When a write is durable (SPEC §4, FORMAT.md "Write policies").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -141,79 +158,953 @@ pub struct StoreStatus {
     /// Free bytes in the filesystem holding the store.
     pub filesystem_free_bytes: u64,
     pub filesystem_total_bytes: u64,
+    /// Why `auto` resolved the way it did (empty unless the policy is auto).
+    pub write_policy_reason: String,
+    pub journal_bytes: u64,
+    pub map_bytes: u64,
+    pub catalog_bytes: u64,
+    pub dedup_hits: u64,
+    /// Writes whose MurmurHash3 matched but whose content differed.
+    pub dedup_false_matches: u64,
+}
+
+/// One layer's block map, shared by every open volume whose chain holds it.
+pub(crate) struct Layer {
+    pub(crate) guid: Guid,
+    pub(crate) map: RwLock<PageMap>,
+    /// Changed since the last checkpoint.
+    pub(crate) dirty: AtomicBool,
+}
+
+impl Layer {
+    fn new(guid: Guid, map: PageMap) -> Arc<Layer> {
+        Arc::new(Layer { guid, map: RwLock::new(map), dirty: AtomicBool::new(false) })
+    }
+}
+
+/// Group commit: one fdatasync of packs + journal serves every writer
+/// waiting at that moment.
+#[derive(Default)]
+struct Durability {
+    state: Mutex<(u64, bool)>,
+    cv: Condvar,
+}
+
+/// Checkpoint when the active journal file grows past this.
+const CHECKPOINT_JOURNAL_BYTES: u64 = 256 << 20;
+
+enum Kick {
+    Checkpoint,
+    Stop,
 }
 
 pub struct Engine {
-    // filled in by the implementation
+    path: PathBuf,
+    me: Weak<Engine>,
+    _lock: File,
+    sb: Mutex<superblock::Superblock>,
+    catalog: Catalog,
+    pub(crate) store: ChunkStore,
+    pub(crate) journal: Journal,
+    layers: RwLock<HashMap<Guid, Arc<Layer>>>,
+    open: Mutex<HashMap<Guid, Weak<Volume>>>,
+    /// Writers hold it shared across "map update + journal append";
+    /// a checkpoint holds it exclusively to cut a consistent state.
+    pub(crate) cut: RwLock<()>,
+    durable: Durability,
+    ckpt_lock: Mutex<()>,
+    effective_policy: WritePolicy,
+    policy_reason: String,
+    mode: AtomicU8,
+    read_only: bool,
+    closed: AtomicBool,
+    worker: Mutex<Option<(crossbeam_channel::Sender<Kick>, std::thread::JoinHandle<()>)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+pub(crate) fn rlock<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|p| p.into_inner())
+}
+pub(crate) fn wlock<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|p| p.into_inner())
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Files and directories of a store (FORMAT.md, "Store layout").
+struct Paths;
+impl Paths {
+    const SUPERBLOCK: &'static str = "superblock";
+    const LOCK: &'static str = "lock";
+    const CATALOG: &'static str = "catalog.db";
+    const CHUNKS: &'static str = "chunks.tbl";
+    const PACKS: &'static str = "packs";
+    const MAPS: &'static str = "maps";
+    const JOURNAL: &'static str = "journal";
+}
+
+fn map_path(root: &Path, layer: Guid) -> PathBuf {
+    root.join(Paths::MAPS).join(format!("{layer}.map"))
+}
+
+fn store_err(what: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |e| match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => Error::NoSpace(format!("{what}: {e}")),
+        Some(libc::EROFS) => Error::ReadOnly(format!("{what}: {e}")),
+        _ => Error::io(what.to_string(), e),
+    }
+}
+
+fn corrupt_store(path: &Path, what: &str, detail: impl std::fmt::Display) -> Error {
+    Error::Corrupt { volume: "(store)".into(), offset: 0, detail: format!("{what} in {}: {detail}; run `strata check {}`", path.display(), path.display()) }
+}
+
+/// Check a user-visible volume name (also checked by the catalogue).
+pub fn validate_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 255 || name.contains('/') || name.contains('\0') || name == "." || name == ".." {
+        return Err(Error::InvalidArgument(format!(
+            "invalid volume name {name:?}: use 1–255 bytes without '/' or NUL, not '.' or '..'"
+        )));
+    }
+    Ok(())
 }
 
 impl Engine {
     /// Create a new store at `path`. Refuses an existing store or a non-empty
     /// directory.
-    pub fn init(path: &Path, opts: &InitOptions) -> Result<()> { todo!("{path:?}{opts:?}") }
-    /// Open a store; takes the store lock (one process at a time).
-    pub fn open(path: &Path, opts: &OpenOptions) -> Result<Arc<Engine>> { todo!("{path:?}{opts:?}") }
-    /// Flush everything, checkpoint, mark the store clean. Also done on drop.
-    pub fn close(&self) -> Result<()> { todo!() }
-    pub fn path(&self) -> &Path { todo!() }
-    pub fn catalog(&self) -> &Catalog { todo!() }
-    pub fn mode(&self) -> Mode { todo!() }
+    pub fn init(path: &Path, opts: &InitOptions) -> Result<()> {
+        if path.join(Paths::SUPERBLOCK).exists() {
+            return Err(Error::AlreadyExists(format!(
+                "a strata store already exists at {}; refusing to overwrite it (remove it first if you really mean to)",
+                path.display()
+            )));
+        }
+        if path.exists() {
+            if !path.is_dir() {
+                return Err(Error::InvalidArgument(format!("{} exists and is not a directory", path.display())));
+            }
+            // Only leftovers of an interrupted init may be present.
+            let known = [Paths::LOCK, Paths::CATALOG, "catalog.db-wal", "catalog.db-shm", Paths::CHUNKS, Paths::PACKS, Paths::MAPS, Paths::JOURNAL, "superblock.tmp", "chunks.tmp", "lost+found"];
+            for e in std::fs::read_dir(path).map_err(store_err("reading the store directory"))? {
+                let e = e.map_err(store_err("reading the store directory"))?;
+                let n = e.file_name().to_string_lossy().into_owned();
+                if !known.contains(&n.as_str()) {
+                    return Err(Error::AlreadyExists(format!(
+                        "{} is not empty (found {n:?}); choose an empty or new directory",
+                        path.display()
+                    )));
+                }
+            }
+            for n in [Paths::CATALOG, "catalog.db-wal", "catalog.db-shm", Paths::CHUNKS] {
+                let _ = std::fs::remove_file(path.join(n));
+            }
+            for n in [Paths::PACKS, Paths::MAPS, Paths::JOURNAL] {
+                let _ = std::fs::remove_dir_all(path.join(n));
+            }
+        }
+        std::fs::create_dir_all(path).map_err(store_err("creating the store directory"))?;
+        let uuid = Guid::new_random();
+        for d in [Paths::MAPS, Paths::JOURNAL] {
+            std::fs::create_dir_all(path.join(d)).map_err(store_err("creating the store directory"))?;
+        }
+        ChunkStore::create(&path.join(Paths::PACKS), uuid)?;
+        let empty = store::ChunkTable::default().encode(uuid, 0, store::FIRST_CHUNK_ID);
+        format::write_atomic(&path.join(Paths::CHUNKS), &empty).map_err(store_err("writing chunks.tbl"))?;
+        Catalog::create(&path.join(Paths::CATALOG))?;
+        // The superblock comes last: its presence marks a complete store.
+        let sb = superblock::Superblock {
+            format_version: FORMAT_VERSION,
+            clean: true,
+            store_uuid: uuid,
+            created_unix: now_unix(),
+            write_policy: opts.write_policy,
+            mode: Mode::Normal,
+            zstd_level: store::DEFAULT_ZSTD_LEVEL,
+            checkpoint_seq: 0,
+        };
+        sb.write(&path.join(Paths::SUPERBLOCK)).map_err(store_err("writing the superblock"))?;
+        format::fsync_dir(path).map_err(store_err("syncing the store directory"))?;
+        Ok(())
+    }
 
-    pub fn create_volume(&self, name: &str, capacity: u64) -> Result<VolumeInfo> { todo!("{name}{capacity}") }
-    pub fn list_volumes(&self) -> Result<Vec<VolumeInfo>> { todo!() }
-    pub fn volume_info(&self, name_or_guid: &str) -> Result<VolumeInfo> { todo!("{name_or_guid}") }
-    pub fn rename_volume(&self, name_or_guid: &str, new_name: &str) -> Result<()> { todo!("{name_or_guid}{new_name}") }
+    /// Open a store; takes the store lock (one process at a time).
+    pub fn open(path: &Path, opts: &OpenOptions) -> Result<Arc<Engine>> {
+        let sb_path = path.join(Paths::SUPERBLOCK);
+        if !sb_path.exists() {
+            return Err(Error::NotFound(format!(
+                "no strata store at {}: run `strata init {}` first, or pass --store / set STRATA_STORE",
+                path.display(),
+                path.display()
+            )));
+        }
+        let lock = take_lock(path)?;
+        let mut sb = superblock::Superblock::read(&sb_path).map_err(|d| corrupt_store(path, "superblock", d))?;
+        let catalog = Catalog::open(&path.join(Paths::CATALOG))?;
+
+        // Chunk table checkpoint, then packs.
+        let tbl_bytes = std::fs::read(path.join(Paths::CHUNKS)).map_err(store_err("reading chunks.tbl"))?;
+        let image = store::table::decode(&tbl_bytes, sb.store_uuid).map_err(|d| corrupt_store(path, "chunks.tbl", d))?;
+        let table_stamp = image.stamp_seq;
+        let store = ChunkStore::open(&path.join(Paths::PACKS), sb.store_uuid, image, sb.zstd_level)?;
+
+        // Layer maps of every layer the catalogue knows; the catalogue is
+        // the truth about which layers exist.
+        let mut layers: HashMap<Guid, (Arc<Layer>, u64)> = HashMap::new();
+        for v in catalog.all_volumes()? {
+            let mp = map_path(path, v.guid);
+            let (map, stamp) = match std::fs::read(&mp) {
+                Ok(b) => {
+                    let img = chain::decode_map(&b).map_err(|d| corrupt_store(path, &format!("map of layer {}", v.guid), d))?;
+                    if img.layer != v.guid {
+                        return Err(corrupt_store(path, &format!("map file {}", mp.display()), format!("holds layer {}", img.layer)));
+                    }
+                    (img.map, img.stamp_seq)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => (PageMap::new(), 0),
+                Err(e) => return Err(Error::io(format!("reading {}", mp.display()), e)),
+            };
+            layers.insert(v.guid, (Layer::new(v.guid, map), stamp));
+        }
+
+        // Replay the journal on top of the checkpoint.
+        let jdir = path.join(Paths::JOURNAL);
+        let journal_files = journal::list_files(&jdir)?.len();
+        let info = journal::replay(&jdir, sb.store_uuid, |seq, entries| {
+            // Under async the OS may have written this record before the
+            // pack bytes it points at: such a write was never flushed, so
+            // it and everything after it are dropped, never served as EIO.
+            for e in &entries {
+                if let Entry::ChunkPut(p) = e
+                    && seq > table_stamp
+                    && !store.verify_put(p)
+                {
+                    return Ok(journal::Replay::StopBefore);
+                }
+            }
+            for e in entries {
+                match e {
+                    Entry::ChunkPut(p) if seq > table_stamp => store.apply_put(&p),
+                    Entry::ChunkFree { chunk_id } if seq > table_stamp => store.apply_free(chunk_id),
+                    Entry::MapRun { layer, start_block, entries } => {
+                        if let Some((l, stamp)) = layers.get(&layer)
+                            && seq > *stamp
+                        {
+                            let mut m = wlock(&l.map);
+                            for (i, e) in entries.into_iter().enumerate() {
+                                m.set(start_block + i as u64, e);
+                            }
+                            l.dirty.store(true, Ordering::Relaxed);
+                        }
+                    }
+                    Entry::MapTruncate { layer, from_block } => {
+                        if let Some((l, stamp)) = layers.get(&layer)
+                            && seq > *stamp
+                        {
+                            wlock(&l.map).truncate(from_block);
+                            l.dirty.store(true, Ordering::Relaxed);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Ok(journal::Replay::Continue)
+        })?;
+        let unclean = !sb.clean;
+        if unclean {
+            tracing::warn!(store = %path.display(), records = info.records, torn = info.torn_tail, "store was not shut down cleanly; recovered from the journal");
+        }
+
+        // Reference counts are derived from the maps: they cannot drift.
+        store.table().reset_refs();
+        for (l, _) in layers.values() {
+            for (b, e) in rlock(&l.map).iter() {
+                if chain::is_chunk(e) && store.incref(e).is_err() {
+                    return Err(corrupt_store(path, &format!("map of layer {}", l.guid), format!("block {b} references missing chunk {e}")));
+                }
+            }
+        }
+        store.recount_stats();
+        store.rebuild_index();
+        if !opts.read_only {
+            store.trim_active_tail()?;
+        }
+
+        let (effective_policy, policy_reason) = match sb.write_policy {
+            WritePolicy::Auto => resolve_auto(path),
+            p => (p, String::new()),
+        };
+        let persisted_ro = sb.mode == Mode::ReadOnly;
+        let journal = Journal::start(&jdir, sb.store_uuid, info.last_seq + 1)?;
+        if !opts.read_only {
+            sb.clean = false;
+            if sb.mode == Mode::Recovering {
+                sb.mode = Mode::Normal;
+            }
+            sb.write(&sb_path).map_err(store_err("writing the superblock"))?;
+        }
+        let layers: HashMap<Guid, Arc<Layer>> = layers.into_iter().map(|(g, (l, _))| (g, l)).collect();
+        let engine = Arc::new_cyclic(|me| Engine {
+            path: path.to_path_buf(),
+            me: me.clone(),
+            _lock: lock,
+            sb: Mutex::new(sb),
+            catalog,
+            store,
+            journal,
+            layers: RwLock::new(layers),
+            open: Mutex::new(HashMap::new()),
+            cut: RwLock::new(()),
+            durable: Durability { state: Mutex::new((info.last_seq, false)), cv: Condvar::new() },
+            ckpt_lock: Mutex::new(()),
+            effective_policy,
+            policy_reason,
+            mode: AtomicU8::new(if persisted_ro { 2 } else { 0 }),
+            read_only: opts.read_only || persisted_ro,
+            closed: AtomicBool::new(false),
+            worker: Mutex::new(None),
+        });
+        if !engine.read_only {
+            // Fold the replayed journal into a checkpoint so old journal
+            // files (and any torn tail) are gone before new records follow.
+            if info.records > 0 || info.torn_tail || journal_files > 1 {
+                engine.sync_all_packs()?;
+                engine.checkpoint()?;
+            }
+            engine.start_worker();
+        }
+        Ok(engine)
+    }
+
+    fn sync_all_packs(&self) -> Result<()> {
+        for e in std::fs::read_dir(self.path.join(Paths::PACKS)).map_err(store_err("reading packs"))? {
+            let e = e.map_err(store_err("reading packs"))?;
+            File::open(e.path()).and_then(|f| f.sync_all()).map_err(store_err("syncing a pack"))?;
+        }
+        Ok(())
+    }
+
+    fn start_worker(&self) {
+        let (tx, rx) = crossbeam_channel::bounded::<Kick>(1);
+        let me = self.me.clone();
+        let h = std::thread::Builder::new()
+            .name("strata-checkpoint".into())
+            .spawn(move || {
+                loop {
+                    let kick = rx.recv_timeout(std::time::Duration::from_secs(5));
+                    let Some(e) = me.upgrade() else { return };
+                    match kick {
+                        Ok(Kick::Stop) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+                        Ok(Kick::Checkpoint) => {
+                            if let Err(err) = e.checkpoint() {
+                                tracing::error!(%err, "background checkpoint failed");
+                            }
+                        }
+                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                            // async-unsafe promises nothing at fsync, but
+                            // data still reaches the disk within seconds.
+                            if e.effective_policy == WritePolicy::AsyncUnsafe
+                                && let Err(err) = e.make_durable(e.journal.last_seq())
+                            {
+                                tracing::error!(%err, "background sync failed");
+                            }
+                        }
+                    }
+                }
+            })
+            .expect("spawning the checkpoint thread");
+        *lock(&self.worker) = Some((tx, h));
+    }
+
+    /// Ask the background thread for a checkpoint if the journal is large.
+    pub(crate) fn maybe_checkpoint(&self) {
+        if self.journal.active_len() > CHECKPOINT_JOURNAL_BYTES
+            && let Some((tx, _)) = lock(&self.worker).as_ref()
+        {
+            let _ = tx.try_send(Kick::Checkpoint);
+        }
+    }
+
+    /// Write every changed layer map and the chunk table, then drop the
+    /// journal files they cover (FORMAT.md, "Checkpoint").
+    pub fn checkpoint(&self) -> Result<()> {
+        let _one = lock(&self.ckpt_lock);
+        let uuid = lock(&self.sb).store_uuid;
+        let (stamp, images, table) = {
+            let _cut = wlock(&self.cut);
+            let stamp = self.journal.last_seq();
+            let mut images = Vec::new();
+            for l in rlock(&self.layers).values() {
+                if l.dirty.swap(false, Ordering::AcqRel) {
+                    images.push((l.clone(), rlock(&l.map).encode(l.guid, stamp)));
+                }
+            }
+            let table = self.store.table().encode(uuid, stamp, self.store.next_id());
+            if let Err(e) = self.journal.rotate() {
+                for (l, _) in &images {
+                    l.dirty.store(true, Ordering::Release);
+                }
+                return Err(e.into());
+            }
+            (stamp, images, table)
+        };
+        let res = (|| -> Result<()> {
+            // Packs before the table that points into them.
+            self.store.sync()?;
+            for (l, bytes) in &images {
+                format::write_atomic(&map_path(&self.path, l.guid), bytes).map_err(store_err("writing a layer map"))?;
+            }
+            format::write_atomic(&self.path.join(Paths::CHUNKS), &table).map_err(store_err("writing chunks.tbl"))?;
+            self.remove_orphan_maps()?;
+            self.journal.remove_upto(stamp)?;
+            let mut sb = lock(&self.sb);
+            sb.checkpoint_seq = stamp;
+            sb.write(&self.path.join(Paths::SUPERBLOCK)).map_err(store_err("writing the superblock"))?;
+            Ok(())
+        })();
+        if res.is_err() {
+            for (l, _) in &images {
+                l.dirty.store(true, Ordering::Release);
+            }
+        }
+        res
+    }
+
+    fn remove_orphan_maps(&self) -> Result<()> {
+        let live: std::collections::HashSet<String> = rlock(&self.layers).keys().map(|g| format!("{g}.map")).collect();
+        let dir = self.path.join(Paths::MAPS);
+        for e in std::fs::read_dir(&dir).map_err(store_err("reading maps"))? {
+            let e = e.map_err(store_err("reading maps"))?;
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.ends_with(".map") && !live.contains(&n) {
+                std::fs::remove_file(e.path()).map_err(store_err("removing an orphan map"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Make everything up to journal record `seq` durable: packs first, then
+    /// the journal (FORMAT.md, "Commit protocol"). Concurrent callers share
+    /// one round of fdatasyncs.
+    pub(crate) fn make_durable(&self, seq: u64) -> Result<()> {
+        let mut st = lock(&self.durable.state);
+        loop {
+            if st.0 >= seq {
+                return Ok(());
+            }
+            if !st.1 {
+                st.1 = true;
+                drop(st);
+                let target = self.journal.last_seq();
+                let r = self.store.sync().map_err(Error::from).and_then(|_| self.journal.sync().map_err(Error::from));
+                st = lock(&self.durable.state);
+                st.1 = false;
+                if r.is_ok() {
+                    st.0 = st.0.max(target);
+                }
+                self.durable.cv.notify_all();
+                r?;
+            } else {
+                st = self.durable.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+        }
+    }
+
+    /// Flush everything, checkpoint, mark the store clean. Also done on drop.
+    pub fn close(&self) -> Result<()> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        if let Some((tx, h)) = lock(&self.worker).take() {
+            let _ = tx.send(Kick::Stop);
+            let _ = h.join();
+        }
+        if self.read_only {
+            return Ok(());
+        }
+        self.checkpoint()?;
+        let mut sb = lock(&self.sb);
+        sb.clean = true;
+        sb.write(&self.path.join(Paths::SUPERBLOCK)).map_err(store_err("writing the superblock"))?;
+        Ok(())
+    }
+
+    /// Test hook: stop as if the process were killed — no checkpoint, no
+    /// clean flag, the store lock released. Unflushed work stays wherever
+    /// the page cache had it, exactly as after `kill -9`.
+    #[doc(hidden)]
+    pub fn simulate_crash(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Some((tx, h)) = lock(&self.worker).take() {
+            let _ = tx.send(Kick::Stop);
+            let _ = h.join();
+        }
+        // SAFETY: flock on the store lock's fd, which we own.
+        unsafe { libc::flock(self._lock.as_raw_fd(), libc::LOCK_UN) };
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub fn mode(&self) -> Mode {
+        match self.mode.load(Ordering::Acquire) {
+            0 => Mode::Normal,
+            1 => Mode::Recovering,
+            _ => Mode::ReadOnly,
+        }
+    }
+
+    pub fn write_policy(&self) -> WritePolicy {
+        lock(&self.sb).write_policy
+    }
+
+    pub fn effective_write_policy(&self) -> WritePolicy {
+        self.effective_policy
+    }
+
+    pub(crate) fn check_writable(&self) -> Result<()> {
+        if self.read_only || self.mode() == Mode::ReadOnly {
+            return Err(Error::ReadOnly(format!("store {} is open read-only", self.path.display())));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn layer(&self, g: Guid) -> Result<Arc<Layer>> {
+        rlock(&self.layers).get(&g).cloned().ok_or_else(|| {
+            corrupt_store(&self.path, "layer maps", format!("layer {g} is in the catalogue but its map is not loaded"))
+        })
+    }
+
+    fn disk_of(&self, name_or_guid: &str) -> Result<DiskRow> {
+        self.catalog.find_disk(name_or_guid).map_err(|e| match e {
+            catalog::Error::NotFound(_) => Error::NotFound(format!(
+                "no volume named or with GUID {name_or_guid:?} in store {}; `strata volume list` shows the volumes",
+                self.path.display()
+            )),
+            e => e.into(),
+        })
+    }
+
+    pub fn create_volume(&self, name: &str, capacity: u64) -> Result<VolumeInfo> {
+        self.check_writable()?;
+        validate_name(name)?;
+        let (disk, leaf) = self.catalog.create_disk(name, capacity, Legality::Legal).map_err(|e| self.name_err(e, name))?;
+        wlock(&self.layers).insert(leaf.guid, Layer::new(leaf.guid, PageMap::new()));
+        self.info_for(&disk)
+    }
+
+    fn name_err(&self, e: catalog::Error, name: &str) -> Error {
+        match e {
+            catalog::Error::NameExists(_) => Error::AlreadyExists(format!(
+                "a volume named {name:?} already exists; choose another name or remove it first"
+            )),
+            catalog::Error::InvalidName { name, reason } => Error::InvalidArgument(format!("invalid volume name {name:?}: {reason}")),
+            e => e.into(),
+        }
+    }
+
+    pub fn list_volumes(&self) -> Result<Vec<VolumeInfo>> {
+        self.catalog.list_disks()?.iter().map(|d| self.info_for(d)).collect()
+    }
+
+    pub fn volume_info(&self, name_or_guid: &str) -> Result<VolumeInfo> {
+        let d = self.disk_of(name_or_guid)?;
+        self.info_for(&d)
+    }
+
+    fn info_for(&self, d: &DiskRow) -> Result<VolumeInfo> {
+        let layers = self.catalog.chain(d.guid)?;
+        let allocated_bytes = match self.open_handle(d.guid) {
+            Some(v) => v.allocated_bytes(),
+            None => {
+                let ls: Vec<Arc<Layer>> = layers.iter().map(|r| self.layer(r.guid)).collect::<Result<_>>()?;
+                let guards: Vec<_> = ls.iter().map(|l| rlock(&l.map)).collect();
+                let n = if guards.len() == 1 {
+                    guards[0].iter().filter(|(_, e)| chain::is_chunk(*e)).count() as u64
+                } else {
+                    chain::merge(guards.iter().map(|g| &**g)).iter().filter(|(_, e)| chain::is_chunk(*e)).count() as u64
+                };
+                n * format::BLOCK_SIZE_U64
+            }
+        };
+        let mut properties = self.catalog.prop_list(d.guid)?;
+        properties.remove("name");
+        Ok(VolumeInfo {
+            name: d.name.clone(),
+            guid: d.guid,
+            leaf: d.leaf,
+            capacity: d.capacity,
+            allocated_bytes,
+            depth: layers.len(),
+            created_unix: d.created_unix,
+            properties,
+            layers,
+            jobs: self.catalog.jobs_for(d.guid)?,
+        })
+    }
+
+    fn open_handle(&self, disk: Guid) -> Option<Arc<Volume>> {
+        lock(&self.open).get(&disk).and_then(|w| w.upgrade())
+    }
+
+    pub fn rename_volume(&self, name_or_guid: &str, new_name: &str) -> Result<()> {
+        self.check_writable()?;
+        validate_name(new_name)?;
+        let d = self.disk_of(name_or_guid)?;
+        self.catalog.rename_disk(d.guid, new_name).map_err(|e| self.name_err(e, new_name))?;
+        if let Some(v) = self.open_handle(d.guid) {
+            v.set_name(new_name);
+        }
+        Ok(())
+    }
+
     /// Grow, or shrink when `allow_shrink` (data past the new end is dropped).
-    pub fn resize_volume(&self, name_or_guid: &str, capacity: u64, allow_shrink: bool) -> Result<()> { todo!("{name_or_guid}{capacity}{allow_shrink}") }
+    pub fn resize_volume(&self, name_or_guid: &str, capacity: u64, allow_shrink: bool) -> Result<()> {
+        self.check_writable()?;
+        let d = self.disk_of(name_or_guid)?;
+        if capacity < d.capacity && !allow_shrink {
+            return Err(Error::InvalidArgument(format!(
+                "refusing to shrink volume {:?} from {} to {} bytes: data past the new end would be lost; pass --allow-shrink if you mean it",
+                d.name, d.capacity, capacity
+            )));
+        }
+        let v = self.open_disk(&d, true)?;
+        v.resize(capacity)
+    }
+
     /// Remove a volume and all its layers. Refused while an unfinished job
     /// exists on it unless `force`.
-    pub fn remove_volume(&self, name_or_guid: &str, force: bool) -> Result<()> { todo!("{name_or_guid}{force}") }
+    pub fn remove_volume(&self, name_or_guid: &str, force: bool) -> Result<()> {
+        self.check_writable()?;
+        let d = self.disk_of(name_or_guid)?;
+        let jobs = self.catalog.jobs_for(d.guid)?;
+        if !force && let Some(j) = jobs.first() {
+            return Err(Error::Incomplete(format!(
+                "volume {:?} has an incomplete operation ({} started at unix time {}, state {}); \
+                 add --force to `strata volume remove` to clean it up",
+                d.name, j.kind, j.started_unix, j.state
+            )));
+        }
+        if let Some(v) = self.open_handle(d.guid) {
+            v.mark_removed();
+        }
+        lock(&self.open).remove(&d.guid);
+        let gone = self.catalog.remove_disk(d.guid)?;
+        let mut layers = wlock(&self.layers);
+        for g in gone {
+            if let Some(l) = layers.remove(&g) {
+                for (_, e) in rlock(&l.map).iter() {
+                    if chain::is_chunk(e) {
+                        self.store.decref(e);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Open a volume for I/O. The same `Arc` is returned while it is open.
-    pub fn open_volume(&self, name_or_guid: &str) -> Result<Arc<Volume>> { todo!("{name_or_guid}") }
+    pub fn open_volume(&self, name_or_guid: &str) -> Result<Arc<Volume>> {
+        let d = self.disk_of(name_or_guid)?;
+        self.open_disk(&d, false)
+    }
+
+    fn open_disk(&self, d: &DiskRow, allow_illegal: bool) -> Result<Arc<Volume>> {
+        let mut open = lock(&self.open);
+        if let Some(v) = open.get(&d.guid).and_then(|w| w.upgrade()) {
+            return Ok(v);
+        }
+        let rows = self.catalog.chain(d.guid)?;
+        if !allow_illegal && let Some(bad) = rows.iter().find(|r| r.legality == Legality::Illegal) {
+            let jobs = self.catalog.jobs_for(d.guid)?;
+            let what = jobs.first().map(|j| format!("an unfinished {} job", j.kind)).unwrap_or_else(|| "an unfinished operation".into());
+            return Err(Error::Incomplete(format!(
+                "volume {:?} is not served: layer {} is ILLEGAL after {what}; \
+                 run `strata volume remove --force {}` to discard it",
+                d.name, bad.guid, d.name
+            )));
+        }
+        let layers: Vec<Arc<Layer>> = rows.iter().map(|r| self.layer(r.guid)).collect::<Result<_>>()?;
+        let engine = self.me.upgrade().ok_or_else(|| Error::ReadOnly("the store is closing".into()))?;
+        let v = Arc::new(Volume::new(engine, d.guid, d.name.clone(), d.capacity, layers));
+        open.insert(d.guid, Arc::downgrade(&v));
+        Ok(v)
+    }
+
+    fn disk_guid_prop(&self, name_or_guid: &str) -> Result<Guid> {
+        Ok(self.disk_of(name_or_guid)?.guid)
+    }
+
     /// Properties of a volume (LINSTOR Aux-style key/value pairs). The key
     /// `name` is reserved (use `rename_volume`).
-    pub fn properties(&self, name_or_guid: &str) -> Result<BTreeMap<String, String>> { todo!("{name_or_guid}") }
-    pub fn get_property(&self, name_or_guid: &str, key: &str) -> Result<Option<String>> { todo!("{name_or_guid}{key}") }
-    pub fn set_property(&self, name_or_guid: &str, key: &str, value: &str) -> Result<()> { todo!("{name_or_guid}{key}{value}") }
+    pub fn properties(&self, name_or_guid: &str) -> Result<BTreeMap<String, String>> {
+        let mut p = self.catalog.prop_list(self.disk_guid_prop(name_or_guid)?)?;
+        p.remove("name");
+        Ok(p)
+    }
+
+    pub fn get_property(&self, name_or_guid: &str, key: &str) -> Result<Option<String>> {
+        Ok(self.catalog.prop_get(self.disk_guid_prop(name_or_guid)?, key)?)
+    }
+
+    pub fn set_property(&self, name_or_guid: &str, key: &str, value: &str) -> Result<()> {
+        self.check_writable()?;
+        let g = self.disk_guid_prop(name_or_guid)?;
+        self.catalog.prop_set(g, key, value).map_err(prop_err)
+    }
+
     /// Returns whether the key existed.
-    pub fn unset_property(&self, name_or_guid: &str, key: &str) -> Result<bool> { todo!("{name_or_guid}{key}") }
+    pub fn unset_property(&self, name_or_guid: &str, key: &str) -> Result<bool> {
+        self.check_writable()?;
+        let g = self.disk_guid_prop(name_or_guid)?;
+        self.catalog.prop_unset(g, key).map_err(prop_err)
+    }
+
     /// Import a raw image file as a new volume (sparse: zero blocks are not
     /// stored). `progress` is called with (bytes done, bytes total). The
     /// volume is ILLEGAL with a job record until the import completes.
-    pub fn import_raw(&self, file: &Path, name: &str, progress: &mut dyn FnMut(u64, u64)) -> Result<VolumeInfo> { todo!("{file:?}{name}{}", progress as *const _ as *const u8 as usize) }
+    pub fn import_raw(&self, file: &Path, name: &str, progress: &mut dyn FnMut(u64, u64)) -> Result<VolumeInfo> {
+        self.check_writable()?;
+        validate_name(name)?;
+        let mut f = File::open(file).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::NotFound(format!("cannot import {}: no such file", file.display()))
+            } else {
+                Error::io(format!("opening {}", file.display()), e)
+            }
+        })?;
+        let size = f.seek(SeekFrom::End(0)).map_err(|e| Error::io(format!("sizing {}", file.display()), e))?;
+        let (disk, leaf) = self.catalog.create_disk(name, size, Legality::Illegal).map_err(|e| self.name_err(e, name))?;
+        wlock(&self.layers).insert(leaf.guid, Layer::new(leaf.guid, PageMap::new()));
+        let job = self.catalog.begin_job("import", disk.guid, &format!("{{\"source\":{:?}}}", file.display().to_string()))?;
+        let res = (|| -> Result<()> {
+            let v = self.open_disk(&disk, true)?;
+            let mut buf = vec![0u8; 1 << 20];
+            let mut off = 0u64;
+            while off < size {
+                // Skip holes cheaply where the filesystem reports them.
+                let data = seek_data(&f, off).unwrap_or(off);
+                if data >= size {
+                    break;
+                }
+                if data > off {
+                    off = data - data % format::BLOCK_SIZE_U64;
+                    progress(off, size);
+                    continue;
+                }
+                let n = ((size - off) as usize).min(buf.len());
+                f.read_exact_at(&mut buf[..n], off).map_err(|e| Error::io(format!("reading {} at {off}", file.display()), e))?;
+                // Write only the non-zero runs: zero blocks are holes anyway.
+                let mut i = 0usize;
+                while i < n {
+                    let end = (i + format::BLOCK_SIZE).min(n);
+                    if format::is_zero(&buf[i..end]) {
+                        i = end;
+                        continue;
+                    }
+                    let mut j = end;
+                    while j < n {
+                        let e2 = (j + format::BLOCK_SIZE).min(n);
+                        if format::is_zero(&buf[j..e2]) {
+                            break;
+                        }
+                        j = e2;
+                    }
+                    v.write_at(&buf[i..j], off + i as u64)?;
+                    i = j;
+                }
+                off += n as u64;
+                progress(off, size);
+            }
+            progress(size, size);
+            v.flush()?;
+            Ok(())
+        })();
+        if let Err(e) = res {
+            // A failed import leaves nothing behind; a crash leaves the job
+            // record and the ILLEGAL layer for `volume remove --force`.
+            if let Err(e2) = self.remove_volume(&disk.guid.to_string(), true) {
+                tracing::error!(%e2, "cleaning up the failed import");
+            }
+            return Err(e);
+        }
+        self.catalog.set_legality(leaf.guid, Legality::Legal)?;
+        self.catalog.finish_job(job)?;
+        self.info_for(&self.catalog.disk(disk.guid)?)
+    }
+
     /// Export a volume to a raw file, sparse where the volume has zeros.
-    pub fn export_raw(&self, name_or_guid: &str, file: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<()> { todo!("{name_or_guid}{file:?}{}", progress as *const _ as *const u8 as usize) }
-    pub fn status(&self) -> Result<StoreStatus> { todo!() }
+    pub fn export_raw(&self, name_or_guid: &str, file: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
+        let v = self.open_volume(name_or_guid)?;
+        let cap = v.capacity();
+        let out = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(file)
+            .map_err(|e| Error::io(format!("creating {}", file.display()), e))?;
+        out.set_len(cap).map_err(|e| Error::io(format!("sizing {}", file.display()), e))?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut off = 0u64;
+        while off < cap {
+            let Some(d) = v.next_data(off) else { break };
+            let hole = v.next_hole(d);
+            let mut pos = d;
+            while pos < hole {
+                let n = ((hole - pos) as usize).min(buf.len());
+                v.read_at(&mut buf[..n], pos)?;
+                let mut i = 0;
+                while i < n {
+                    let end = (i + format::BLOCK_SIZE).min(n);
+                    if !format::is_zero(&buf[i..end]) {
+                        out.write_all_at(&buf[i..end], pos + i as u64).map_err(|e| Error::io(format!("writing {}", file.display()), e))?;
+                    }
+                    i = end;
+                }
+                pos += n as u64;
+                progress(pos, cap);
+            }
+            off = hole;
+        }
+        out.sync_all().map_err(|e| Error::io(format!("syncing {}", file.display()), e))?;
+        progress(cap, cap);
+        Ok(())
+    }
+
+    pub fn status(&self) -> Result<StoreStatus> {
+        let sb = lock(&self.sb).clone();
+        let s = &self.store.stats;
+        let refs = s.total_refs.load(Ordering::Relaxed);
+        let live = s.live_chunks.load(Ordering::Relaxed);
+        let stored = s.live_stored_bytes.load(Ordering::Relaxed);
+        let (pack_files, pack_bytes) = self.store.pack_bytes();
+        let mut chunk_count = 0u64;
+        let mut unreferenced = 0u64;
+        self.store.table().for_each(|_, _, r| {
+            chunk_count += 1;
+            if r == 0 {
+                unreferenced += 1;
+            }
+        });
+        let dir_bytes = |d: &str| -> u64 {
+            std::fs::read_dir(self.path.join(d))
+                .map(|rd| rd.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+                .unwrap_or(0)
+        };
+        let map_bytes = dir_bytes(Paths::MAPS);
+        let journal_bytes = self.journal.size_bytes();
+        let catalog_bytes = self.catalog.size_bytes();
+        let chunks_bytes = std::fs::metadata(self.path.join(Paths::CHUNKS)).map(|m| m.len()).unwrap_or(0);
+        let logical = refs * format::BLOCK_SIZE_U64;
+        let metadata = map_bytes + journal_bytes + catalog_bytes + chunks_bytes + pack_bytes.saturating_sub(stored);
+        let physical = pack_bytes + map_bytes + journal_bytes + catalog_bytes + chunks_bytes;
+        let (fs_free, fs_total) = statvfs(&self.path);
+        let disks = self.catalog.list_disks()?.len() as u64;
+        Ok(StoreStatus {
+            path: self.path.clone(),
+            store_uuid: sb.store_uuid,
+            format_version: sb.format_version,
+            operating_mode: self.mode(),
+            write_policy: sb.write_policy,
+            effective_write_policy: self.effective_policy,
+            volumes: disks,
+            layers: rlock(&self.layers).len() as u64,
+            logical_bytes_used: logical,
+            physical_bytes_used: physical,
+            data_bytes_stored: stored,
+            metadata_bytes: metadata,
+            saving_percent: (logical > 0).then(|| (logical as f64 - physical as f64) * 100.0 / logical as f64),
+            dedup_ratio: (live > 0).then(|| refs as f64 / live as f64),
+            compression_ratio: (stored > 0).then(|| (live * format::BLOCK_SIZE_U64) as f64 / stored as f64),
+            chunk_count,
+            unreferenced_chunks: unreferenced,
+            index_entries: self.store.index_entries(),
+            index_memory_bytes: self.store.index_memory_bytes(),
+            pack_files,
+            filesystem_free_bytes: fs_free,
+            filesystem_total_bytes: fs_total,
+            write_policy_reason: self.policy_reason.clone(),
+            journal_bytes,
+            map_bytes,
+            catalog_bytes,
+            dedup_hits: s.dedup_hits.load(Ordering::Relaxed),
+            dedup_false_matches: s.dedup_false_matches.load(Ordering::Relaxed),
+        })
+    }
+
     /// Make every acknowledged write durable (the commit protocol).
-    pub fn flush(&self) -> Result<()> { todo!() }
+    pub fn flush(&self) -> Result<()> {
+        if self.read_only || self.effective_policy == WritePolicy::AsyncUnsafe {
+            return Ok(());
+        }
+        self.make_durable(self.journal.last_seq())
+    }
 }
 
-pub struct Volume {
-    // filled in by the implementation
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            tracing::error!(store = %self.path.display(), %e, "closing the store failed; it will be recovered at the next open");
+        }
+    }
 }
 
-impl Volume {
-    pub fn guid(&self) -> Guid { todo!() }
-    pub fn name(&self) -> String { todo!() }
-    pub fn capacity(&self) -> u64 { todo!() }
-    /// Bytes holding data through the chain (for `st_blocks`).
-    pub fn allocated_bytes(&self) -> u64 { todo!() }
-    /// Read `buf.len()` bytes at `offset`; the range must be inside the volume.
-    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> { todo!("{}{offset}", buf.len()) }
-    /// Write at `offset`; unaligned and sub-block writes are read-modify-write.
-    pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> { todo!("{}{offset}", buf.len()) }
-    /// Durability as the write policy says (fsync/fdatasync/flush).
-    pub fn flush(&self) -> Result<()> { todo!() }
-    /// Punch a hole: the range reads as zeros; whole blocks are unmapped and
-    /// their chunks released.
-    pub fn discard(&self, offset: u64, len: u64) -> Result<()> { todo!("{offset}{len}") }
-    /// Change the capacity (the file size). Shrinking drops data past the end.
-    pub fn resize(&self, capacity: u64) -> Result<()> { todo!("{capacity}") }
-    /// First offset ≥ `offset` holding data (SEEK_DATA); None past the last.
-    pub fn next_data(&self, offset: u64) -> Option<u64> { todo!("{offset}") }
-    /// First offset ≥ `offset` in a hole (SEEK_HOLE); capacity if none.
-    pub fn next_hole(&self, offset: u64) -> u64 { todo!("{offset}") }
+fn prop_err(e: catalog::Error) -> Error {
+    match e {
+        catalog::Error::ReservedKey(k) => Error::InvalidArgument(format!("the property {k:?} is reserved; use `strata volume rename` to change a name")),
+        e => e.into(),
+    }
 }
 
-#[allow(unused)]
-fn _unused(_: DiskRow) {}
+/// lseek(SEEK_DATA); None when the filesystem cannot tell.
+fn seek_data(f: &File, off: u64) -> Option<u64> {
+    // SAFETY: lseek on a valid fd owned by `f`; no memory is touched.
+    let r = unsafe { libc::lseek(f.as_raw_fd(), off as libc::off_t, libc::SEEK_DATA) };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        // ENXIO: no data past `off` at all.
+        return if e.raw_os_error() == Some(libc::ENXIO) { Some(u64::MAX) } else { None };
+    }
+    Some(r as u64)
+}
+
+/// (free, total) bytes of the filesystem holding `p`.
+pub fn statvfs(p: &Path) -> (u64, u64) {
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else { return (0, 0) };
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `s` a valid out-pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return (0, 0);
+    }
+    (s.f_bavail as u64 * s.f_frsize as u64, s.f_blocks as u64 * s.f_frsize as u64)
+}
+
+fn take_lock(path: &Path) -> Result<File> {
+    let lp = path.join(Paths::LOCK);
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lp)
+        .map_err(store_err("opening the store lock"))?;
+    // SAFETY: flock on a valid fd owned by `f`.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let mut holder = String::new();
+        let _ = f.read_to_string(&mut holder);
+        return Err(Error::Busy { path: path.display().to_string(), detail: format!("pid {}", holder.trim()) });
+    }
+    let _ = f.set_len(0);
+    let _ = f.write_all_at(format!("{}\n", std::process::id()).as_bytes(), 0);
+    Ok(f)
+}
