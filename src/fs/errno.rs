@@ -29,6 +29,13 @@ pub fn to_errno(err: &Error, op: &str) -> Errno {
         }
         Error::Busy { .. } => Errno::EBUSY,
         Error::Unsupported(_) => Errno::EOPNOTSUPP,
+        // An unfinished multi-step operation (ILLEGAL layer, job record):
+        // the volume is not served until it is resolved. The kernel can
+        // only carry EIO, so the log says what to run.
+        Error::Incomplete(what) => {
+            tracing::error!(op, detail = %what, "volume has an unfinished operation: returning EIO");
+            Errno::EIO
+        }
         Error::Io { what, source } => {
             let errno = io_errno(source);
             if errno == Errno::EIO {
