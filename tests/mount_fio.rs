@@ -9,7 +9,7 @@ mod mount_common;
 
 use mount_common::{Mounted, ready, run};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 daemon_entry!();
@@ -55,8 +55,8 @@ fn fio_on_two_volumes_at_once() {
     for p in [&a, &b] {
         run(Command::new("truncate").args(["-s", "32M"]).arg(p));
     }
-    let mut c1 = fio(&a, "one", "randwrite", "4k", "32M", &[]).spawn().unwrap();
-    let mut c2 = fio(&b, "two", "randrw", "64k", "32M", &[]).spawn().unwrap();
+    let mut c1 = fio(&a, "one", "randwrite", "4k", "32M", &[]).stdout(Stdio::null()).spawn().unwrap();
+    let mut c2 = fio(&b, "two", "randrw", "64k", "32M", &[]).stdout(Stdio::null()).spawn().unwrap();
     let s1 = c1.wait().unwrap();
     let s2 = c2.wait().unwrap();
     assert!(s1.success() && s2.success(), "{s1} {s2}\n{}", m.log());
@@ -71,15 +71,22 @@ fn unmount_during_io_loses_nothing_that_was_written() {
     let p = m.path("busy.raw");
     run(Command::new("truncate").args(["-s", "48M"]).arg(&p));
     // Write with verification headers but do not verify yet.
-    let mut writer = fio(&p, "busy", "randwrite", "4k", "48M", &["--do_verify=0"]).spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let mut writer = fio(&p, "busy", "randwrite", "4k", "48M", &["--do_verify=0"]).stdout(Stdio::null()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
     // SIGTERM while fio is writing: the daemon detaches the mount and keeps
     // serving the open file until fio closes it, then flushes and exits.
+    let in_flight = writer.try_wait().unwrap().is_none();
     m.signal(libc::SIGTERM);
     let ws = writer.wait().unwrap();
     assert!(ws.success(), "fio failed during the unmount: {ws}\n{}", m.log());
+    assert!(!m.is_mounted(), "SIGTERM detaches the mount at once");
     let st = m.wait_child(Duration::from_secs(120)).expect("daemon exits after the last close");
     assert!(st.success(), "{st}\n{}", m.log());
+    if in_flight {
+        assert!(m.log().contains("detaching"), "the unmount should have found fio's file open:\n{}", m.log());
+    } else {
+        eprintln!("note: fio finished before the signal; the unmount was not concurrent");
+    }
     m.mount();
     run(&mut fio(&p, "busy", "randwrite", "4k", "48M", &["--verify_only"]));
 }
