@@ -28,6 +28,8 @@ pub const ENV_DAEMON: &str = "STRATA_TEST_DAEMON";
 const ENV_STORE: &str = "STRATA_TEST_STORE";
 const ENV_MNT: &str = "STRATA_TEST_MNT";
 const ENV_OPTS: &str = "STRATA_TEST_OPTS";
+/// Daemonize like `strata mount` (used by the mount-helper test).
+const ENV_SPAWN: &str = "STRATA_TEST_SPAWN";
 
 /// Put `daemon_entry!();` in every test file: the function the daemon
 /// child runs. In a normal test run it does nothing.
@@ -124,6 +126,20 @@ pub fn run_daemon_if_asked() {
         options: std::env::var(ENV_OPTS).ok().filter(|s| !s.is_empty()).into_iter().collect(),
         threads: None,
     };
+    if std::env::var_os(ENV_SPAWN).is_some() {
+        // Play `strata mount` without --foreground: start the daemon (this
+        // executable again, foreground) and return once it is live.
+        let mut cmd = Command::new(std::env::current_exe().expect("test exe"));
+        cmd.args(["--exact", "daemon_entry", "--nocapture", "--test-threads=1"]).env_remove(ENV_SPAWN);
+        let code = match strata::fs::spawn_daemon(&cfg, cmd) {
+            Ok(_) => 0,
+            Err(e) => {
+                eprintln!("strata: {e:#}");
+                1
+            }
+        };
+        std::process::exit(code);
+    }
     let code = match strata::fs::mount(&cfg, test_handler()) {
         Ok(()) => 0,
         Err(e) => {
