@@ -21,7 +21,15 @@ fn fio(file: &Path, name: &str, rw: &str, bs: &str, size: &str, extra: &[&str]) 
         .arg(format!("--rw={rw}"))
         .arg(format!("--bs={bs}"))
         .arg(format!("--size={size}"))
-        .args(["--direct=1", "--ioengine=libaio", "--iodepth=16", "--verify=crc32c", "--verify_fatal=1"])
+        .args([
+            "--direct=1",
+            "--ioengine=libaio",
+            "--iodepth=16",
+            "--verify=crc32c",
+            "--verify_fatal=1",
+        ])
+        // fio would otherwise leave *-verify.state files in the cwd.
+        .arg("--verify_state_save=0")
         .args(extra);
     c
 }
@@ -40,8 +48,22 @@ fn fio_verify_4k_random_and_1m_sequential_writes() {
     run(&mut fio(&b, "seq1m", "write", "1M", "128M", &[]));
     // The same data verifies after a remount (verify-only pass).
     m.remount();
-    run(&mut fio(&a, "rand4k", "randwrite", "4k", "32M", &["--verify_only"]));
-    run(&mut fio(&b, "seq1m", "write", "1M", "128M", &["--verify_only"]));
+    run(&mut fio(
+        &a,
+        "rand4k",
+        "randwrite",
+        "4k",
+        "32M",
+        &["--verify_only"],
+    ));
+    run(&mut fio(
+        &b,
+        "seq1m",
+        "write",
+        "1M",
+        "128M",
+        &["--verify_only"],
+    ));
 }
 
 #[test]
@@ -55,8 +77,14 @@ fn fio_on_two_volumes_at_once() {
     for p in [&a, &b] {
         run(Command::new("truncate").args(["-s", "32M"]).arg(p));
     }
-    let mut c1 = fio(&a, "one", "randwrite", "4k", "32M", &[]).stdout(Stdio::null()).spawn().unwrap();
-    let mut c2 = fio(&b, "two", "randrw", "64k", "32M", &[]).stdout(Stdio::null()).spawn().unwrap();
+    let mut c1 = fio(&a, "one", "randwrite", "4k", "32M", &[])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut c2 = fio(&b, "two", "randrw", "64k", "32M", &[])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
     let s1 = c1.wait().unwrap();
     let s2 = c2.wait().unwrap();
     assert!(s1.success() && s2.success(), "{s1} {s2}\n{}", m.log());
@@ -71,22 +99,42 @@ fn unmount_during_io_loses_nothing_that_was_written() {
     let p = m.path("busy.raw");
     run(Command::new("truncate").args(["-s", "48M"]).arg(&p));
     // Write with verification headers but do not verify yet.
-    let mut writer = fio(&p, "busy", "randwrite", "4k", "48M", &["--do_verify=0"]).stdout(Stdio::null()).spawn().unwrap();
+    let mut writer = fio(&p, "busy", "randwrite", "4k", "48M", &["--do_verify=0"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     // SIGTERM while fio is writing: the daemon detaches the mount and keeps
     // serving the open file until fio closes it, then flushes and exits.
     let in_flight = writer.try_wait().unwrap().is_none();
     m.signal(libc::SIGTERM);
     let ws = writer.wait().unwrap();
-    assert!(ws.success(), "fio failed during the unmount: {ws}\n{}", m.log());
+    assert!(
+        ws.success(),
+        "fio failed during the unmount: {ws}\n{}",
+        m.log()
+    );
     assert!(!m.is_mounted(), "SIGTERM detaches the mount at once");
-    let st = m.wait_child(Duration::from_secs(120)).expect("daemon exits after the last close");
+    let st = m
+        .wait_child(Duration::from_secs(120))
+        .expect("daemon exits after the last close");
     assert!(st.success(), "{st}\n{}", m.log());
     if in_flight {
-        assert!(m.log().contains("detaching"), "the unmount should have found fio's file open:\n{}", m.log());
+        assert!(
+            m.log().contains("detaching"),
+            "the unmount should have found fio's file open:\n{}",
+            m.log()
+        );
     } else {
         eprintln!("note: fio finished before the signal; the unmount was not concurrent");
     }
     m.mount();
-    run(&mut fio(&p, "busy", "randwrite", "4k", "48M", &["--verify_only"]));
+    run(&mut fio(
+        &p,
+        "busy",
+        "randwrite",
+        "4k",
+        "48M",
+        &["--verify_only"],
+    ));
 }

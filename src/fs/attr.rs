@@ -50,7 +50,12 @@ pub struct FileMeta {
 
 impl FileMeta {
     /// Read from a volume's properties. `created_unix` is the fallback time.
-    pub fn from_props(props: &BTreeMap<String, String>, created_unix: i64, default_uid: u32, default_gid: u32) -> FileMeta {
+    pub fn from_props(
+        props: &BTreeMap<String, String>,
+        created_unix: i64,
+        default_uid: u32,
+        default_gid: u32,
+    ) -> FileMeta {
         let created_ns = created_unix.saturating_mul(1_000_000_000);
         let num = |k: &str| props.get(k).and_then(|v| v.trim().parse::<i64>().ok());
         let id = |k: &str| props.get(k).and_then(|v| v.trim().parse::<u32>().ok());
@@ -122,7 +127,9 @@ pub fn hex_decode(s: &str) -> Option<Vec<u8>> {
         b'A'..=b'F' => Some(c - b'A' + 10),
         _ => None,
     };
-    s.chunks_exact(2).map(|p| Some(nibble(p[0])? << 4 | nibble(p[1])?)).collect()
+    s.chunks_exact(2)
+        .map(|p| Some(nibble(p[0])? << 4 | nibble(p[1])?))
+        .collect()
 }
 
 #[cfg(test)]

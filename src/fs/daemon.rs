@@ -59,9 +59,13 @@ pub fn mount(cfg: &MountConfig, control: ControlHandler) -> anyhow::Result<()> {
     if cfg.foreground {
         return run_foreground(cfg, control);
     }
-    let exe = std::env::current_exe().context("finding the strata executable to start the daemon")?;
+    let exe =
+        std::env::current_exe().context("finding the strata executable to start the daemon")?;
     let mut cmd = Command::new(exe);
-    cmd.arg("mount").arg(&cfg.store).arg(&cfg.mountpoint).arg("--foreground");
+    cmd.arg("mount")
+        .arg(&cfg.store)
+        .arg(&cfg.mountpoint)
+        .arg("--foreground");
     let mut opts = cfg.options.clone();
     if let Some(n) = cfg.threads {
         opts.push(format!("threads={n}"));
@@ -77,7 +81,10 @@ pub fn mount(cfg: &MountConfig, control: ControlHandler) -> anyhow::Result<()> {
 /// with `foreground = true`) and wait until its mount is live. Public so
 /// tests can start a daemon from their own executable.
 pub fn spawn_daemon(cfg: &MountConfig, mut cmd: Command) -> anyhow::Result<Child> {
-    let store = cfg.store.canonicalize().with_context(|| format!("store {}", cfg.store.display()))?;
+    let store = cfg
+        .store
+        .canonicalize()
+        .with_context(|| format!("store {}", cfg.store.display()))?;
     let (rd, wr) = pipe().context("creating the readiness pipe")?;
     let log_path = store.join(LOGFILE_NAME);
     let log = std::fs::OpenOptions::new()
@@ -109,11 +116,18 @@ pub fn spawn_daemon(cfg: &MountConfig, mut cmd: Command) -> anyhow::Result<Child
     drop(wr);
     let mut rd = File::from(rd);
     let message = read_ready(&mut rd, &mut child)?;
-    let mountpoint = cfg.mountpoint.canonicalize().unwrap_or_else(|_| cfg.mountpoint.clone());
+    let mountpoint = cfg
+        .mountpoint
+        .canonicalize()
+        .unwrap_or_else(|_| cfg.mountpoint.clone());
     match message.trim_end() {
         "ready" => {
             if find_mount(&mountpoint)?.is_none() {
-                bail!("the strata daemon (pid {}) reported ready but {} is not in /proc/self/mountinfo", child.id(), mountpoint.display());
+                bail!(
+                    "the strata daemon (pid {}) reported ready but {} is not in /proc/self/mountinfo",
+                    child.id(),
+                    mountpoint.display()
+                );
             }
             Ok(child)
         }
@@ -122,7 +136,10 @@ pub fn spawn_daemon(cfg: &MountConfig, mut cmd: Command) -> anyhow::Result<Child
             Err(anyhow!("{}", &m["error: ".len()..]))
         }
         _ => {
-            let status = child.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+            let status = child
+                .wait()
+                .map(|s| s.to_string())
+                .unwrap_or_else(|e| e.to_string());
             Err(anyhow!(
                 "the strata daemon exited ({status}) before the mount was ready; last lines of {}:\n{}",
                 log_path.display(),
@@ -139,7 +156,11 @@ fn read_ready(rd: &mut File, child: &mut Child) -> anyhow::Result<String> {
     let mut warned = false;
     let mut buf = Vec::new();
     loop {
-        let mut pfd = libc::pollfd { fd: rd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: rd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: one valid pollfd for the duration of the call.
         let rc = unsafe { libc::poll(&mut pfd, 1, 1000) };
         if rc > 0 {
@@ -156,7 +177,11 @@ fn read_ready(rd: &mut File, child: &mut Child) -> anyhow::Result<String> {
         }
         // No word yet: a dead child that leaked the pipe to a grandchild
         // would keep it open forever, so watch the child too.
-        if child.try_wait().context("waiting for the strata daemon")?.is_some() {
+        if child
+            .try_wait()
+            .context("waiting for the strata daemon")?
+            .is_some()
+        {
             break;
         }
         if !warned && started.elapsed() > Duration::from_secs(10) {
@@ -178,14 +203,20 @@ struct Ready(Option<File>);
 
 impl Ready {
     fn from_env() -> Ready {
-        let Some(fd) = std::env::var(READY_FD_ENV).ok().and_then(|v| v.parse::<RawFd>().ok()) else {
+        let Some(fd) = std::env::var(READY_FD_ENV)
+            .ok()
+            .and_then(|v| v.parse::<RawFd>().ok())
+        else {
             return Ready(None);
         };
         // Only trust the number if it is a pipe: the variable could have
         // leaked into an unrelated process's environment.
         // SAFETY: fstat writes into the zeroed struct; a bad fd gives -1.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        if fd < 3 || unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFIFO {
+        if fd < 3
+            || unsafe { libc::fstat(fd, &mut st) } != 0
+            || st.st_mode & libc::S_IFMT != libc::S_IFIFO
+        {
             return Ready(None);
         }
         // SAFETY: the fd is open (fstat succeeded), inherited for us alone,
@@ -219,22 +250,39 @@ fn serve(cfg: &MountConfig, control: ControlHandler, ready: &mut Ready) -> anyho
     if cfg.threads.is_some() {
         opts.threads = cfg.threads;
     }
-    let store = cfg.store.canonicalize().with_context(|| format!("store {}", cfg.store.display()))?;
+    let store = cfg
+        .store
+        .canonicalize()
+        .with_context(|| format!("store {}", cfg.store.display()))?;
     let mountpoint = canonical_mountpoint(&cfg.mountpoint)?;
     if let Some(m) = find_mount(&mountpoint)? {
         if m.fstype.starts_with("fuse") && m.fstype.contains("strata") {
-            bail!("{} is already a strata mount (of {}); unmount it first with `strata umount {}`", mountpoint.display(), m.source, mountpoint.display());
+            bail!(
+                "{} is already a strata mount (of {}); unmount it first with `strata umount {}`",
+                mountpoint.display(),
+                m.source,
+                mountpoint.display()
+            );
         }
     }
 
-    let engine = Engine::open(&store, &OpenOptions { read_only: opts.read_only })
-        .with_context(|| format!("opening store {}", store.display()))?;
+    let engine = Engine::open(
+        &store,
+        &OpenOptions {
+            read_only: opts.read_only,
+        },
+    )
+    .with_context(|| format!("opening store {}", store.display()))?;
     if !opts.read_only {
         remove_leftover_unlinked(&engine);
     }
 
     let n_threads = opts.threads.unwrap_or_else(|| {
-        options::default_threads(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
+        options::default_threads(
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+        )
     });
     // SAFETY: geteuid/getegid cannot fail.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
@@ -242,7 +290,12 @@ fn serve(cfg: &MountConfig, control: ControlHandler, ready: &mut Ready) -> anyho
     let fs = StrataFs::new(
         engine.clone(),
         inodes.clone(),
-        FsSettings { read_only: opts.read_only, max_background: opts.max_background, uid, gid },
+        FsSettings {
+            read_only: opts.read_only,
+            max_background: opts.max_background,
+            uid,
+            gid,
+        },
     );
     let mut config = fuser::Config::default();
     config.mount_options = vec![
@@ -259,7 +312,11 @@ fn serve(cfg: &MountConfig, control: ControlHandler, ready: &mut Ready) -> anyho
         config.mount_options.push(fuser::MountOption::AutoUnmount);
     }
     config.mount_options.extend(opts.kernel.iter().cloned());
-    config.acl = if opts.allow_other { fuser::SessionACL::All } else { fuser::SessionACL::Owner };
+    config.acl = if opts.allow_other {
+        fuser::SessionACL::All
+    } else {
+        fuser::SessionACL::Owner
+    };
     config.n_threads = Some(n_threads);
     config.clone_fd = n_threads > 1;
 
@@ -271,16 +328,26 @@ fn serve(cfg: &MountConfig, control: ControlHandler, ready: &mut Ready) -> anyho
         libc::prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0);
     }
 
-    let session = fuser::Session::new(fs, &mountpoint, &config).with_context(|| format!("mounting {} on {}", store.display(), mountpoint.display()))?;
+    let session = fuser::Session::new(fs, &mountpoint, &config)
+        .with_context(|| format!("mounting {} on {}", store.display(), mountpoint.display()))?;
     let notifier = session.notifier();
     // From here the mount is live: undo it if the rest of start-up fails.
-    let mut started = StartGuard { mountpoint: Some(mountpoint.clone()) };
-    let server = control::Server::start(&store, engine.clone(), invalidate::wrap(control, notifier, inodes))
-        .context("starting the control socket")?;
+    let mut started = StartGuard {
+        mountpoint: Some(mountpoint.clone()),
+    };
+    let server = control::Server::start(
+        &store,
+        engine.clone(),
+        invalidate::wrap(control, notifier, inodes),
+    )
+    .context("starting the control socket")?;
     let signals = SignalWatcher::start(mountpoint.clone()).context("installing signal handlers")?;
     let pidfile = store.join(PIDFILE_NAME);
-    std::fs::write(&pidfile, format!("{}\n{}\n", std::process::id(), mountpoint.display()))
-        .with_context(|| format!("writing {}", pidfile.display()))?;
+    std::fs::write(
+        &pidfile,
+        format!("{}\n{}\n", std::process::id(), mountpoint.display()),
+    )
+    .with_context(|| format!("writing {}", pidfile.display()))?;
     started.mountpoint = None;
     tracing::info!(store = %store.display(), mountpoint = %mountpoint.display(), threads = n_threads, "mounted");
     ready.send("ready\n");
@@ -289,7 +356,9 @@ fn serve(cfg: &MountConfig, control: ControlHandler, ready: &mut Ready) -> anyho
     tracing::info!(mountpoint = %mountpoint.display(), "unmounted; closing the store");
     signals.stop();
     server.stop();
-    let closed = engine.close().with_context(|| format!("closing store {}", store.display()));
+    let closed = engine
+        .close()
+        .with_context(|| format!("closing store {}", store.display()));
     let _ = std::fs::remove_file(&pidfile);
     run.context("serving the FUSE session")?;
     closed
@@ -310,12 +379,18 @@ impl Drop for StartGuard {
 
 /// Volumes unlinked while open whose daemon died before the last close.
 fn remove_leftover_unlinked(engine: &Engine) {
-    let Ok(list) = engine.list_volumes() else { return };
+    let Ok(list) = engine.list_volumes() else {
+        return;
+    };
     for info in list {
         if info.name == layout::unlinked_name(info.guid) {
             match engine.remove_volume(&info.guid.to_string(), false) {
-                Ok(()) => tracing::info!(volume = %info.guid, "removed a volume unlinked while open before a crash"),
-                Err(e) => tracing::warn!(volume = %info.guid, error = %e, "could not remove a leftover unlinked volume"),
+                Ok(()) => {
+                    tracing::info!(volume = %info.guid, "removed a volume unlinked while open before a crash")
+                }
+                Err(e) => {
+                    tracing::warn!(volume = %info.guid, error = %e, "could not remove a leftover unlinked volume")
+                }
             }
         } else if info.name == layout::replaced_name(info.guid) {
             tracing::warn!(volume = %info.guid, name = %info.name,
@@ -376,24 +451,29 @@ impl SignalWatcher {
                 }
             }
         }
-        let thread = std::thread::Builder::new().name("strata-signals".into()).spawn(move || {
-            let mut rd = File::from(rd);
-            let mut b = [0u8; 1];
-            loop {
-                match rd.read(&mut b) {
-                    Ok(1) if b[0] != 0 => {
-                        tracing::info!(signal = b[0], "signal received: unmounting");
-                        if let Err(e) = request_unmount(&mountpoint, true) {
-                            tracing::error!(error = %e, "unmount on signal failed");
+        let thread = std::thread::Builder::new()
+            .name("strata-signals".into())
+            .spawn(move || {
+                let mut rd = File::from(rd);
+                let mut b = [0u8; 1];
+                loop {
+                    match rd.read(&mut b) {
+                        Ok(1) if b[0] != 0 => {
+                            tracing::info!(signal = b[0], "signal received: unmounting");
+                            if let Err(e) = request_unmount(&mountpoint, true) {
+                                tracing::error!(error = %e, "unmount on signal failed");
+                            }
                         }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        // 0 = stop(); EOF or error: nothing more will come.
+                        _ => return,
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    // 0 = stop(); EOF or error: nothing more will come.
-                    _ => return,
                 }
-            }
-        })?;
-        Ok(SignalWatcher { wr, thread: Some(thread) })
+            })?;
+        Ok(SignalWatcher {
+            wr,
+            thread: Some(thread),
+        })
     }
 
     fn stop(mut self) {
@@ -433,7 +513,8 @@ fn request_unmount(mp: &Path, lazy_if_busy: bool) -> anyhow::Result<()> {
             if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
                 return Ok(());
             }
-            Err(std::io::Error::last_os_error()).with_context(|| format!("detaching {}", mp.display()))
+            Err(std::io::Error::last_os_error())
+                .with_context(|| format!("detaching {}", mp.display()))
         }
         Some(libc::EBUSY) => bail!(
             "{} is busy: files on it are open (see `fuser -vm {}`); close them (stop the VMs) and retry, or use `umount -l` to detach it",
@@ -446,9 +527,17 @@ fn request_unmount(mp: &Path, lazy_if_busy: bool) -> anyhow::Result<()> {
             if lazy_if_busy {
                 cmd.arg("-z");
             }
-            let out = cmd.arg("--").arg(mp).output().context("running fusermount3 -u")?;
+            let out = cmd
+                .arg("--")
+                .arg(mp)
+                .output()
+                .context("running fusermount3 -u")?;
             if !out.status.success() {
-                bail!("fusermount3 -u {}: {}", mp.display(), String::from_utf8_lossy(&out.stderr).trim());
+                bail!(
+                    "fusermount3 -u {}: {}",
+                    mp.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
             }
             Ok(())
         }
@@ -464,19 +553,27 @@ pub fn umount(mountpoint: &Path) -> anyhow::Result<()> {
     let mp = match mountpoint.canonicalize() {
         Ok(p) => p,
         // A dead daemon leaves ENOTCONN: use the path as given.
-        Err(_) => std::path::absolute(mountpoint).with_context(|| format!("mountpoint {}", mountpoint.display()))?,
+        Err(_) => std::path::absolute(mountpoint)
+            .with_context(|| format!("mountpoint {}", mountpoint.display()))?,
     };
     let entry = find_mount(&mp)?.ok_or_else(|| anyhow!("{} is not mounted", mp.display()))?;
     if !entry.fstype.starts_with("fuse") {
         bail!("{} is a {} mount, not strata", mp.display(), entry.fstype);
     }
-    let pid = read_pidfile(Path::new(&entry.source)).filter(|(_, m)| m == &mp).map(|(pid, _)| pid);
+    let pid = read_pidfile(Path::new(&entry.source))
+        .filter(|(_, m)| m == &mp)
+        .map(|(pid, _)| pid);
     request_unmount(&mp, false)?;
     if let Some(pid) = pid {
         let start = Instant::now();
         while process_alive(pid) {
             if start.elapsed() > EXIT_WAIT {
-                bail!("{} is unmounted but the strata daemon (pid {pid}) is still flushing after {} s; see {}/{LOGFILE_NAME}", mp.display(), EXIT_WAIT.as_secs(), entry.source);
+                bail!(
+                    "{} is unmounted but the strata daemon (pid {pid}) is still flushing after {} s; see {}/{LOGFILE_NAME}",
+                    mp.display(),
+                    EXIT_WAIT.as_secs(),
+                    entry.source
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -504,7 +601,11 @@ pub fn process_alive(pid: i32) -> bool {
     }
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state is the first field after the parenthesised name.
-        Ok(stat) => !matches!(stat.rsplit_once(')').and_then(|(_, r)| r.trim_start().chars().next()), Some('Z') | Some('X')),
+        Ok(stat) => !matches!(
+            stat.rsplit_once(')')
+                .and_then(|(_, r)| r.trim_start().chars().next()),
+            Some('Z') | Some('X')
+        ),
         Err(_) => false,
     }
 }
@@ -520,18 +621,28 @@ pub struct MountEntry {
 
 /// The topmost mount at `mountpoint`, if any.
 pub fn find_mount(mountpoint: &Path) -> anyhow::Result<Option<MountEntry>> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-    Ok(parse_mountinfo(&text).into_iter().rev().find(|e| e.mountpoint == mountpoint))
+    let text =
+        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    Ok(parse_mountinfo(&text)
+        .into_iter()
+        .rev()
+        .find(|e| e.mountpoint == mountpoint))
 }
 
 pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
     let mut out = Vec::new();
     for line in text.lines() {
         // id parent maj:min root mountpoint opts [optional...] - fstype source superopts
-        let Some((left, right)) = line.split_once(" - ") else { continue };
-        let Some(mp) = left.split(' ').nth(4) else { continue };
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let Some(mp) = left.split(' ').nth(4) else {
+            continue;
+        };
         let mut r = right.split(' ');
-        let (Some(fstype), Some(source)) = (r.next(), r.next()) else { continue };
+        let (Some(fstype), Some(source)) = (r.next(), r.next()) else {
+            continue;
+        };
         out.push(MountEntry {
             mountpoint: PathBuf::from(std::ffi::OsStr::from_bytes(&unescape(mp))),
             fstype: String::from_utf8_lossy(&unescape(fstype)).into_owned(),
@@ -550,7 +661,9 @@ fn unescape(s: &str) -> Vec<u8> {
         if b[i] == b'\\' && i + 4 <= b.len() {
             let oct = &b[i + 1..i + 4];
             if oct.iter().all(|c| (b'0'..=b'7').contains(c)) {
-                let v = (oct[0] - b'0') as u32 * 64 + (oct[1] - b'0') as u32 * 8 + (oct[2] - b'0') as u32;
+                let v = (oct[0] - b'0') as u32 * 64
+                    + (oct[1] - b'0') as u32 * 8
+                    + (oct[2] - b'0') as u32;
                 if let Ok(byte) = u8::try_from(v) {
                     out.push(byte);
                     i += 4;

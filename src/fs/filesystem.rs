@@ -25,14 +25,16 @@
 use super::attr::{self, FileMeta};
 use super::errno::to_errno;
 use super::inodes::{FileState, InodeTable};
-use super::layout::{self, BadName, IMAGES_DIR, IMAGES_INO, NodeKey, ROOT_INO, SNAPSHOTS_DIR, SNAPSHOTS_INO};
+use super::layout::{
+    self, BadName, IMAGES_DIR, IMAGES_INO, NodeKey, ROOT_INO, SNAPSHOTS_DIR, SNAPSHOTS_INO,
+};
 use crate::guid::Guid;
 use crate::volume::{Engine, Volume, VolumeInfo};
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
-    TimeOrNow, WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -121,7 +123,11 @@ impl StrataFs {
     // ----- attributes -------------------------------------------------
 
     fn dir_attr(&self, ino: u64, writable: bool) -> FileAttr {
-        let perm = if writable && !self.settings.read_only { 0o755 } else { 0o555 };
+        let perm = if writable && !self.settings.read_only {
+            0o755
+        } else {
+            0o555
+        };
         FileAttr {
             ino: INodeNo(ino),
             size: 0,
@@ -143,7 +149,12 @@ impl StrataFs {
 
     /// `stat` of a volume file from its catalogue view.
     fn file_attr(&self, ino: u64, state: &FileState, info: &VolumeInfo) -> FileAttr {
-        let meta = FileMeta::from_props(&info.properties, info.created_unix, self.settings.uid, self.settings.gid);
+        let meta = FileMeta::from_props(
+            &info.properties,
+            info.created_unix,
+            self.settings.uid,
+            self.settings.gid,
+        );
         let (mtime_ns, ctime_ns) = match state.pending_mtime() {
             Some(t) => (t, t.max(meta.ctime_ns)),
             None => (meta.mtime_ns, meta.ctime_ns),
@@ -183,7 +194,10 @@ impl StrataFs {
 
     /// Catalogue view of a volume by its GUID; NotFound once removed.
     fn info_by_guid(&self, disk: Guid, op: &str) -> Res<VolumeInfo> {
-        let info = self.engine.volume_info(&disk.to_string()).map_err(|e| to_errno(&e, op))?;
+        let info = self
+            .engine
+            .volume_info(&disk.to_string())
+            .map_err(|e| to_errno(&e, op))?;
         // find_disk also matches layer GUIDs; only the image group counts.
         if info.guid != disk {
             return Err(Errno::ENOENT);
@@ -194,7 +208,10 @@ impl StrataFs {
     /// A top-level name: the volume of that exact name (a GUID string
     /// must not reach a volume by identity here).
     fn info_by_name(&self, name: &str, op: &str) -> Res<VolumeInfo> {
-        let info = self.engine.volume_info(name).map_err(|e| to_errno(&e, op))?;
+        let info = self
+            .engine
+            .volume_info(name)
+            .map_err(|e| to_errno(&e, op))?;
         if info.name != name {
             return Err(Errno::ENOENT);
         }
@@ -280,20 +297,40 @@ impl StrataFs {
         };
         let here = self.attr_of(ino, "readdir")?;
         let mut out = vec![
-            DirEntry { ino, name: ".".into(), attr: here },
-            DirEntry { ino: parent_ino, name: "..".into(), attr: self.attr_of(parent_ino, "readdir")? },
+            DirEntry {
+                ino,
+                name: ".".into(),
+                attr: here,
+            },
+            DirEntry {
+                ino: parent_ino,
+                name: "..".into(),
+                attr: self.attr_of(parent_ino, "readdir")?,
+            },
         ];
         match node.key {
             NodeKey::Root => {
-                out.push(DirEntry { ino: SNAPSHOTS_INO, name: SNAPSHOTS_DIR.into(), attr: self.dir_attr(SNAPSHOTS_INO, false) });
-                out.push(DirEntry { ino: IMAGES_INO, name: IMAGES_DIR.into(), attr: self.dir_attr(IMAGES_INO, false) });
+                out.push(DirEntry {
+                    ino: SNAPSHOTS_INO,
+                    name: SNAPSHOTS_DIR.into(),
+                    attr: self.dir_attr(SNAPSHOTS_INO, false),
+                });
+                out.push(DirEntry {
+                    ino: IMAGES_INO,
+                    name: IMAGES_DIR.into(),
+                    attr: self.dir_attr(IMAGES_INO, false),
+                });
                 for info in self.list_volumes()? {
                     if layout::is_reserved(&info.name) {
                         continue;
                     }
                     let (vino, state) = self.inodes.file_state(info.guid);
                     let attr = self.file_attr(vino, &state, &info);
-                    out.push(DirEntry { ino: vino, name: info.name, attr });
+                    out.push(DirEntry {
+                        ino: vino,
+                        name: info.name,
+                        attr,
+                    });
                 }
             }
             NodeKey::SnapshotsDir => {
@@ -302,7 +339,11 @@ impl StrataFs {
                         continue;
                     }
                     let dino = self.inodes.ino_of(NodeKey::SnapshotDir(info.guid));
-                    out.push(DirEntry { ino: dino, name: info.name, attr: self.dir_attr(dino, false) });
+                    out.push(DirEntry {
+                        ino: dino,
+                        name: info.name,
+                        attr: self.dir_attr(dino, false),
+                    });
                 }
             }
             NodeKey::ImagesDir => {
@@ -311,14 +352,22 @@ impl StrataFs {
                         continue;
                     }
                     let dino = self.inodes.ino_of(NodeKey::ImageGroupDir(info.guid));
-                    out.push(DirEntry { ino: dino, name: info.guid.to_string(), attr: self.dir_attr(dino, false) });
+                    out.push(DirEntry {
+                        ino: dino,
+                        name: info.guid.to_string(),
+                        attr: self.dir_attr(dino, false),
+                    });
                 }
             }
             NodeKey::ImageGroupDir(g) => {
                 let info = self.info_by_guid(g, "readdir")?;
                 let (vino, state) = self.inodes.file_state(g);
                 let attr = self.file_attr(vino, &state, &info);
-                out.push(DirEntry { ino: vino, name: info.leaf.to_string(), attr });
+                out.push(DirEntry {
+                    ino: vino,
+                    name: info.leaf.to_string(),
+                    attr,
+                });
             }
             NodeKey::SnapshotDir(_) | NodeKey::Volume(_) => {}
         }
@@ -326,7 +375,9 @@ impl StrataFs {
     }
 
     fn list_volumes(&self) -> Res<Vec<VolumeInfo>> {
-        self.engine.list_volumes().map_err(|e| to_errno(&e, "readdir"))
+        self.engine
+            .list_volumes()
+            .map_err(|e| to_errno(&e, "readdir"))
     }
 
     fn dir_listing(&self, ino: u64, fh: FileHandle) -> Res<Arc<Vec<DirEntry>>> {
@@ -340,7 +391,10 @@ impl StrataFs {
     // ----- handles ----------------------------------------------------
 
     fn handle(&self, fh: FileHandle) -> Res<Arc<OpenFile>> {
-        read_lock(&self.handles).get(&fh.0).cloned().ok_or(Errno::EBADF)
+        read_lock(&self.handles)
+            .get(&fh.0)
+            .cloned()
+            .ok_or(Errno::EBADF)
     }
 
     fn new_fh(&self) -> u64 {
@@ -352,14 +406,23 @@ impl StrataFs {
         if writable && self.settings.read_only {
             return Err(Errno::EROFS);
         }
-        let volume = self.engine.open_volume(&disk.to_string()).map_err(|e| to_errno(&e, "open"))?;
+        let volume = self
+            .engine
+            .open_volume(&disk.to_string())
+            .map_err(|e| to_errno(&e, "open"))?;
         if volume.guid() != disk {
             return Err(Errno::ENOENT);
         }
         let (ino, state) = self.inodes.file_state(disk);
         state.open_count.fetch_add(1, Ordering::AcqRel);
         let fh = self.new_fh();
-        let of = Arc::new(OpenFile { ino, state, volume, writable, dirty: AtomicBool::new(false) });
+        let of = Arc::new(OpenFile {
+            ino,
+            state,
+            volume,
+            writable,
+            dirty: AtomicBool::new(false),
+        });
         write_lock(&self.handles).insert(fh, of.clone());
         Ok((fh, of))
     }
@@ -407,7 +470,12 @@ impl StrataFs {
 
     /// The open volume behind `ino`: the handle's if given, else the
     /// engine's (same `Arc` while anything has it open).
-    fn volume_for(&self, ino: u64, fh: Option<FileHandle>, op: &str) -> Res<(Arc<FileState>, Arc<Volume>)> {
+    fn volume_for(
+        &self,
+        ino: u64,
+        fh: Option<FileHandle>,
+        op: &str,
+    ) -> Res<(Arc<FileState>, Arc<Volume>)> {
         if let Some(fh) = fh {
             if let Ok(of) = self.handle(fh) {
                 if of.ino == ino {
@@ -419,7 +487,10 @@ impl StrataFs {
         let (Some(state), NodeKey::Volume(disk)) = (node.file, node.key) else {
             return Err(Errno::EISDIR);
         };
-        let volume = self.engine.open_volume(&disk.to_string()).map_err(|e| to_errno(&e, op))?;
+        let volume = self
+            .engine
+            .open_volume(&disk.to_string())
+            .map_err(|e| to_errno(&e, op))?;
         Ok((state, volume))
     }
 
@@ -432,13 +503,22 @@ impl StrataFs {
     }
 
     fn set_prop(&self, disk: Guid, key: &str, value: &str, op: &str) -> Res<()> {
-        self.engine.set_property(&disk.to_string(), key, value).map_err(|e| to_errno(&e, op))
+        self.engine
+            .set_property(&disk.to_string(), key, value)
+            .map_err(|e| to_errno(&e, op))
     }
 
     /// Create a volume for a new top-level name and store the attributes
     /// that differ from the defaults (so a plain root `cp` writes no
     /// property at all).
-    fn create_volume(&self, req: &Request, parent: u64, name: &OsStr, mode: u32, umask: u32) -> Res<VolumeInfo> {
+    fn create_volume(
+        &self,
+        req: &Request,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+    ) -> Res<VolumeInfo> {
         if parent != ROOT_INO {
             return Err(Errno::EPERM);
         }
@@ -446,7 +526,10 @@ impl StrataFs {
             return Err(Errno::EROFS);
         }
         let name = layout::volume_name(name).map_err(BadName::errno)?;
-        let info = self.engine.create_volume(name, 0).map_err(|e| to_errno(&e, "create"))?;
+        let info = self
+            .engine
+            .create_volume(name, 0)
+            .map_err(|e| to_errno(&e, "create"))?;
         let perm = (mode & !umask) & 0o7777;
         let g = info.guid;
         if perm != u32::from(attr::DEFAULT_FILE_MODE) {
@@ -473,12 +556,25 @@ impl StrataFs {
             tracing::info!(volume = %disk, "unlinked while open: removed at last close");
             return Ok(());
         }
-        self.engine.remove_volume(&disk.to_string(), false).map_err(|e| to_errno(&e, op))
+        self.engine
+            .remove_volume(&disk.to_string(), false)
+            .map_err(|e| to_errno(&e, op))
     }
 
-    fn do_rename(&self, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr, flags: RenameFlags) -> Res<()> {
+    fn do_rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: RenameFlags,
+    ) -> Res<()> {
         if parent != ROOT_INO || newparent != ROOT_INO {
-            return Err(if parent == newparent { Errno::EPERM } else { Errno::EXDEV });
+            return Err(if parent == newparent {
+                Errno::EPERM
+            } else {
+                Errno::EXDEV
+            });
         }
         if self.settings.read_only {
             return Err(Errno::EROFS);
@@ -498,7 +594,10 @@ impl StrataFs {
             Err(e) => return Err(e),
         };
         let Some(target) = target else {
-            return self.engine.rename_volume(&src.guid.to_string(), to).map_err(|e| to_errno(&e, "rename"));
+            return self
+                .engine
+                .rename_volume(&src.guid.to_string(), to)
+                .map_err(|e| to_errno(&e, "rename"));
         };
         if flags.contains(RenameFlags::RENAME_NOREPLACE) {
             return Err(Errno::EEXIST);
@@ -512,7 +611,9 @@ impl StrataFs {
         // middle puts the target back, so its data is never lost.
         let tg = target.guid.to_string();
         let aside = layout::replaced_name(target.guid);
-        self.engine.rename_volume(&tg, &aside).map_err(|e| to_errno(&e, "rename"))?;
+        self.engine
+            .rename_volume(&tg, &aside)
+            .map_err(|e| to_errno(&e, "rename"))?;
         if let Err(e) = self.engine.rename_volume(&src.guid.to_string(), to) {
             if let Err(back) = self.engine.rename_volume(&tg, to) {
                 tracing::error!(volume = %target.guid, name = to, error = %back, "could not restore the rename target's name");
@@ -522,6 +623,7 @@ impl StrataFs {
         self.remove_or_defer(target.guid, "rename")
     }
 
+    #[allow(clippy::too_many_arguments)] // mirrors Filesystem::setattr
     fn do_setattr(
         &self,
         ino: u64,
@@ -585,7 +687,14 @@ impl StrataFs {
         self.volume_file_attr(disk, "setattr")
     }
 
-    fn do_fallocate(&self, ino: u64, fh: FileHandle, offset: u64, length: u64, mode: i32) -> Res<()> {
+    fn do_fallocate(
+        &self,
+        ino: u64,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+    ) -> Res<()> {
         if self.settings.read_only {
             return Err(Errno::EROFS);
         }
@@ -597,7 +706,10 @@ impl StrataFs {
         let keep_size = mode & FALLOC_FL_KEEP_SIZE != 0;
         let punch = mode & FALLOC_FL_PUNCH_HOLE != 0;
         let zero = mode & FALLOC_FL_ZERO_RANGE != 0;
-        if mode & !(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE) != 0 || (punch && zero) || (punch && !keep_size) {
+        if mode & !(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE) != 0
+            || (punch && zero)
+            || (punch && !keep_size)
+        {
             return Err(Errno::EOPNOTSUPP);
         }
         if !keep_size {
@@ -608,7 +720,9 @@ impl StrataFs {
             if offset < cap {
                 let len = end.min(cap) - offset;
                 if len > 0 {
-                    of.volume.discard(offset, len).map_err(|e| to_errno(&e, "fallocate"))?;
+                    of.volume
+                        .discard(offset, len)
+                        .map_err(|e| to_errno(&e, "fallocate"))?;
                 }
             }
             of.dirty.store(true, Ordering::Release);
@@ -672,7 +786,11 @@ impl StrataFs {
         let (disk, key) = self.xattr_target(ino, name)?;
         let g = disk.to_string();
         if flags & (XATTR_CREATE | XATTR_REPLACE) != 0 {
-            let exists = self.engine.get_property(&g, &key).map_err(|e| to_errno(&e, "setxattr"))?.is_some();
+            let exists = self
+                .engine
+                .get_property(&g, &key)
+                .map_err(|e| to_errno(&e, "setxattr"))?
+                .is_some();
             if flags & XATTR_CREATE != 0 && exists {
                 return Err(Errno::EEXIST);
             }
@@ -680,14 +798,19 @@ impl StrataFs {
                 return Err(Errno::NO_XATTR);
             }
         }
-        self.engine.set_property(&g, &key, &attr::hex_encode(value)).map_err(|e| to_errno(&e, "setxattr"))
+        self.engine
+            .set_property(&g, &key, &attr::hex_encode(value))
+            .map_err(|e| to_errno(&e, "setxattr"))
     }
 
     fn list_xattr(&self, ino: u64) -> Res<Vec<u8>> {
         let Ok((disk, _)) = self.volume_node(ino) else {
             return Ok(Vec::new());
         };
-        let props = self.engine.properties(&disk.to_string()).map_err(|e| to_errno(&e, "listxattr"))?;
+        let props = self
+            .engine
+            .properties(&disk.to_string())
+            .map_err(|e| to_errno(&e, "listxattr"))?;
         let mut out = Vec::new();
         for k in props.keys() {
             if let Some(name) = k.strip_prefix(attr::XATTR_PREFIX) {
@@ -712,7 +835,8 @@ impl StrataFs {
 
     fn statfs_of_store(&self) -> Res<libc::statvfs> {
         use std::os::unix::ffi::OsStrExt;
-        let path = std::ffi::CString::new(self.engine.path().as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
+        let path = std::ffi::CString::new(self.engine.path().as_os_str().as_bytes())
+            .map_err(|_| Errno::EINVAL)?;
         // SAFETY: statvfs only writes into the zeroed struct we pass, and
         // `path` is a valid NUL-terminated string for the call's duration.
         let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
@@ -732,7 +856,9 @@ fn lookup_name_errno(b: BadName) -> Errno {
 }
 
 fn parse_guid(name: &OsStr) -> Res<Guid> {
-    name.to_str().and_then(|s| s.parse::<Guid>().ok()).ok_or(Errno::ENOENT)
+    name.to_str()
+        .and_then(|s| s.parse::<Guid>().ok())
+        .ok_or(Errno::ENOENT)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -770,12 +896,17 @@ impl Filesystem for StrataFs {
             ("FUSE_DO_READDIRPLUS", InitFlags::FUSE_DO_READDIRPLUS),
             ("FUSE_READDIRPLUS_AUTO", InitFlags::FUSE_READDIRPLUS_AUTO),
             // Lets tools mmap a direct-I/O file instead of getting ENODEV.
-            ("FUSE_DIRECT_IO_ALLOW_MMAP", InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP),
+            (
+                "FUSE_DIRECT_IO_ALLOW_MMAP",
+                InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
+            ),
         ];
         for (name, flag) in wanted {
             if config.add_capabilities(flag).is_err() {
                 if flag == InitFlags::FUSE_ASYNC_DIO {
-                    tracing::warn!("kernel lacks FUSE_ASYNC_DIO: queued O_DIRECT I/O will be serialised");
+                    tracing::warn!(
+                        "kernel lacks FUSE_ASYNC_DIO: queued O_DIRECT I/O will be serialised"
+                    );
                 } else {
                     tracing::debug!(capability = name, "not supported by the kernel");
                 }
@@ -792,7 +923,8 @@ impl Filesystem for StrataFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let _s = tracing::debug_span!("fuse", op = "lookup", parent = parent.0, name = ?name).entered();
+        let _s =
+            tracing::debug_span!("fuse", op = "lookup", parent = parent.0, name = ?name).entered();
         match self.lookup_attr(parent.0, name) {
             Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
             Err(e) => reply.error(e),
@@ -825,15 +957,34 @@ impl Filesystem for StrataFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let _s = tracing::debug_span!("fuse", op = "setattr", ino = ino.0, ?mode, ?uid, ?gid, ?size).entered();
+        let _s = tracing::debug_span!(
+            "fuse",
+            op = "setattr",
+            ino = ino.0,
+            ?mode,
+            ?uid,
+            ?gid,
+            ?size
+        )
+        .entered();
         match self.do_setattr(ino.0, mode, uid, gid, size, atime, mtime, fh) {
             Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(e),
         }
     }
 
-    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, _rdev: u32, reply: ReplyEntry) {
-        let _s = tracing::debug_span!("fuse", op = "mknod", parent = parent.0, name = ?name, mode).entered();
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let _s = tracing::debug_span!("fuse", op = "mknod", parent = parent.0, name = ?name, mode)
+            .entered();
         // Only regular files exist here (some tools use mknod instead of create).
         if mode & libc::S_IFMT != libc::S_IFREG {
             return reply.error(Errno::EPERM);
@@ -847,12 +998,21 @@ impl Filesystem for StrataFs {
         }
     }
 
-    fn mkdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
+    fn mkdir(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
         reply.error(Errno::EPERM);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _s = tracing::debug_span!("fuse", op = "unlink", parent = parent.0, name = ?name).entered();
+        let _s =
+            tracing::debug_span!("fuse", op = "unlink", parent = parent.0, name = ?name).entered();
         let res = (|| {
             if parent.0 != ROOT_INO {
                 return Err(Errno::EPERM);
@@ -893,14 +1053,25 @@ impl Filesystem for StrataFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _s = tracing::debug_span!("fuse", op = "open", ino = ino.0, flags = flags.0).entered();
-        let res = self.volume_node(ino.0).and_then(|(disk, _)| self.open_handle(disk, open_flags_writable(flags.0)));
+        let res = self
+            .volume_node(ino.0)
+            .and_then(|(disk, _)| self.open_handle(disk, open_flags_writable(flags.0)));
         match res {
             Ok((fh, _)) => reply.opened(FileHandle(fh), fopen_flags()),
             Err(e) => reply.error(e),
         }
     }
 
-    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
         let _s = tracing::debug_span!("fuse", op = "create", parent = parent.0, name = ?name, mode, flags).entered();
         let res = (|| {
             if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
@@ -911,7 +1082,9 @@ impl Filesystem for StrataFs {
             Ok((fh, self.file_attr(of.ino, &of.state, &info)))
         })();
         match res {
-            Ok((fh, attr)) => reply.created(&TTL, &attr, Generation(0), FileHandle(fh), fopen_flags()),
+            Ok((fh, attr)) => {
+                reply.created(&TTL, &attr, Generation(0), FileHandle(fh), fopen_flags())
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -927,7 +1100,8 @@ impl Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let _s = tracing::trace_span!("fuse", op = "read", ino = ino.0, offset, len = size).entered();
+        let _s =
+            tracing::trace_span!("fuse", op = "read", ino = ino.0, offset, len = size).entered();
         let of = match self.handle(fh) {
             Ok(of) => of,
             Err(e) => return reply.error(e),
@@ -962,7 +1136,8 @@ impl Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let _s = tracing::trace_span!("fuse", op = "write", ino = ino.0, offset, len = data.len()).entered();
+        let _s = tracing::trace_span!("fuse", op = "write", ino = ino.0, offset, len = data.len())
+            .entered();
         let res = (|| {
             let of = self.handle(fh)?;
             if !of.writable {
@@ -973,7 +1148,9 @@ impl Filesystem for StrataFs {
             // Writing past EOF grows the file, as on any filesystem
             // (`cp`, `qemu-img convert -O raw` to a new file rely on it).
             self.grow_to(&of.state, &of.volume, end, "write")?;
-            of.volume.write_at(data, offset).map_err(|e| to_errno(&e, "write"))?;
+            of.volume
+                .write_at(data, offset)
+                .map_err(|e| to_errno(&e, "write"))?;
             of.dirty.store(true, Ordering::Release);
             of.state.touch(attr::now_ns());
             Ok(len)
@@ -984,9 +1161,19 @@ impl Filesystem for StrataFs {
         }
     }
 
-    fn flush(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         let _s = tracing::debug_span!("fuse", op = "flush", ino = ino.0).entered();
-        match self.handle(fh).and_then(|of| self.flush_handle(&of, "flush")) {
+        match self
+            .handle(fh)
+            .and_then(|of| self.flush_handle(&of, "flush"))
+        {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -1023,7 +1210,14 @@ impl Filesystem for StrataFs {
         }
     }
 
-    fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         let _s = tracing::debug_span!("fuse", op = "fsync", ino = ino.0, datasync).entered();
         let res = self.handle(fh).and_then(|of| {
             // fsync flushes even a clean handle: another handle (or the
@@ -1056,7 +1250,14 @@ impl Filesystem for StrataFs {
         }
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let _s = tracing::debug_span!("fuse", op = "readdir", ino = ino.0, offset).entered();
         let listing = match self.dir_listing(ino.0, fh) {
             Ok(l) => l,
@@ -1071,7 +1272,14 @@ impl Filesystem for StrataFs {
         reply.ok();
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
         let _s = tracing::debug_span!("fuse", op = "readdirplus", ino = ino.0, offset).entered();
         let listing = match self.dir_listing(ino.0, fh) {
             Ok(l) => l,
@@ -1079,19 +1287,40 @@ impl Filesystem for StrataFs {
         };
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
         for (i, e) in listing.iter().enumerate().skip(start) {
-            if reply.add(INodeNo(e.ino), (i + 1) as u64, &e.name, &TTL, &e.attr, Generation(0)) {
+            if reply.add(
+                INodeNo(e.ino),
+                (i + 1) as u64,
+                &e.name,
+                &TTL,
+                &e.attr,
+                Generation(0),
+            ) {
                 break;
             }
         }
         reply.ok();
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         lock(&self.dirs).remove(&fh.0);
         reply.ok();
     }
 
-    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         // Namespace changes are catalogue transactions, durable when they return.
         reply.ok();
     }
@@ -1113,7 +1342,16 @@ impl Filesystem for StrataFs {
         }
     }
 
-    fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, position: u32, reply: ReplyEmpty) {
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        position: u32,
+        reply: ReplyEmpty,
+    ) {
         let _s = tracing::debug_span!("fuse", op = "setxattr", ino = ino.0, name = ?name, len = value.len()).entered();
         if position != 0 {
             return reply.error(Errno::EINVAL);
@@ -1125,7 +1363,8 @@ impl Filesystem for StrataFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let _s = tracing::debug_span!("fuse", op = "getxattr", ino = ino.0, name = ?name, size).entered();
+        let _s = tracing::debug_span!("fuse", op = "getxattr", ino = ino.0, name = ?name, size)
+            .entered();
         match self.get_xattr(ino.0, name) {
             Ok(v) => xattr_reply(reply, &v, size),
             Err(e) => reply.error(e),
@@ -1141,7 +1380,8 @@ impl Filesystem for StrataFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _s = tracing::debug_span!("fuse", op = "removexattr", ino = ino.0, name = ?name).entered();
+        let _s =
+            tracing::debug_span!("fuse", op = "removexattr", ino = ino.0, name = ?name).entered();
         match self.remove_xattr(ino.0, name) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -1153,15 +1393,33 @@ impl Filesystem for StrataFs {
         reply.ok();
     }
 
-    fn fallocate(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
-        let _s = tracing::debug_span!("fuse", op = "fallocate", ino = ino.0, offset, length, mode).entered();
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let _s = tracing::debug_span!("fuse", op = "fallocate", ino = ino.0, offset, length, mode)
+            .entered();
         match self.do_fallocate(ino.0, fh, offset, length, mode) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
     }
 
-    fn lseek(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
         let _s = tracing::debug_span!("fuse", op = "lseek", ino = ino.0, offset, whence).entered();
         match self.do_lseek(ino.0, fh, offset, whence) {
             Ok(pos) => reply.offset(pos),

@@ -52,7 +52,8 @@ impl FileState {
     /// Record a data change at `now_ns`; the property is written later
     /// (fsync, flush, release) by [`FileState::take_pending_mtime`].
     pub fn touch(&self, now_ns: i64) {
-        self.pending_mtime_ns.store(now_ns.max(1), Ordering::Relaxed);
+        self.pending_mtime_ns
+            .store(now_ns.max(1), Ordering::Relaxed);
     }
 
     pub fn pending_mtime(&self) -> Option<i64> {
@@ -107,7 +108,13 @@ impl InodeTable {
                 by_key.insert(key, ino);
             }
         }
-        InodeTable { inner: RwLock::new(Inner { by_ino, by_key, next_ino: FIRST_DYNAMIC_INO }) }
+        InodeTable {
+            inner: RwLock::new(Inner {
+                by_ino,
+                by_key,
+                next_ino: FIRST_DYNAMIC_INO,
+            }),
+        }
     }
 
     /// The inode of `key`, allocating one on first sight.

@@ -27,7 +27,13 @@ fn names(engine: &Engine) -> BTreeSet<(u64, String)> {
     match engine.list_volumes() {
         Ok(v) => v
             .into_iter()
-            .flat_map(|i| [(ROOT_INO, i.name.clone()), (SNAPSHOTS_INO, i.name), (IMAGES_INO, i.guid.to_string())])
+            .flat_map(|i| {
+                [
+                    (ROOT_INO, i.name.clone()),
+                    (SNAPSHOTS_INO, i.name),
+                    (IMAGES_INO, i.guid.to_string()),
+                ]
+            })
             .collect(),
         Err(e) => {
             tracing::warn!(error = %e, "listing volumes for cache invalidation");
@@ -37,7 +43,11 @@ fn names(engine: &Engine) -> BTreeSet<(u64, String)> {
 }
 
 /// Wrap `handler` so the kernel forgets what the command may have changed.
-pub fn wrap(handler: control::Handler, notifier: Notifier, inodes: Arc<InodeTable>) -> control::Handler {
+pub fn wrap(
+    handler: control::Handler,
+    notifier: Notifier,
+    inodes: Arc<InodeTable>,
+) -> control::Handler {
     Arc::new(move |engine: &Engine, argv: &[String]| {
         let before = names(engine);
         let result = handler(engine, argv);

@@ -11,7 +11,10 @@ use fuser::MountOption;
 /// Options that belong to mount(8)/fstab/systemd, not to the filesystem.
 /// mount.fuse.strata drops them too; they are accepted here so that
 /// `strata mount -o defaults,_netdev` from a hand-written unit still works.
-const IGNORED: &[&str] = &["defaults", "_netdev", "auto", "noauto", "user", "users", "nouser", "nofail", "owner", "group", "rw", "async", "loud", "silent"];
+const IGNORED: &[&str] = &[
+    "defaults", "_netdev", "auto", "noauto", "user", "users", "nouser", "nofail", "owner", "group",
+    "rw", "async", "loud", "silent",
+];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountOptions {
@@ -30,22 +33,34 @@ pub struct MountOptions {
 
 impl Default for MountOptions {
     fn default() -> Self {
-        MountOptions { read_only: false, allow_other: true, auto_unmount: false, threads: None, max_background: 64, kernel: Vec::new() }
+        MountOptions {
+            read_only: false,
+            allow_other: true,
+            auto_unmount: false,
+            threads: None,
+            max_background: 64,
+            kernel: Vec::new(),
+        }
     }
 }
 
 /// Parse `-o` values; each element may itself be a comma-separated list.
 pub fn parse(options: &[String]) -> Result<MountOptions, String> {
     let mut o = MountOptions::default();
-    for opt in options.iter().flat_map(|s| s.split(',')).map(str::trim).filter(|s| !s.is_empty()) {
+    for opt in options
+        .iter()
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
         let (key, value) = match opt.split_once('=') {
             Some((k, v)) => (k, Some(v)),
             None => (opt, None),
         };
         let number = |what: &str| -> Result<u64, String> {
-            value
-                .and_then(|v| v.parse::<u64>().ok())
-                .ok_or_else(|| format!("mount option {what} needs a number, as in {what}=4 (got {opt:?})"))
+            value.and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| {
+                format!("mount option {what} needs a number, as in {what}=4 (got {opt:?})")
+            })
         };
         match key {
             k if IGNORED.contains(&k) || k.starts_with("x-") || k == "comment" => {}
@@ -65,7 +80,10 @@ pub fn parse(options: &[String]) -> Result<MountOptions, String> {
             }
             "max_background" => {
                 let n = number("max_background")?;
-                o.max_background = u16::try_from(n).ok().filter(|&n| n > 0).ok_or_else(|| format!("mount option max_background={n}: use 1 to 65535"))?;
+                o.max_background = u16::try_from(n)
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| format!("mount option max_background={n}: use 1 to 65535"))?;
             }
             "nodev" => o.kernel.push(MountOption::NoDev),
             "dev" => o.kernel.push(MountOption::Dev),
@@ -112,7 +130,8 @@ mod tests {
 
     #[test]
     fn fstab_only_options_are_ignored() {
-        let o = p(&["defaults,_netdev,auto,noauto,user,nofail,x-systemd.requires=foo,comment=x"]).unwrap();
+        let o = p(&["defaults,_netdev,auto,noauto,user,nofail,x-systemd.requires=foo,comment=x"])
+            .unwrap();
         assert_eq!(o, MountOptions::default());
     }
 

@@ -58,7 +58,12 @@ pub fn ready(tools: &[&str]) -> bool {
         skip("needs root (FUSE mounts with allow_other, loop devices)");
         return false;
     }
-    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse").is_err() {
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_err()
+    {
         skip("/dev/fuse is missing or not usable (modprobe fuse)");
         return false;
     }
@@ -76,7 +81,13 @@ pub fn ready(tools: &[&str]) -> bool {
 }
 
 pub fn have_tool(t: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {t}")).stdout(Stdio::null()).status().map(|s| s.success()).unwrap_or(false)
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {t}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
 }
 
 /// The engine is developed in parallel: until `Engine::init` works, the
@@ -99,11 +110,17 @@ pub fn test_handler() -> ControlHandler {
     Arc::new(|engine: &Engine, argv: &[String]| {
         let a: Vec<&str> = argv.iter().map(String::as_str).collect();
         let r = match a.as_slice() {
-            ["create", name, size] => engine.create_volume(name, size.parse().unwrap_or(0)).map(|_| String::new()),
+            ["create", name, size] => engine
+                .create_volume(name, size.parse().unwrap_or(0))
+                .map(|_| String::new()),
             ["remove", name] => engine.remove_volume(name, false).map(|_| String::new()),
             ["rename", from, to] => engine.rename_volume(from, to).map(|_| String::new()),
-            ["resize", name, size] => engine.resize_volume(name, size.parse().unwrap_or(0), true).map(|_| String::new()),
-            ["names"] => engine.list_volumes().map(|v| v.into_iter().map(|i| i.name + "\n").collect()),
+            ["resize", name, size] => engine
+                .resize_volume(name, size.parse().unwrap_or(0), true)
+                .map(|_| String::new()),
+            ["names"] => engine
+                .list_volumes()
+                .map(|v| v.into_iter().map(|i| i.name + "\n").collect()),
             _ => return (String::new(), format!("unknown test command {a:?}\n"), 2),
         };
         match r {
@@ -118,19 +135,27 @@ pub fn run_daemon_if_asked() {
     if std::env::var_os(ENV_DAEMON).is_none() {
         return;
     }
-    let _ = tracing_subscriber::fmt().with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .try_init();
     let cfg = MountConfig {
         store: PathBuf::from(std::env::var_os(ENV_STORE).expect("store")),
         mountpoint: PathBuf::from(std::env::var_os(ENV_MNT).expect("mountpoint")),
         foreground: true,
-        options: std::env::var(ENV_OPTS).ok().filter(|s| !s.is_empty()).into_iter().collect(),
+        options: std::env::var(ENV_OPTS)
+            .ok()
+            .filter(|s| !s.is_empty())
+            .into_iter()
+            .collect(),
         threads: None,
     };
     if std::env::var_os(ENV_SPAWN).is_some() {
         // Play `strata mount` without --foreground: start the daemon (this
         // executable again, foreground) and return once it is live.
         let mut cmd = Command::new(std::env::current_exe().expect("test exe"));
-        cmd.args(["--exact", "daemon_entry", "--nocapture", "--test-threads=1"]).env_remove(ENV_SPAWN);
+        cmd.args(["--exact", "daemon_entry", "--nocapture", "--test-threads=1"])
+            .env_remove(ENV_SPAWN);
         let code = match strata::fs::spawn_daemon(&cfg, cmd) {
             Ok(_) => 0,
             Err(e) => {
@@ -167,12 +192,21 @@ impl Mounted {
     }
 
     pub fn with_options(options: &str) -> Mounted {
-        let dir = tempfile::Builder::new().prefix("strata-mt").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("strata-mt")
+            .tempdir()
+            .expect("tempdir");
         let store = dir.path().join("store");
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).expect("mkdir mnt");
         Engine::init(&store, &InitOptions::default()).expect("init store");
-        let mut m = Mounted { dir, store, mnt, options: options.into(), child: None };
+        let mut m = Mounted {
+            dir,
+            store,
+            mnt,
+            options: options.into(),
+            child: None,
+        };
         m.mount();
         m
     }
@@ -187,7 +221,13 @@ impl Mounted {
 
     pub fn mount(&mut self) {
         assert!(self.child.is_none(), "already mounted");
-        let cfg = MountConfig { store: self.store.clone(), mountpoint: self.mnt.clone(), foreground: false, options: vec![], threads: None };
+        let cfg = MountConfig {
+            store: self.store.clone(),
+            mountpoint: self.mnt.clone(),
+            foreground: false,
+            options: vec![],
+            threads: None,
+        };
         let mut cmd = Command::new(std::env::current_exe().expect("test exe"));
         cmd.args(["--exact", "daemon_entry", "--nocapture", "--test-threads=1"])
             .env(ENV_DAEMON, "1")
@@ -203,8 +243,10 @@ impl Mounted {
     /// `strata umount`: unmount and wait for the daemon to exit; returns
     /// its exit status.
     pub fn umount(&mut self) -> std::process::ExitStatus {
-        strata::fs::umount(&self.mnt).unwrap_or_else(|e| panic!("umount: {e:#}\n--- daemon log ---\n{}", self.log()));
-        self.wait_child(Duration::from_secs(120)).expect("daemon did not exit after umount")
+        strata::fs::umount(&self.mnt)
+            .unwrap_or_else(|e| panic!("umount: {e:#}\n--- daemon log ---\n{}", self.log()));
+        self.wait_child(Duration::from_secs(120))
+            .expect("daemon did not exit after umount")
     }
 
     pub fn remount(&mut self) {
@@ -220,7 +262,9 @@ impl Mounted {
         loop {
             match child.try_wait() {
                 Ok(Some(st)) => return Some(st),
-                Ok(None) if start.elapsed() < limit => std::thread::sleep(Duration::from_millis(20)),
+                Ok(None) if start.elapsed() < limit => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
                 _ => {
                     self.child = Some(child);
                     return None;
@@ -240,17 +284,23 @@ impl Mounted {
     }
 
     pub fn is_mounted(&self) -> bool {
-        strata::fs::daemon::find_mount(&self.mnt.canonicalize().unwrap_or(self.mnt.clone())).ok().flatten().is_some()
+        strata::fs::daemon::find_mount(&self.mnt.canonicalize().unwrap_or(self.mnt.clone()))
+            .ok()
+            .flatten()
+            .is_some()
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.store.join(strata::fs::daemon::LOGFILE_NAME)).unwrap_or_default()
+        std::fs::read_to_string(self.store.join(strata::fs::daemon::LOGFILE_NAME))
+            .unwrap_or_default()
     }
 
     /// Run a command through the control socket (as the CLI would).
     pub fn control(&self, argv: &[&str]) -> (String, String, i32) {
         let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
-        strata::control::call(&self.store, &argv).expect("control call").expect("no daemon on the control socket")
+        strata::control::call(&self.store, &argv)
+            .expect("control call")
+            .expect("no daemon on the control socket")
     }
 }
 
@@ -281,9 +331,16 @@ impl Drop for Mounted {
 
 /// Run a command, panic with its output if it fails; return stdout.
 pub fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     if !out.status.success() {
-        panic!("{cmd:?} failed ({}):\nstdout: {}\nstderr: {}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        panic!(
+            "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -304,15 +361,25 @@ pub struct LoopMount {
 impl LoopMount {
     pub fn new(image: &Path, dir: &Path) -> LoopMount {
         std::fs::create_dir_all(dir).expect("mkdir");
-        run(Command::new("mount").arg("-o").arg("loop").arg(image).arg(dir));
-        LoopMount { dir: dir.to_path_buf() }
+        run(Command::new("mount")
+            .arg("-o")
+            .arg("loop")
+            .arg(image)
+            .arg(dir));
+        LoopMount {
+            dir: dir.to_path_buf(),
+        }
     }
 }
 
 impl Drop for LoopMount {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.dir).status();
-        if strata::fs::daemon::find_mount(&self.dir).ok().flatten().is_some() {
+        if strata::fs::daemon::find_mount(&self.dir)
+            .ok()
+            .flatten()
+            .is_some()
+        {
             let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
         }
     }
