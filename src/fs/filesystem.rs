@@ -194,10 +194,17 @@ impl StrataFs {
 
     /// Catalogue view of a volume by its GUID; NotFound once removed.
     fn info_by_guid(&self, disk: Guid, op: &str) -> Res<VolumeInfo> {
-        let info = self
-            .engine
-            .volume_info(&disk.to_string())
-            .map_err(|e| to_errno(&e, op))?;
+        let info = match self.engine.volume_info(&disk.to_string()) {
+            Ok(i) => i,
+            Err(e) => {
+                let errno = to_errno(&e, op);
+                if errno == Errno::ENOENT {
+                    // Removed behind our back (control socket): let it close.
+                    self.inodes.file_state(disk).1.forget_volume();
+                }
+                return Err(errno);
+            }
+        };
         // find_disk also matches layer GUIDs; only the image group counts.
         if info.guid != disk {
             return Err(Errno::ENOENT);
@@ -414,6 +421,7 @@ impl StrataFs {
             return Err(Errno::ENOENT);
         }
         let (ino, state) = self.inodes.file_state(disk);
+        state.keep_open(&volume);
         state.open_count.fetch_add(1, Ordering::AcqRel);
         let fh = self.new_fh();
         let of = Arc::new(OpenFile {
@@ -491,6 +499,7 @@ impl StrataFs {
             .engine
             .open_volume(&disk.to_string())
             .map_err(|e| to_errno(&e, op))?;
+        state.keep_open(&volume);
         Ok((state, volume))
     }
 
@@ -556,6 +565,7 @@ impl StrataFs {
             tracing::info!(volume = %disk, "unlinked while open: removed at last close");
             return Ok(());
         }
+        state.forget_volume();
         self.engine
             .remove_volume(&disk.to_string(), false)
             .map_err(|e| to_errno(&e, op))
@@ -1200,6 +1210,7 @@ impl Filesystem for StrataFs {
         drop(of);
         let last = state.open_count.fetch_sub(1, Ordering::AcqRel) == 1;
         if last && state.unlinked.load(Ordering::Acquire) {
+            state.forget_volume();
             if let Err(e) = self.engine.remove_volume(&state.disk.to_string(), false) {
                 tracing::error!(volume = %state.disk, error = %e, "could not remove a volume unlinked while open");
             }

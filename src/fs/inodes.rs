@@ -16,12 +16,12 @@
 
 use super::layout::{FIRST_DYNAMIC_INO, NodeKey};
 use crate::guid::Guid;
+use crate::volume::Volume;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 /// State of one volume file shared by all its handles.
-#[derive(Debug)]
 pub struct FileState {
     pub disk: Guid,
     /// Serialises size changes (write past EOF, truncate, fallocate) so two
@@ -36,6 +36,10 @@ pub struct FileState {
     pub open_count: AtomicU32,
     /// Unlinked while open: removed from the engine at the last release.
     pub unlinked: AtomicBool,
+    /// The volume stays open in the engine after its first `open` (until
+    /// it is removed), so `stat` of a closed file does not make the engine
+    /// recount the volume's blocks, and a re-open is free.
+    kept_open: Mutex<Option<Arc<Volume>>>,
 }
 
 impl FileState {
@@ -46,7 +50,24 @@ impl FileState {
             pending_mtime_ns: AtomicI64::new(0),
             open_count: AtomicU32::new(0),
             unlinked: AtomicBool::new(false),
+            kept_open: Mutex::new(None),
         }
+    }
+
+    /// Keep `volume` open for the life of the mount (see `kept_open`).
+    pub fn keep_open(&self, volume: &Arc<Volume>) {
+        let mut k = self.kept_open.lock().unwrap_or_else(|p| p.into_inner());
+        if !k.as_ref().is_some_and(|v| Arc::ptr_eq(v, volume)) {
+            *k = Some(volume.clone());
+        }
+    }
+
+    /// Let the engine close the volume (it was removed).
+    pub fn forget_volume(&self) {
+        self.kept_open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
     }
 
     /// Record a data change at `now_ns`; the property is written later
@@ -73,21 +94,19 @@ impl FileState {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Node {
     pub key: NodeKey,
     /// Some for [`NodeKey::Volume`] nodes.
     pub file: Option<Arc<FileState>>,
 }
 
-#[derive(Debug)]
 struct Inner {
     by_ino: HashMap<u64, Node>,
     by_key: HashMap<NodeKey, u64>,
     next_ino: u64,
 }
 
-#[derive(Debug)]
 pub struct InodeTable {
     inner: RwLock<Inner>,
 }
@@ -162,6 +181,20 @@ impl InodeTable {
 
     /// Inodes of volume files currently known (for invalidation after a
     /// control command).
+    /// Stop keeping volumes open that are no longer in `live`.
+    pub fn forget_volumes_except(&self, live: &std::collections::HashSet<Guid>) {
+        let gone: Vec<Arc<FileState>> = self
+            .read()
+            .by_ino
+            .values()
+            .filter_map(|n| n.file.clone())
+            .filter(|f| !live.contains(&f.disk))
+            .collect();
+        for f in gone {
+            f.forget_volume();
+        }
+    }
+
     pub fn volume_inodes(&self) -> Vec<(Guid, u64)> {
         self.read()
             .by_key

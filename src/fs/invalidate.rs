@@ -52,6 +52,12 @@ pub fn wrap(
         let before = names(engine);
         let result = handler(engine, argv);
         let after = names(engine);
+        // Volumes the command removed: stop keeping them open.
+        let live: std::collections::HashSet<_> = match engine.list_volumes() {
+            Ok(v) => v.into_iter().map(|i| i.guid).collect(),
+            Err(_) => inodes.volume_inodes().into_iter().map(|(g, _)| g).collect(),
+        };
+        inodes.forget_volumes_except(&live);
         for (parent, name) in before.union(&after) {
             if let Err(e) = notifier.inval_entry(INodeNo(*parent), OsStr::new(name)) {
                 tracing::debug!(name, error = %e, "inval_entry");
