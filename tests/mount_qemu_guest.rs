@@ -233,6 +233,7 @@ fn a_qemu_guest_writes_flushes_and_trims_a_volume_with_cache_none() {
         .filter(|c| *c == '\n' || (!c.is_control() && *c != '\u{1b}'))
         .collect();
     let guest: Vec<&str> = log.lines().filter(|l| l.contains("GUEST-")).collect();
+    eprintln!("guest said:\n{}", guest.join("\n"));
     assert!(
         status.success(),
         "qemu exited with {status}; console:\n{log}"
