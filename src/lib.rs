@@ -29,6 +29,7 @@
 pub mod catalog;
 pub mod chain;
 pub mod control;
+pub mod fault;
 pub mod format;
 pub mod fs;
 pub mod guid;

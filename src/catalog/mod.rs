@@ -23,7 +23,10 @@
 //! Lock order: the one connection mutex is a leaf lock (never held while
 //! calling out).
 
+mod chains;
 mod schema;
+
+pub use chains::SnapshotRow;
 
 use crate::guid::Guid;
 use rusqlite::types::Value;

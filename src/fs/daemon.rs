@@ -268,9 +268,7 @@ fn serve(cfg: &MountConfig, control: ControlHandler, ready: &mut Ready) -> anyho
 
     let engine = Engine::open(
         &store,
-        &OpenOptions {
-            read_only: opts.read_only,
-        },
+        &OpenOptions { read_only: opts.read_only, ..Default::default() },
     )
     .with_context(|| format!("opening store {}", store.display()))?;
     if !opts.read_only {

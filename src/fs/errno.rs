@@ -143,6 +143,11 @@ fn journal_errno(e: &journal::Error, op: &str) -> Errno {
             tracing::error!(op, path = %path, error = %source, "journal I/O error");
             io_errno(source)
         }
+        // The journal refuses further appends; the engine goes read-only.
+        journal::Error::Fatal { path, detail } => {
+            tracing::error!(op, path = %path, detail = %detail, "journal failed: returning EIO");
+            Errno::EIO
+        }
         journal::Error::Corrupt { path, detail } => {
             tracing::error!(op, path = %path, detail = %detail, "journal is corrupt: returning EIO");
             Errno::EIO

@@ -28,13 +28,14 @@
 //!
 //! Depends on: `format`, `guid`. Lock order: the writer mutex is a leaf.
 
+use crate::fault::{self, Faults, Point};
 use crate::format::{self, Reader, Writer, checksum32};
 use crate::guid::Guid;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub const FILE_MAGIC: &[u8; 8] = b"STRJRNL\0";
@@ -56,6 +57,9 @@ pub enum Error {
     Io { path: String, #[source] source: io::Error },
     #[error("journal {path}: {detail}")]
     Corrupt { path: String, detail: String },
+    /// The journal may hold a partial record: no further appends are safe.
+    #[error("journal {path}: {detail}")]
+    Fatal { path: String, detail: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -188,11 +192,12 @@ pub struct Journal {
     last_seq: AtomicU64,
     /// The first sequence number of the active file.
     first_seq: AtomicU64,
+    faults: Arc<Faults>,
 }
 
 impl Journal {
     /// Start a new journal file whose first record will be `next_seq`.
-    pub fn start(dir: &Path, store_uuid: Guid, next_seq: u64) -> Result<Journal> {
+    pub fn start(dir: &Path, store_uuid: Guid, next_seq: u64, faults: Arc<Faults>) -> Result<Journal> {
         let (file, path) = Self::new_file(dir, store_uuid, next_seq)?;
         Ok(Journal {
             dir: dir.to_path_buf(),
@@ -200,6 +205,7 @@ impl Journal {
             active: Mutex::new(Active { file, path, len: HEADER_LEN as u64, dirty: false }),
             last_seq: AtomicU64::new(next_seq - 1),
             first_seq: AtomicU64::new(next_seq),
+            faults,
         })
     }
 
@@ -231,7 +237,14 @@ impl Journal {
         h.update(payload);
         let c = u32::from_le_bytes(h.finalize().as_bytes()[..4].try_into().expect("4"));
         rec.u32(c).u32(0).bytes(payload);
-        a.file.write_all_at(&rec.buf, a.len).map_err(io_err(&a.path))?;
+        if let Err(e) = fault::write_at(&self.faults, Point::JournalWrite, &a.file, &rec.buf, a.len) {
+            // Never leave a partial record in front of later ones: cut it
+            // off. If even that fails the journal cannot be trusted.
+            if let Err(e2) = a.file.set_len(a.len) {
+                return Err(Error::Fatal { path: a.path.display().to_string(), detail: format!("append failed ({e}) and truncating back failed ({e2})") });
+            }
+            return Err(Error::Io { path: a.path.display().to_string(), source: e });
+        }
         a.len += rec.buf.len() as u64;
         a.dirty = true;
         self.last_seq.store(seq, Ordering::Release);
@@ -257,7 +270,7 @@ impl Journal {
             }
             (a.file.try_clone().map_err(io_err(&a.path))?, a.path.clone())
         };
-        file.sync_data().map_err(io_err(&path))
+        fault::sync_data(&self.faults, Point::JournalSync, &file).map_err(io_err(&path))
     }
 
     /// Close the active file (made durable) and start a new one at
@@ -270,7 +283,7 @@ impl Journal {
             // Nothing in the active file: keep it.
             return Ok(last);
         }
-        a.file.sync_data().map_err(io_err(&a.path))?;
+        fault::sync_data(&self.faults, Point::JournalSync, &a.file).map_err(io_err(&a.path))?;
         let (file, path) = Self::new_file(&self.dir, self.store_uuid, last + 1)?;
         *a = Active { file, path, len: HEADER_LEN as u64, dirty: false };
         self.first_seq.store(last + 1, Ordering::Release);
@@ -471,7 +484,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let uuid = Guid::new_random();
         let layer = Guid::new_random();
-        let j = Journal::start(d.path(), uuid, 1).unwrap();
+        let j = Journal::start(d.path(), uuid, 1, Faults::new()).unwrap();
         assert_eq!(j.append(&sample_batch(layer)).unwrap(), 1);
         assert_eq!(j.append(&sample_batch(layer)).unwrap(), 2);
         j.sync().unwrap();
@@ -494,7 +507,7 @@ mod tests {
     fn torn_tail_is_ignored_and_reported() {
         let d = tempfile::tempdir().unwrap();
         let uuid = Guid::new_random();
-        let j = Journal::start(d.path(), uuid, 1).unwrap();
+        let j = Journal::start(d.path(), uuid, 1, Faults::new()).unwrap();
         j.append(&sample_batch(Guid::new_random())).unwrap();
         j.append(&sample_batch(Guid::new_random())).unwrap();
         let path = list_files(d.path()).unwrap()[0].1.clone();
@@ -510,7 +523,7 @@ mod tests {
     fn flipped_byte_in_an_older_file_is_corruption() {
         let d = tempfile::tempdir().unwrap();
         let uuid = Guid::new_random();
-        let j = Journal::start(d.path(), uuid, 1).unwrap();
+        let j = Journal::start(d.path(), uuid, 1, Faults::new()).unwrap();
         j.append(&sample_batch(Guid::new_random())).unwrap();
         j.rotate().unwrap();
         j.append(&sample_batch(Guid::new_random())).unwrap();
@@ -526,7 +539,7 @@ mod tests {
     fn rotation_continues_the_sequence_and_old_files_can_be_removed() {
         let d = tempfile::tempdir().unwrap();
         let uuid = Guid::new_random();
-        let j = Journal::start(d.path(), uuid, 5).unwrap();
+        let j = Journal::start(d.path(), uuid, 5, Faults::new()).unwrap();
         assert_eq!(j.append(&Batch::new()).unwrap(), 5);
         assert_eq!(j.rotate().unwrap(), 5);
         assert_eq!(j.append(&Batch::new()).unwrap(), 6);

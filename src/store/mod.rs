@@ -29,6 +29,7 @@
 pub mod pack;
 pub mod table;
 
+use crate::fault::{self, Faults, Point};
 use crate::format::{self, BLOCK_SIZE};
 use crate::guid::Guid;
 use crate::journal::ChunkPut;
@@ -81,6 +82,17 @@ fn classify(what: String, source: io::Error) -> Error {
 pub fn murmur64(data: &[u8]) -> u64 {
     let h = murmur3::murmur3_x64_128(&mut io::Cursor::new(data), MURMUR_SEED).expect("reading a slice cannot fail");
     h as u64
+}
+
+/// How full a pack is.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PackUsage {
+    pub pack_id: u32,
+    pub file_bytes: u64,
+    /// Bytes of records of referenced chunks.
+    pub live_bytes: u64,
+    pub live_chunks: u64,
+    pub dead_chunks: u64,
 }
 
 /// Outcome of storing one block.
@@ -174,6 +186,7 @@ pub struct ChunkStore {
     unsynced: Mutex<Vec<(u32, Arc<File>)>>,
     table: ChunkTable,
     index: Vec<Mutex<HashMap<u64, u64>>>,
+    faults: Arc<Faults>,
     next_id: AtomicU64,
     pub stats: Stats,
 }
@@ -200,7 +213,7 @@ impl ChunkStore {
     /// The highest-numbered pack becomes the active one; its length is
     /// truncated back to `committed_end` when the caller knows it (bytes past
     /// the last referenced record are an unfinished append).
-    pub fn open(dir: &Path, store_uuid: Guid, image: table::TableImage, level: i32) -> Result<ChunkStore> {
+    pub fn open(dir: &Path, store_uuid: Guid, image: table::TableImage, level: i32, faults: Arc<Faults>) -> Result<ChunkStore> {
         let mut packs = HashMap::new();
         let mut max_id = 0u32;
         let rd = std::fs::read_dir(dir).map_err(|e| classify(format!("reading {}", dir.display()), e))?;
@@ -237,6 +250,7 @@ impl ChunkStore {
             unsynced: Mutex::new(Vec::new()),
             table: ChunkTable::default(),
             index: (0..INDEX_SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            faults,
             next_id: AtomicU64::new(image.next_id.max(FIRST_CHUNK_ID)),
             stats: Stats::default(),
         };
@@ -353,7 +367,7 @@ impl ChunkStore {
         // Confirm: the candidate's BLAKE3 content id must equal ours.
         let file = self.pack_file(loc.pack_id).ok_or(Error::MissingChunk(cand))?;
         let mut hdr = [0u8; RECORD_HEADER_LEN];
-        file.read_exact_at(&mut hdr, loc.offset).map_err(|e| classify(format!("reading pack {}", loc.pack_id), e))?;
+        fault::read_exact_at(&self.faults, Point::PackRead, &file, &mut hdr, loc.offset).map_err(|e| classify(format!("reading pack {}", loc.pack_id), e))?;
         let h = match pack::decode_record_header(&hdr) {
             Ok(h) if h.chunk_id == cand => h,
             _ => {
@@ -366,7 +380,17 @@ impl ChunkStore {
             self.stats.dedup_false_matches.fetch_add(1, Ordering::Relaxed);
             return Ok(None);
         }
-        self.incref(cand)?;
+        // GC may have claimed it meanwhile: then store a new copy.
+        match self.table.incref_live(cand) {
+            None => return Ok(None),
+            Some(before) => {
+                self.stats.total_refs.fetch_add(1, Ordering::Relaxed);
+                if before == 0 {
+                    self.stats.live_chunks.fetch_add(1, Ordering::Relaxed);
+                    self.stats.live_stored_bytes.fetch_add(loc.stored_len as u64, Ordering::Relaxed);
+                }
+            }
+        }
         self.stats.dedup_hits.fetch_add(1, Ordering::Relaxed);
         Ok(Some(cand))
     }
@@ -450,7 +474,7 @@ impl ChunkStore {
             *a = ActivePack { id, file: f, len: PACK_HEADER_LEN };
         }
         let off = a.len;
-        if let Err(e) = a.file.write_all_at(bytes, off) {
+        if let Err(e) = fault::write_at(&self.faults, Point::PackWrite, &a.file, bytes, off) {
             // Drop whatever part landed so the next append starts clean.
             let _ = a.file.set_len(off);
             return Err(classify(format!("appending to pack {}", a.id), e));
@@ -471,7 +495,7 @@ impl ChunkStore {
     pub fn sync(&self) -> Result<()> {
         let files: Vec<(u32, Arc<File>)> = std::mem::take(&mut *self.unsynced.lock().unwrap_or_else(|p| p.into_inner()));
         for (i, (id, f)) in files.iter().enumerate() {
-            if let Err(e) = f.sync_data() {
+            if let Err(e) = fault::sync_data(&self.faults, Point::PackSync, f) {
                 // Keep them for the next attempt.
                 self.unsynced.lock().unwrap_or_else(|p| p.into_inner()).extend(files[i..].iter().cloned());
                 return Err(classify(format!("syncing pack {id}"), e));
@@ -482,7 +506,21 @@ impl ChunkStore {
 
     /// Read and verify one chunk into `out` (4096 bytes).
     pub fn get(&self, id: u64, out: &mut [u8]) -> Result<()> {
+        // GC may move a chunk between our table lookup and the read; the
+        // old pack stays readable until no reader can hold its location,
+        // but the map of open packs may already have dropped it: look again.
+        for _ in 0..3 {
+            let loc = self.table.get(id).ok_or(Error::MissingChunk(id))?;
+            match self.get_at(id, loc, out) {
+                Err(Error::Corrupt { .. }) if self.table.get(id) != Some(loc) => continue,
+                r => return r,
+            }
+        }
         let loc = self.table.get(id).ok_or(Error::MissingChunk(id))?;
+        self.get_at(id, loc, out)
+    }
+
+    fn get_at(&self, id: u64, loc: ChunkLoc, out: &mut [u8]) -> Result<()> {
         let corrupt = |detail: String| Error::Corrupt { chunk_id: id, pack_id: loc.pack_id, offset: loc.offset, detail };
         let file = self.pack_file(loc.pack_id).ok_or_else(|| corrupt("its pack file is missing".into()))?;
         let mut rec = [0u8; RECORD_HEADER_LEN + BLOCK_SIZE];
@@ -490,7 +528,7 @@ impl ChunkStore {
         if n > rec.len() {
             return Err(corrupt(format!("stored length {} exceeds a block", loc.stored_len)));
         }
-        match file.read_exact_at(&mut rec[..n], loc.offset) {
+        match fault::read_exact_at(&self.faults, Point::PackRead, &file, &mut rec[..n], loc.offset) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(corrupt("pack file is truncated".into())),
             Err(e) => return Err(classify(format!("reading pack {}", loc.pack_id), e)),
@@ -546,6 +584,114 @@ impl ChunkStore {
         blake3::hash(&out).as_bytes() == &h.content
     }
 
+    /// Per-pack usage, for GC and `status`.
+    pub fn pack_usage(&self) -> Vec<PackUsage> {
+        let mut by: HashMap<u32, PackUsage> = HashMap::new();
+        for (id, f) in self.packs.read().unwrap_or_else(|p| p.into_inner()).iter() {
+            let file_bytes = f.metadata().map(|m| m.len()).unwrap_or(0);
+            by.insert(*id, PackUsage { pack_id: *id, file_bytes, live_bytes: 0, live_chunks: 0, dead_chunks: 0 });
+        }
+        self.table.for_each(|_, loc, refs| {
+            if let Some(u) = by.get_mut(&loc.pack_id) {
+                if refs > 0 {
+                    u.live_bytes += RECORD_HEADER_LEN as u64 + loc.stored_len as u64;
+                    u.live_chunks += 1;
+                } else {
+                    u.dead_chunks += 1;
+                }
+            }
+        });
+        let mut v: Vec<PackUsage> = by.into_values().collect();
+        v.sort_by_key(|u| u.pack_id);
+        v
+    }
+
+    pub fn active_pack_id(&self) -> u32 {
+        self.active.lock().unwrap_or_else(|p| p.into_inner()).id
+    }
+
+    /// Start a new active pack if the current one holds any record, so the
+    /// old one can be compacted.
+    pub fn seal_active(&self) -> Result<()> {
+        let mut a = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        if a.len <= PACK_HEADER_LEN {
+            return Ok(());
+        }
+        let id = a.id + 1;
+        let f = Arc::new(Self::new_pack_file(&self.dir, id, self.store_uuid)?);
+        self.packs.write().unwrap_or_else(|p| p.into_inner()).insert(id, f.clone());
+        let old = std::mem::replace(&mut *a, ActivePack { id, file: f, len: PACK_HEADER_LEN });
+        drop(a);
+        let mut u = self.unsynced.lock().unwrap_or_else(|p| p.into_inner());
+        if !u.iter().any(|(i, _)| *i == old.id) {
+            u.push((old.id, old.file));
+        }
+        Ok(())
+    }
+
+    /// Chunks whose record lives in pack `pack_id`.
+    pub fn chunks_in(&self, pack_id: u32) -> Vec<(u64, ChunkLoc, u32)> {
+        let mut v = Vec::new();
+        self.table.for_each(|id, loc, refs| {
+            if loc.pack_id == pack_id {
+                v.push((id, loc, refs));
+            }
+        });
+        v
+    }
+
+    /// GC: copy a live chunk's record, unchanged, to the active pack and
+    /// point the table at it. The id stays, so no map changes.
+    pub fn relocate(&self, id: u64) -> Result<ChunkPut> {
+        let loc = self.table.get(id).ok_or(Error::MissingChunk(id))?;
+        let file = self.pack_file(loc.pack_id).ok_or(Error::MissingChunk(id))?;
+        let mut rec = vec![0u8; RECORD_HEADER_LEN + loc.stored_len as usize];
+        fault::read_exact_at(&self.faults, Point::PackRead, &file, &mut rec, loc.offset).map_err(|e| classify(format!("reading pack {}", loc.pack_id), e))?;
+        // Never copy damage forward silently: a bad record stays where it
+        // is and is reported.
+        let h = pack::decode_record_header(&rec[..RECORD_HEADER_LEN])
+            .map_err(|d| Error::Corrupt { chunk_id: id, pack_id: loc.pack_id, offset: loc.offset, detail: d })?;
+        if h.chunk_id != id {
+            return Err(Error::Corrupt { chunk_id: id, pack_id: loc.pack_id, offset: loc.offset, detail: format!("record names chunk {}", h.chunk_id) });
+        }
+        let (pack_id, offset) = self.append(&rec)?;
+        let new = ChunkLoc { pack_id, offset, ..loc };
+        self.table.insert(id, new);
+        // Keep the refcount: insert() does not touch it.
+        Ok(ChunkPut { chunk_id: id, pack_id, offset, stored_len: loc.stored_len, murmur: loc.murmur })
+    }
+
+    /// GC: free an unreferenced chunk. False if it gained a reference.
+    pub fn free_chunk(&self, id: u64) -> bool {
+        if !self.table.claim_dead(id) {
+            return false;
+        }
+        if let Some(loc) = self.table.get(id) {
+            let mut shard = self.shard(loc.murmur).lock().unwrap_or_else(|p| p.into_inner());
+            if shard.get(&loc.murmur) == Some(&id) {
+                shard.remove(&loc.murmur);
+            }
+        }
+        self.table.remove(id);
+        true
+    }
+
+    /// GC: forget a pack nothing references any more and delete its file.
+    pub fn retire_pack(&self, pack_id: u32) -> Result<()> {
+        if pack_id == self.active_pack_id() {
+            return Ok(());
+        }
+        self.packs.write().unwrap_or_else(|p| p.into_inner()).remove(&pack_id);
+        self.unsynced.lock().unwrap_or_else(|p| p.into_inner()).retain(|(i, _)| *i != pack_id);
+        let path = self.dir.join(pack::pack_file_name(pack_id));
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(classify(format!("removing {}", path.display()), e)),
+        }
+        format::fsync_dir(&self.dir).map_err(|e| classify(format!("syncing {}", self.dir.display()), e))
+    }
+
     /// Total bytes of all pack files.
     pub fn pack_bytes(&self) -> (u64, u64) {
         let packs = self.packs.read().unwrap_or_else(|p| p.into_inner());
@@ -581,7 +727,7 @@ mod tests {
     fn new_store(dir: &Path) -> ChunkStore {
         let u = Guid([1; 16]);
         ChunkStore::create(dir, u).unwrap();
-        ChunkStore::open(dir, u, table::TableImage { stamp_seq: 0, next_id: FIRST_CHUNK_ID, entries: vec![] }, 3).unwrap()
+        ChunkStore::open(dir, u, table::TableImage { stamp_seq: 0, next_id: FIRST_CHUNK_ID, entries: vec![] }, 3, Faults::new()).unwrap()
     }
 
     fn block(seed: u8) -> Vec<u8> {

@@ -55,6 +55,8 @@ struct Slot {
 }
 
 const OFFSET_BITS: u32 = 40;
+/// Refcount value of a chunk GC is freeing.
+const CLAIMED: u32 = u32::MAX;
 
 pub struct ChunkTable {
     segs: RwLock<Vec<Box<[Slot]>>>,
@@ -124,6 +126,23 @@ impl ChunkTable {
         self.with_slot(id, |s| s.refs.fetch_add(1, Ordering::AcqRel))
     }
 
+    /// Add one reference unless GC has claimed the chunk (dedup hits use
+    /// this, so a chunk being freed is never revived).
+    pub fn incref_live(&self, id: u64) -> Option<u32> {
+        self.with_slot(id, |s| {
+            s.refs
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| if r == CLAIMED { None } else { Some(r + 1) })
+                .ok()
+        })
+        .flatten()
+    }
+
+    /// GC: claim an unreferenced chunk for freeing (0 → CLAIMED). After
+    /// this succeeds no reference can be taken.
+    pub fn claim_dead(&self, id: u64) -> bool {
+        self.with_slot(id, |s| s.refs.compare_exchange(0, CLAIMED, Ordering::AcqRel, Ordering::Acquire).is_ok()).unwrap_or(false)
+    }
+
     /// Drop one reference; returns the count before (0 means it was
     /// already unreferenced, which callers treat as an accounting bug).
     pub fn decref(&self, id: u64) -> Option<u32> {
@@ -135,7 +154,7 @@ impl ChunkTable {
     }
 
     pub fn refs(&self, id: u64) -> u32 {
-        self.with_slot(id, |s| s.refs.load(Ordering::Acquire)).unwrap_or(0)
+        self.with_slot(id, |s| s.refs.load(Ordering::Acquire)).map(|r| if r == CLAIMED { 0 } else { r }).unwrap_or(0)
     }
 
     pub fn reset_refs(&self) {
@@ -165,7 +184,10 @@ impl ChunkTable {
                         stored_len: s.stored_len.load(Ordering::Relaxed),
                         murmur: s.murmur.load(Ordering::Relaxed),
                     },
-                    s.refs.load(Ordering::Relaxed),
+                    match s.refs.load(Ordering::Relaxed) {
+                        CLAIMED => 0,
+                        r => r,
+                    },
                 );
             }
         }

@@ -17,7 +17,7 @@
 //!
 //! Lock order: stripes → engine cut → state → leaf map → journal.
 
-use super::{Engine, Error, Layer, Result, WritePolicy, rlock, wlock};
+use super::{Engine, Error, Layer, Result, rlock, wlock};
 use crate::chain::{self, ABSENT, PageMap, ZERO};
 use crate::format::{BLOCK_SIZE, BLOCK_SIZE_U64};
 use crate::guid::Guid;
@@ -28,17 +28,17 @@ use std::sync::{Arc, Mutex, RwLock};
 
 const STRIPES: usize = 128;
 /// Largest number of map updates in one journal record.
-const MAX_RUN: usize = 1 << 18;
+pub(crate) const MAX_RUN: usize = 1 << 18;
 
-struct State {
-    leaf: Arc<Layer>,
+pub(crate) struct State {
+    pub(crate) leaf: Arc<Layer>,
     /// Layers below the leaf, base first.
-    parents: Vec<Arc<Layer>>,
+    pub(crate) parents: Vec<Arc<Layer>>,
     /// Merged view when there are parents (entry: chunk id or ABSENT).
-    merged: Option<PageMap>,
-    capacity: u64,
+    pub(crate) merged: Option<PageMap>,
+    pub(crate) capacity: u64,
     /// Blocks that hold data through the chain.
-    data_blocks: u64,
+    pub(crate) data_blocks: u64,
 }
 
 impl State {
@@ -54,9 +54,11 @@ pub struct Volume {
     engine: Arc<Engine>,
     disk: Guid,
     name: RwLock<String>,
-    state: RwLock<State>,
+    pub(crate) state: RwLock<State>,
     stripes: Vec<Mutex<()>>,
     removed: AtomicBool,
+    /// A snapshot view: reads only.
+    read_only: bool,
 }
 
 fn blocks_of(offset: u64, len: u64) -> (u64, u64) {
@@ -64,15 +66,36 @@ fn blocks_of(offset: u64, len: u64) -> (u64, u64) {
 }
 
 impl Volume {
-    pub(crate) fn new(engine: Arc<Engine>, disk: Guid, name: String, capacity: u64, layers: Vec<Arc<Layer>>) -> Volume {
+    pub(crate) fn new(engine: Arc<Engine>, disk: Guid, name: String, capacity: u64, layers: Vec<Arc<Layer>>, read_only: bool) -> Volume {
         let mut layers = layers;
         let leaf = layers.pop().expect("a chain has a leaf");
         let parents = layers;
-        let (merged, data_blocks) = if parents.is_empty() {
+        let (merged, data_blocks) = State::view(&leaf, &parents);
+        Volume {
+            engine,
+            disk,
+            name: RwLock::new(name),
+            state: RwLock::new(State { leaf, parents, merged, capacity, data_blocks }),
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            removed: AtomicBool::new(false),
+            read_only,
+        }
+    }
+
+    /// Is this a read-only snapshot view?
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+}
+
+impl State {
+    /// The merged view (None for a single layer) and the data block count.
+    pub(crate) fn view(leaf: &Arc<Layer>, parents: &[Arc<Layer>]) -> (Option<PageMap>, u64) {
+        if parents.is_empty() {
             let n = rlock(&leaf.map).iter().filter(|(_, e)| chain::is_chunk(*e)).count() as u64;
             (None, n)
         } else {
-            let guards: Vec<_> = parents.iter().chain(std::iter::once(&leaf)).map(|l| rlock(&l.map)).collect();
+            let guards: Vec<_> = parents.iter().chain(std::iter::once(leaf)).map(|l| rlock(&l.map)).collect();
             let mut m = chain::merge(guards.iter().map(|g| &**g));
             drop(guards);
             // The merged view keeps only data: ZERO and ABSENT both read zeros.
@@ -82,17 +105,11 @@ impl Volume {
             }
             let n = m.len();
             (Some(m), n)
-        };
-        Volume {
-            engine,
-            disk,
-            name: RwLock::new(name),
-            state: RwLock::new(State { leaf, parents, merged, capacity, data_blocks }),
-            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
-            removed: AtomicBool::new(false),
         }
     }
+}
 
+impl Volume {
     pub(crate) fn set_name(&self, n: &str) {
         *wlock(&self.name) = n.to_string();
     }
@@ -100,6 +117,13 @@ impl Volume {
     pub(crate) fn mark_removed(&self) {
         let _st = wlock(&self.state);
         self.removed.store(true, Ordering::Release);
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.read_only {
+            return Err(Error::ReadOnly(format!("{:?} is a snapshot; snapshots are read-only", self.name())));
+        }
+        self.engine.check_writable()
     }
 
     fn check_live(&self) -> Result<()> {
@@ -216,7 +240,7 @@ impl Volume {
     /// Write at `offset`; unaligned and sub-block writes are read-modify-write.
     pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
         self.check_live()?;
-        self.engine.check_writable()?;
+        self.check_writable()?;
         let len = buf.len() as u64;
         if len == 0 {
             return Ok(());
@@ -245,7 +269,7 @@ impl Volume {
                 blocks.push(&buf[s..s + BLOCK_SIZE]);
             }
         }
-        let puts = self.engine.store.put_blocks(&blocks)?;
+        let puts = self.engine.store.put_blocks(&blocks).map_err(|e| self.engine.on_write_error(e.into()))?;
         let updates: Vec<(u64, u64)> = puts
             .iter()
             .enumerate()
@@ -322,12 +346,7 @@ impl Volume {
                     if ci == 0 {
                         release_puts(&self.engine);
                     }
-                    return Err(match e {
-                        crate::journal::Error::Io { path, source } if source.raw_os_error() == Some(libc::ENOSPC) => {
-                            Error::NoSpace(format!("journal {path}: {source}"))
-                        }
-                        e => e.into(),
-                    });
+                    return Err(self.engine.on_write_error(e.into()));
                 }
             };
             last_seq = seq;
@@ -354,7 +373,7 @@ impl Volume {
                 self.engine.store.decref(old);
             }
         }
-        if self.engine.effective_policy == WritePolicy::Sync {
+        if self.engine.sync_writes.load(Ordering::Acquire) {
             self.engine.make_durable(last_seq)?;
         }
         self.engine.maybe_checkpoint();
@@ -371,7 +390,7 @@ impl Volume {
     /// their chunks released.
     pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
         self.check_live()?;
-        self.engine.check_writable()?;
+        self.check_writable()?;
         let cap = self.capacity();
         if offset >= cap || len == 0 {
             return Ok(());
@@ -414,7 +433,7 @@ impl Volume {
     /// Change the capacity (the file size). Shrinking drops data past the end.
     pub fn resize(&self, capacity: u64) -> Result<()> {
         self.check_live()?;
-        self.engine.check_writable()?;
+        self.check_writable()?;
         let old = self.capacity();
         if capacity < old {
             // Zero what lies past the new end (including the tail of a
@@ -427,7 +446,7 @@ impl Volume {
             if st.parents.is_empty() {
                 let mut batch = Batch::new();
                 batch.map_truncate(st.leaf.guid, from);
-                self.engine.journal.append(&batch)?;
+                self.engine.journal.append(&batch).map_err(|e| self.engine.on_write_error(e.into()))?;
                 let removed = wlock(&st.leaf.map).truncate(from);
                 st.leaf.dirty.store(true, Ordering::Release);
                 for e in removed {

@@ -10,7 +10,9 @@
 //! store internals → catalogue. No lock is held across pack I/O or
 //! decompression on the read path.
 
+mod chains;
 mod error;
+mod gc;
 mod handle;
 mod policy;
 mod superblock;
@@ -18,6 +20,9 @@ mod superblock;
 mod tests;
 
 pub use error::{Error, Result};
+pub use gc::GcReport;
+pub use chains::{ChainDump, ImageDump, LayerDump, MergeReport, SnapshotInfo, split_at};
+pub(crate) use handle::State;
 pub use handle::Volume;
 pub use policy::{resolve_auto, resolve_auto_for_dev};
 pub use superblock::FORMAT_VERSION;
@@ -99,6 +104,8 @@ impl Default for InitOptions {
 pub struct OpenOptions {
     /// Open without taking writes (reads work, writes fail with ReadOnly).
     pub read_only: bool,
+    /// Injected faults (tests); None reads `STRATA_FAULTS`.
+    pub faults: Option<Arc<crate::fault::Faults>>,
 }
 
 /// What `volume list` / `volume show` print about one volume (image group).
@@ -160,6 +167,8 @@ pub struct StoreStatus {
     pub filesystem_total_bytes: u64,
     /// Why `auto` resolved the way it did (empty unless the policy is auto).
     pub write_policy_reason: String,
+    /// Why the store is read-only, when it is.
+    pub read_only_reason: Option<String>,
     pub journal_bytes: u64,
     pub map_bytes: u64,
     pub catalog_bytes: u64,
@@ -206,6 +215,7 @@ pub struct Engine {
     catalog: Catalog,
     pub(crate) store: ChunkStore,
     pub(crate) journal: Journal,
+    faults: Arc<crate::fault::Faults>,
     layers: RwLock<HashMap<Guid, Arc<Layer>>>,
     open: Mutex<HashMap<Guid, Weak<Volume>>>,
     /// Writers hold it shared across "map update + journal append";
@@ -213,10 +223,16 @@ pub struct Engine {
     pub(crate) cut: RwLock<()>,
     durable: Durability,
     ckpt_lock: Mutex<()>,
-    effective_policy: WritePolicy,
-    policy_reason: String,
+    gc_lock: Mutex<()>,
+    /// (effective policy, why) — `auto` resolved at open.
+    policy: Mutex<(WritePolicy, String)>,
+    /// Effective policy is `sync` (read on every write).
+    pub(crate) sync_writes: AtomicBool,
     mode: AtomicU8,
+    /// Opened read-only by the caller.
     read_only: bool,
+    /// Why the store went read-only (fatal error), if it did.
+    read_only_reason: Mutex<Option<String>>,
     closed: AtomicBool,
     worker: Mutex<Option<(crossbeam_channel::Sender<Kick>, std::thread::JoinHandle<()>)>>,
 }
@@ -342,14 +358,20 @@ impl Engine {
             )));
         }
         let lock = take_lock(path)?;
+        let faults = match &opts.faults {
+            Some(f) => f.clone(),
+            None => crate::fault::Faults::from_env().map_err(Error::InvalidArgument)?,
+        };
         let mut sb = superblock::Superblock::read(&sb_path).map_err(|d| corrupt_store(path, "superblock", d))?;
+        // A store left read-only by a fatal error stays so until repaired.
+        let ro = opts.read_only || sb.mode == Mode::ReadOnly;
         let catalog = Catalog::open(&path.join(Paths::CATALOG))?;
 
         // Chunk table checkpoint, then packs.
         let tbl_bytes = std::fs::read(path.join(Paths::CHUNKS)).map_err(store_err("reading chunks.tbl"))?;
         let image = store::table::decode(&tbl_bytes, sb.store_uuid).map_err(|d| corrupt_store(path, "chunks.tbl", d))?;
         let table_stamp = image.stamp_seq;
-        let store = ChunkStore::open(&path.join(Paths::PACKS), sb.store_uuid, image, sb.zstd_level)?;
+        let store = ChunkStore::open(&path.join(Paths::PACKS), sb.store_uuid, image, sb.zstd_level, faults.clone())?;
 
         // Layer maps of every layer the catalogue knows; the catalogue is
         // the truth about which layers exist.
@@ -429,7 +451,7 @@ impl Engine {
         }
         store.recount_stats();
         store.rebuild_index();
-        if !opts.read_only {
+        if !ro {
             store.trim_active_tail()?;
         }
 
@@ -438,8 +460,8 @@ impl Engine {
             p => (p, String::new()),
         };
         let persisted_ro = sb.mode == Mode::ReadOnly;
-        let journal = Journal::start(&jdir, sb.store_uuid, info.last_seq + 1)?;
-        if !opts.read_only {
+        let journal = Journal::start(&jdir, sb.store_uuid, info.last_seq + 1, faults.clone())?;
+        if !ro {
             sb.clean = false;
             if sb.mode == Mode::Recovering {
                 sb.mode = Mode::Normal;
@@ -455,25 +477,29 @@ impl Engine {
             catalog,
             store,
             journal,
+            faults,
             layers: RwLock::new(layers),
             open: Mutex::new(HashMap::new()),
             cut: RwLock::new(()),
             durable: Durability { state: Mutex::new((info.last_seq, false)), cv: Condvar::new() },
             ckpt_lock: Mutex::new(()),
-            effective_policy,
-            policy_reason,
+            gc_lock: Mutex::new(()),
+            policy: Mutex::new((effective_policy, policy_reason)),
+            sync_writes: AtomicBool::new(effective_policy == WritePolicy::Sync),
             mode: AtomicU8::new(if persisted_ro { 2 } else { 0 }),
-            read_only: opts.read_only || persisted_ro,
+            read_only: opts.read_only,
+            read_only_reason: Mutex::new(persisted_ro.then(|| "the store was left read-only by an earlier fatal error; run `strata check --repair`".to_string())),
             closed: AtomicBool::new(false),
             worker: Mutex::new(None),
         });
-        if !engine.read_only {
+        if !engine.read_only && !persisted_ro {
             // Fold the replayed journal into a checkpoint so old journal
             // files (and any torn tail) are gone before new records follow.
             if info.records > 0 || info.torn_tail || journal_files > 1 {
                 engine.sync_all_packs()?;
                 engine.checkpoint()?;
             }
+            engine.resume_jobs()?;
             engine.start_worker();
         }
         Ok(engine)
@@ -493,9 +519,11 @@ impl Engine {
         let h = std::thread::Builder::new()
             .name("strata-checkpoint".into())
             .spawn(move || {
+                let mut last_gc = std::time::Instant::now();
                 loop {
                     let kick = rx.recv_timeout(std::time::Duration::from_secs(5));
                     let Some(e) = me.upgrade() else { return };
+                    e.maybe_gc(&mut last_gc, std::time::Duration::from_secs(60));
                     match kick {
                         Ok(Kick::Stop) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
                         Ok(Kick::Checkpoint) => {
@@ -506,7 +534,7 @@ impl Engine {
                         Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                             // async-unsafe promises nothing at fsync, but
                             // data still reaches the disk within seconds.
-                            if e.effective_policy == WritePolicy::AsyncUnsafe
+                            if e.effective_write_policy() == WritePolicy::AsyncUnsafe
                                 && let Err(err) = e.make_durable(e.journal.last_seq())
                             {
                                 tracing::error!(%err, "background sync failed");
@@ -517,6 +545,16 @@ impl Engine {
             })
             .expect("spawning the checkpoint thread");
         *lock(&self.worker) = Some((tx, h));
+    }
+
+    fn stop_worker(&self) {
+        if let Some((tx, h)) = lock(&self.worker).take() {
+            let _ = tx.send(Kick::Stop);
+            // The worker may itself drop the last reference to the engine.
+            if h.thread().id() != std::thread::current().id() {
+                let _ = h.join();
+            }
+        }
     }
 
     /// Ask the background thread for a checkpoint if the journal is large.
@@ -531,6 +569,10 @@ impl Engine {
     /// Write every changed layer map and the chunk table, then drop the
     /// journal files they cover (FORMAT.md, "Checkpoint").
     pub fn checkpoint(&self) -> Result<()> {
+        self.checkpoint_inner().map_err(|e| self.on_write_error(e))
+    }
+
+    fn checkpoint_inner(&self) -> Result<()> {
         let _one = lock(&self.ckpt_lock);
         let uuid = lock(&self.sb).store_uuid;
         let (stamp, images, table) = {
@@ -552,6 +594,10 @@ impl Engine {
             (stamp, images, table)
         };
         let res = (|| -> Result<()> {
+            if let Some(f) = self.faults.hit(crate::fault::Point::MetaWrite) {
+                let code = if f == crate::fault::Fault::Enospc { libc::ENOSPC } else { libc::EIO };
+                return Err(store_err("writing a checkpoint")(std::io::Error::from_raw_os_error(code)));
+            }
             // Packs before the table that points into them.
             self.store.sync()?;
             for (l, bytes) in &images {
@@ -606,7 +652,13 @@ impl Engine {
                     st.0 = st.0.max(target);
                 }
                 self.durable.cv.notify_all();
-                r?;
+                if let Err(e) = r {
+                    drop(st);
+                    // A failed fsync may have dropped dirty pages: nothing
+                    // after it can be trusted to be durable.
+                    self.enter_read_only(format!("fsync failed: {e}"));
+                    return Err(e);
+                }
             } else {
                 st = self.durable.cv.wait(st).unwrap_or_else(|p| p.into_inner());
             }
@@ -618,10 +670,7 @@ impl Engine {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        if let Some((tx, h)) = lock(&self.worker).take() {
-            let _ = tx.send(Kick::Stop);
-            let _ = h.join();
-        }
+        self.stop_worker();
         if self.read_only {
             return Ok(());
         }
@@ -640,10 +689,7 @@ impl Engine {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        if let Some((tx, h)) = lock(&self.worker).take() {
-            let _ = tx.send(Kick::Stop);
-            let _ = h.join();
-        }
+        self.stop_worker();
         // SAFETY: flock on the store lock's fd, which we own.
         unsafe { libc::flock(self._lock.as_raw_fd(), libc::LOCK_UN) };
     }
@@ -669,14 +715,78 @@ impl Engine {
     }
 
     pub fn effective_write_policy(&self) -> WritePolicy {
-        self.effective_policy
+        lock(&self.policy).0
+    }
+
+    /// Change the write policy (`strata config set write-policy`); returns
+    /// the effective policy and, for `auto`, why.
+    pub fn set_write_policy(&self, p: WritePolicy) -> Result<(WritePolicy, String)> {
+        self.check_writable()?;
+        // Moving to a stricter policy: make what is pending durable first.
+        self.make_durable(self.journal.last_seq())?;
+        let eff = match p {
+            WritePolicy::Auto => resolve_auto(&self.path),
+            p => (p, String::new()),
+        };
+        {
+            let mut sb = lock(&self.sb);
+            sb.write_policy = p;
+            sb.write(&self.path.join(Paths::SUPERBLOCK)).map_err(store_err("writing the superblock"))?;
+        }
+        self.sync_writes.store(eff.0 == WritePolicy::Sync, Ordering::Release);
+        *lock(&self.policy) = eff.clone();
+        Ok(eff)
     }
 
     pub(crate) fn check_writable(&self) -> Result<()> {
-        if self.read_only || self.mode() == Mode::ReadOnly {
+        if self.read_only {
             return Err(Error::ReadOnly(format!("store {} is open read-only", self.path.display())));
         }
+        if self.mode() == Mode::ReadOnly {
+            let why = lock(&self.read_only_reason).clone().unwrap_or_else(|| "a fatal error".into());
+            return Err(Error::ReadOnly(format!("store {} is in read-only mode: {why}", self.path.display())));
+        }
         Ok(())
+    }
+
+    /// A fatal metadata or device error: stop taking writes, and remember
+    /// it across restarts (VDO's read-only mode) until `check --repair`.
+    pub(crate) fn enter_read_only(&self, why: String) {
+        if self.mode.swap(2, Ordering::AcqRel) == 2 {
+            return;
+        }
+        tracing::error!(store = %self.path.display(), %why, "entering read-only mode");
+        *lock(&self.read_only_reason) = Some(why);
+        let mut sb = lock(&self.sb);
+        sb.mode = Mode::ReadOnly;
+        if let Err(e) = sb.write(&self.path.join(Paths::SUPERBLOCK)) {
+            tracing::error!(%e, "could not record read-only mode in the superblock");
+        }
+    }
+
+    /// Classify an error from the write path: device failures and broken
+    /// metadata are fatal; a full filesystem is not (writes work again once
+    /// space is freed).
+    pub(crate) fn on_write_error(&self, e: Error) -> Error {
+        let fatal = match &e {
+            Error::NoSpace(_) | Error::Store(store::Error::NoSpace { .. }) => false,
+            Error::Store(store::Error::Io { .. }) | Error::Store(store::Error::ReadOnly { .. }) => true,
+            Error::Journal(journal::Error::Io { source, .. }) => source.raw_os_error() != Some(libc::ENOSPC),
+            Error::Journal(journal::Error::Fatal { .. }) => true,
+            Error::Io { source, .. } => source.raw_os_error() != Some(libc::ENOSPC),
+            Error::ReadOnly(_) => true,
+            _ => false,
+        };
+        if fatal {
+            self.enter_read_only(e.to_string());
+        }
+        match e {
+            Error::Store(store::Error::NoSpace { what, source }) => Error::NoSpace(format!("{what}: {source}")),
+            Error::Journal(journal::Error::Io { path, source }) if source.raw_os_error() == Some(libc::ENOSPC) => {
+                Error::NoSpace(format!("journal {path}: {source}"))
+            }
+            e => e,
+        }
     }
 
     pub(crate) fn layer(&self, g: Guid) -> Result<Arc<Layer>> {
@@ -836,7 +946,7 @@ impl Engine {
         }
         let layers: Vec<Arc<Layer>> = rows.iter().map(|r| self.layer(r.guid)).collect::<Result<_>>()?;
         let engine = self.me.upgrade().ok_or_else(|| Error::ReadOnly("the store is closing".into()))?;
-        let v = Arc::new(Volume::new(engine, d.guid, d.name.clone(), d.capacity, layers));
+        let v = Arc::new(Volume::new(engine, d.guid, d.name.clone(), d.capacity, layers, false));
         open.insert(d.guid, Arc::downgrade(&v));
         Ok(v)
     }
@@ -1016,7 +1126,7 @@ impl Engine {
             format_version: sb.format_version,
             operating_mode: self.mode(),
             write_policy: sb.write_policy,
-            effective_write_policy: self.effective_policy,
+            effective_write_policy: self.effective_write_policy(),
             volumes: disks,
             layers: rlock(&self.layers).len() as u64,
             logical_bytes_used: logical,
@@ -1033,7 +1143,8 @@ impl Engine {
             pack_files,
             filesystem_free_bytes: fs_free,
             filesystem_total_bytes: fs_total,
-            write_policy_reason: self.policy_reason.clone(),
+            write_policy_reason: lock(&self.policy).1.clone(),
+            read_only_reason: lock(&self.read_only_reason).clone(),
             journal_bytes,
             map_bytes,
             catalog_bytes,
@@ -1044,7 +1155,7 @@ impl Engine {
 
     /// Make every acknowledged write durable (the commit protocol).
     pub fn flush(&self) -> Result<()> {
-        if self.read_only || self.effective_policy == WritePolicy::AsyncUnsafe {
+        if self.read_only || self.effective_write_policy() == WritePolicy::AsyncUnsafe {
             return Ok(());
         }
         self.make_durable(self.journal.last_seq())

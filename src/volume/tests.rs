@@ -315,6 +315,7 @@ enum Op {
     Resize { vol: usize, cap: u64 },
     Flush,
     Checkpoint,
+    Gc,
     CleanReopen,
     /// Crash right after a flush: everything must survive.
     FlushAndCrash,
@@ -328,6 +329,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..2usize, 1000..cap).prop_map(|(vol, cap)| Op::Resize { vol, cap }),
         1 => Just(Op::Flush),
         1 => Just(Op::Checkpoint),
+        1 => Just(Op::Gc),
         1 => Just(Op::CleanReopen),
         1 => Just(Op::FlushAndCrash),
     ]
@@ -369,6 +371,7 @@ proptest! {
                 }
                 Op::Flush => e.flush().unwrap(),
                 Op::Checkpoint => e.checkpoint().unwrap(),
+                Op::Gc => { e.gc(&mut |_, _| {}).unwrap(); }
                 Op::CleanReopen => {
                     e.close().unwrap();
                     drop(e);
@@ -437,4 +440,515 @@ fn a_journal_record_whose_pack_bytes_never_landed_is_dropped_with_later_ones() {
     drop(e);
     let e = open(&p);
     assert_eq!(e.volume_info("v").unwrap().allocated_bytes, 8192);
+}
+
+mod chain_model {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    const CAP: usize = 128 * 1024;
+
+    #[derive(Debug, Clone)]
+    enum COp {
+        Write { vol: usize, off: usize, len: usize, seed: u64 },
+        Discard { vol: usize, off: usize, len: usize },
+        Snap { vol: usize, name: usize },
+        Revert { vol: usize, name: usize, keep: bool },
+        RemoveSnap { vol: usize, name: usize },
+        Clone { vol: usize, name: usize },
+        Flatten { vol: usize },
+        Gc,
+        Reopen { crash: bool },
+    }
+
+    fn cop() -> impl Strategy<Value = COp> {
+        prop_oneof![
+            6 => (0..4usize, 0..CAP, 1..12000usize, any::<u64>()).prop_map(|(vol, off, len, seed)| COp::Write { vol, off, len, seed }),
+            1 => (0..4usize, 0..CAP, 1..30000usize).prop_map(|(vol, off, len)| COp::Discard { vol, off, len }),
+            3 => (0..4usize, 0..4usize).prop_map(|(vol, name)| COp::Snap { vol, name }),
+            1 => (0..4usize, 0..4usize, any::<bool>()).prop_map(|(vol, name, keep)| COp::Revert { vol, name, keep }),
+            2 => (0..4usize, 0..4usize).prop_map(|(vol, name)| COp::RemoveSnap { vol, name }),
+            1 => (0..4usize, 0..4usize).prop_map(|(vol, name)| COp::Clone { vol, name }),
+            1 => (0..4usize).prop_map(|vol| COp::Flatten { vol }),
+            1 => Just(COp::Gc),
+            1 => any::<bool>().prop_map(|crash| COp::Reopen { crash }),
+        ]
+    }
+
+    /// Every volume's content, and every snapshot's frozen content.
+    #[derive(Default)]
+    struct Model {
+        vols: BTreeMap<String, Vec<u8>>,
+        snaps: BTreeMap<(String, String), Vec<u8>>,
+        /// clone name → (source volume, snapshot)
+        clones: BTreeMap<String, (String, String)>,
+        next: usize,
+    }
+
+    fn check(e: &Engine, m: &Model) -> std::result::Result<(), TestCaseError> {
+        for (n, data) in &m.vols {
+            let v = e.open_volume(n).unwrap();
+            let mut back = vec![0u8; data.len()];
+            v.read_at(&mut back, 0).unwrap();
+            prop_assert!(&back == data, "volume {} differs from the model", n);
+        }
+        for ((v, s), data) in &m.snaps {
+            let sv = e.open_snapshot(v, s).unwrap();
+            let mut back = vec![0u8; data.len()];
+            sv.read_at(&mut back, 0).unwrap();
+            prop_assert!(&back == data, "snapshot {}@{} differs from the model", v, s);
+            prop_assert!(matches!(sv.write_at(&[1], 0), Err(Error::ReadOnly(_))));
+        }
+        let dump = e.chain_dump(None).unwrap();
+        prop_assert!(dump.problems.is_empty(), "{:?}", dump.problems);
+        for i in &dump.images {
+            prop_assert!(i.problems.is_empty(), "{:?}", i.problems);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+        #[test]
+        fn snapshots_reverts_merges_and_clones_match_the_model(ops in proptest::collection::vec(cop(), 1..45)) {
+            let (_d, p) = new_store(WritePolicy::Async);
+            let mut e = open(&p);
+            let mut m = Model::default();
+            for n in ["v0", "v1"] {
+                e.create_volume(n, CAP as u64).unwrap();
+                m.vols.insert(n.into(), vec![0u8; CAP]);
+            }
+            let snap_name = |i: usize| format!("s{i}");
+            for op in ops {
+                let names: Vec<String> = m.vols.keys().cloned().collect();
+                let pick = |i: usize| names[i % names.len()].clone();
+                match op {
+                    COp::Write { vol, off, len, seed } => {
+                        let n = pick(vol);
+                        let data = m.vols.get_mut(&n).unwrap();
+                        let len = len.min(data.len() - off.min(data.len()));
+                        if len == 0 { continue; }
+                        let buf = if seed % 4 == 0 { vec![0u8; len] } else { pattern(len, seed) };
+                        e.open_volume(&n).unwrap().write_at(&buf, off as u64).unwrap();
+                        data[off..off + len].copy_from_slice(&buf);
+                    }
+                    COp::Discard { vol, off, len } => {
+                        let n = pick(vol);
+                        let data = m.vols.get_mut(&n).unwrap();
+                        e.open_volume(&n).unwrap().discard(off as u64, len as u64).unwrap();
+                        let end = (off + len).min(data.len());
+                        if off < end { data[off..end].fill(0); }
+                    }
+                    COp::Snap { vol, name } => {
+                        let n = pick(vol);
+                        let s = snap_name(name);
+                        let r = e.snapshot_create(&n, &s);
+                        if m.snaps.contains_key(&(n.clone(), s.clone())) {
+                            prop_assert!(matches!(r, Err(Error::AlreadyExists(_))));
+                        } else {
+                            r.unwrap();
+                            m.snaps.insert((n.clone(), s), m.vols[&n].clone());
+                        }
+                    }
+                    COp::Revert { vol, name, keep } => {
+                        let n = pick(vol);
+                        let s = snap_name(name);
+                        let Some(content) = m.snaps.get(&(n.clone(), s.clone())).cloned() else { continue };
+                        m.next += 1;
+                        let keep_name = format!("kept{}", m.next);
+                        e.snapshot_revert(&n, &s, keep.then_some(keep_name.as_str())).unwrap();
+                        let old = std::mem::replace(m.vols.get_mut(&n).unwrap(), content);
+                        if keep {
+                            m.snaps.insert((n, keep_name), old);
+                        }
+                    }
+                    COp::RemoveSnap { vol, name } => {
+                        let n = pick(vol);
+                        let s = snap_name(name);
+                        if !m.snaps.contains_key(&(n.clone(), s.clone())) { continue; }
+                        let has_clone = m.clones.values().any(|(v, sn)| *v == n && *sn == s);
+                        let r = e.snapshot_remove(&n, &s);
+                        if has_clone {
+                            prop_assert!(r.is_err());
+                        } else {
+                            r.unwrap();
+                            m.snaps.remove(&(n, s));
+                        }
+                    }
+                    COp::Clone { vol, name } => {
+                        let n = pick(vol);
+                        let s = snap_name(name);
+                        let Some(content) = m.snaps.get(&(n.clone(), s.clone())).cloned() else { continue };
+                        if m.vols.len() >= 6 { continue; }
+                        m.next += 1;
+                        let c = format!("c{}", m.next);
+                        let info = e.clone_volume(&format!("{n}@{s}"), &c).unwrap();
+                        prop_assert!(info.properties.contains_key("cloned-from"));
+                        m.vols.insert(c.clone(), content);
+                        m.clones.insert(c, (n, s));
+                    }
+                    COp::Flatten { vol } => {
+                        let n = pick(vol);
+                        e.flatten_volume(&n).unwrap();
+                        m.clones.remove(&n);
+                    }
+                    COp::Gc => {
+                        e.gc(&mut |_, _| {}).unwrap();
+                    }
+                    COp::Reopen { crash } => {
+                        if crash {
+                            e.flush().unwrap();
+                            e.simulate_crash();
+                        } else {
+                            e.close().unwrap();
+                        }
+                        drop(e);
+                        e = open(&p);
+                    }
+                }
+            }
+            check(&e, &m)?;
+            e.close().unwrap();
+            drop(e);
+            let e = open(&p);
+            check(&e, &m)?;
+        }
+    }
+}
+
+#[test]
+fn snapshot_of_a_big_sparse_volume_is_fast_and_holds_acknowledged_writes() {
+    let (_d, p) = new_store(WritePolicy::Async);
+    let e = open(&p);
+    e.create_volume("big", 100 << 30).unwrap();
+    let v = e.open_volume("big").unwrap();
+    let chunk = pattern(1 << 20, 31);
+    for i in 0..64u64 {
+        v.write_at(&chunk, i * (1 << 30)).unwrap();
+    }
+    let t = std::time::Instant::now();
+    e.snapshot_create("big", "s").unwrap();
+    let took = t.elapsed();
+    v.write_at(&[9u8; 4096], 0).unwrap();
+    let s = e.open_snapshot("big", "s").unwrap();
+    let mut b = vec![0u8; 4096];
+    s.read_at(&mut b, 0).unwrap();
+    assert_eq!(b, chunk[..4096]);
+    v.read_at(&mut b, 0).unwrap();
+    assert_eq!(b, [9u8; 4096]);
+    // Not a benchmark (debug build, shared CI box): a generous sanity bound.
+    assert!(took < std::time::Duration::from_secs(2), "snapshot took {took:?}");
+}
+
+#[test]
+fn a_merge_during_writes_loses_nothing() {
+    let (_d, p) = new_store(WritePolicy::Async);
+    let e = open(&p);
+    e.create_volume("live", 4 << 20).unwrap();
+    let v = e.open_volume("live").unwrap();
+    v.write_at(&pattern(4 << 20, 40), 0).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let v = v.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            let mut last = std::collections::BTreeMap::new();
+            while !stop.load(Ordering::Relaxed) {
+                let off = (i * 7919 % 1000) * 4096;
+                let data = pattern(4096, 1000 + i);
+                v.write_at(&data, off).unwrap();
+                last.insert(off, data);
+                i += 1;
+            }
+            last
+        })
+    };
+    for round in 0..20 {
+        e.snapshot_create("live", &format!("s{round}")).unwrap();
+        if round % 2 == 1 {
+            e.snapshot_remove("live", &format!("s{}", round - 1)).unwrap();
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let last = writer.join().unwrap();
+    let mut expect = pattern(4 << 20, 40);
+    for (off, d) in &last {
+        expect[*off as usize..*off as usize + 4096].copy_from_slice(d);
+    }
+    let mut back = vec![0u8; 4 << 20];
+    v.read_at(&mut back, 0).unwrap();
+    assert!(back == expect);
+    for s in e.snapshot_list("live").unwrap() {
+        e.snapshot_remove("live", &s.name).unwrap();
+    }
+    assert_eq!(v.depth(), 1);
+    v.read_at(&mut back, 0).unwrap();
+    assert!(back == expect);
+    drop(v);
+    e.close().unwrap();
+    drop(e);
+    let e = open(&p);
+    let mut back2 = vec![0u8; 4 << 20];
+    e.open_volume("live").unwrap().read_at(&mut back2, 0).unwrap();
+    assert!(back2 == expect);
+}
+
+#[test]
+fn an_interrupted_merge_is_finished_at_the_next_open() {
+    let (_d, p) = new_store(WritePolicy::Async);
+    let data = pattern(64 * 1024, 50);
+    {
+        let e = open(&p);
+        e.create_volume("v", 1 << 20).unwrap();
+        let v = e.open_volume("v").unwrap();
+        v.write_at(&data, 0).unwrap();
+        e.snapshot_create("v", "s1").unwrap();
+        v.write_at(&[3u8; 4096], 0).unwrap();
+        // Start a merge by hand and stop before its final transaction.
+        let s = e.catalog().find_snapshot(v.guid(), "s1").unwrap();
+        let kids = e.catalog().children(s.guid).unwrap();
+        let payload = format!("{{\"layer\":\"{}\",\"mode\":\"pull-up\",\"into\":[\"{}\"]}}", s.guid, kids[0].guid);
+        e.catalog().begin_job_marking("merge", v.guid(), &payload, &[s.guid, kids[0].guid]).unwrap();
+        e.flush().unwrap();
+        e.simulate_crash();
+    }
+    let e = open(&p);
+    assert!(e.catalog().all_jobs().unwrap().is_empty());
+    let v = e.open_volume("v").unwrap();
+    assert_eq!(v.depth(), 1);
+    let mut b = vec![0u8; 64 * 1024];
+    v.read_at(&mut b, 0).unwrap();
+    let mut expect = data.clone();
+    expect[..4096].fill(3);
+    assert_eq!(b, expect);
+}
+
+#[test]
+fn gc_after_removing_volumes_brings_packs_down_to_the_live_data() {
+    let (_d, p) = new_store(WritePolicy::Async);
+    let e = open(&p);
+    for n in ["a", "b", "c"] {
+        e.create_volume(n, 32 << 20).unwrap();
+        let v = e.open_volume(n).unwrap();
+        for i in 0..8u64 {
+            v.write_at(&pattern(1 << 20, n.as_bytes()[0] as u64 * 100 + i), i << 20).unwrap();
+        }
+    }
+    e.remove_volume("a", false).unwrap();
+    e.create_volume("s", 8 << 20).unwrap();
+    e.snapshot_create("b", "x").unwrap();
+    e.remove_volume("c", false).unwrap();
+    let before = e.status().unwrap();
+    let rep = e.gc(&mut |_, _| {}).unwrap();
+    assert!(rep.chunks_freed > 0, "{rep:?}");
+    let after = e.status().unwrap();
+    assert!(after.physical_bytes_used < before.physical_bytes_used);
+    let live = after.data_bytes_stored + after.chunk_count * 64;
+    let packs: u64 = e.store.pack_bytes().1;
+    assert!(packs as f64 <= live as f64 * 1.10 + 4096.0, "packs {packs} vs live {live}");
+    // b still reads back.
+    let v = e.open_volume("b").unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    v.read_at(&mut buf, 3 << 20).unwrap();
+    assert_eq!(buf, pattern(1 << 20, b'b' as u64 * 100 + 3));
+    drop(v);
+    e.close().unwrap();
+    drop(e);
+    let e = open(&p);
+    let v = e.open_volume("b").unwrap();
+    v.read_at(&mut buf, 7 << 20).unwrap();
+    assert_eq!(buf, pattern(1 << 20, b'b' as u64 * 100 + 7));
+}
+
+#[test]
+fn gc_runs_safely_alongside_writers_and_readers() {
+    let (_d, p) = new_store(WritePolicy::Async);
+    let e = open(&p);
+    e.create_volume("w", 8 << 20).unwrap();
+    let v = e.open_volume("w").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let h = {
+        let v = v.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut model = vec![0u8; 8 << 20];
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) || i < 200 {
+                let off = (i * 104729 % 2000) as usize * 4096;
+                // Repeating contents, so dedup hits race with GC frees.
+                let d = pattern(8192, i % 37);
+                v.write_at(&d, off as u64).unwrap();
+                model[off..off + 8192].copy_from_slice(&d);
+                let mut back = vec![0u8; 8192];
+                v.read_at(&mut back, off as u64).unwrap();
+                assert_eq!(back, d);
+                i += 1;
+            }
+            model
+        })
+    };
+    for _ in 0..10 {
+        e.gc(&mut |_, _| {}).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let model = h.join().unwrap();
+    e.gc(&mut |_, _| {}).unwrap();
+    let mut back = vec![0u8; 8 << 20];
+    v.read_at(&mut back, 0).unwrap();
+    assert!(back == model);
+    drop(v);
+    e.simulate_crash();
+    drop(e);
+    let e = open(&p);
+    e.open_volume("w").unwrap().read_at(&mut back, 0).unwrap();
+    assert!(back == model);
+}
+
+mod faults {
+    use super::*;
+    use crate::fault::{Fault, Faults, Point};
+
+    fn open_with(p: &Path, f: &Arc<Faults>) -> Arc<Engine> {
+        Engine::open(p, &OpenOptions { read_only: false, faults: Some(f.clone()) }).unwrap()
+    }
+
+    #[test]
+    fn enospc_on_a_pack_write_fails_that_write_only_and_the_store_goes_on() {
+        let (_d, p) = new_store(WritePolicy::Async);
+        let f = Faults::new();
+        let e = open_with(&p, &f);
+        e.create_volume("v", 1 << 20).unwrap();
+        let v = e.open_volume("v").unwrap();
+        v.write_at(&pattern(8192, 1), 0).unwrap();
+        f.arm(Point::PackWrite, Fault::Enospc, 0, Some(1));
+        let err = v.write_at(&pattern(8192, 2), 8192).unwrap_err();
+        assert!(matches!(err, Error::NoSpace(_)), "{err}");
+        assert_eq!(e.mode(), Mode::Normal);
+        v.write_at(&pattern(8192, 3), 8192).unwrap();
+        let mut b = vec![0u8; 8192];
+        v.read_at(&mut b, 8192).unwrap();
+        assert_eq!(b, pattern(8192, 3));
+        drop(v);
+        e.simulate_crash();
+        drop(e);
+        let e = open(&p);
+        let mut b = vec![0u8; 16384];
+        e.open_volume("v").unwrap().read_at(&mut b, 0).unwrap();
+        assert_eq!(&b[..8192], &pattern(8192, 1)[..]);
+        assert_eq!(&b[8192..], &pattern(8192, 3)[..]);
+    }
+
+    #[test]
+    fn eio_on_a_pack_read_is_an_error_for_that_read() {
+        let (_d, p) = new_store(WritePolicy::Async);
+        let f = Faults::new();
+        let e = open_with(&p, &f);
+        e.create_volume("v", 1 << 20).unwrap();
+        let v = e.open_volume("v").unwrap();
+        v.write_at(&pattern(4096, 1), 0).unwrap();
+        f.arm(Point::PackRead, Fault::Eio, 0, Some(1));
+        let mut b = vec![0u8; 4096];
+        let err = v.read_at(&mut b, 0).unwrap_err();
+        assert!(matches!(&err, Error::Store(crate::store::Error::Io { source, .. }) if source.raw_os_error() == Some(libc::EIO)), "{err:?}");
+        v.read_at(&mut b, 0).unwrap();
+        assert_eq!(b, pattern(4096, 1));
+        assert_eq!(e.mode(), Mode::Normal);
+    }
+
+    #[test]
+    fn a_torn_journal_write_is_cut_off_and_the_store_turns_read_only_until_repaired() {
+        let (_d, p) = new_store(WritePolicy::Async);
+        let f = Faults::new();
+        {
+            let e = open_with(&p, &f);
+            e.create_volume("v", 1 << 20).unwrap();
+            let v = e.open_volume("v").unwrap();
+            v.write_at(&pattern(4096, 1), 0).unwrap();
+            f.arm(Point::JournalWrite, Fault::Torn, 0, Some(1));
+            assert!(v.write_at(&pattern(4096, 2), 4096).is_err());
+            assert_eq!(e.mode(), Mode::ReadOnly);
+            assert!(matches!(v.write_at(&pattern(4096, 3), 4096), Err(Error::ReadOnly(_))));
+            let mut b = vec![0u8; 4096];
+            v.read_at(&mut b, 0).unwrap();
+            assert_eq!(b, pattern(4096, 1));
+            e.simulate_crash();
+        }
+        // The mode persists; the journal replays up to the last whole record.
+        let e = open(&p);
+        assert_eq!(e.mode(), Mode::ReadOnly);
+        assert!(e.status().unwrap().read_only_reason.is_some());
+        let v = e.open_volume("v").unwrap();
+        let mut b = vec![0u8; 8192];
+        v.read_at(&mut b, 0).unwrap();
+        assert_eq!(&b[..4096], &pattern(4096, 1)[..]);
+        assert!(b[4096..].iter().all(|&x| x == 0));
+        assert!(matches!(v.write_at(&[1], 0), Err(Error::ReadOnly(_))));
+    }
+
+    #[test]
+    fn a_failed_fsync_fails_the_flush_and_makes_the_store_read_only() {
+        let (_d, p) = new_store(WritePolicy::Async);
+        let f = Faults::new();
+        let e = open_with(&p, &f);
+        e.create_volume("v", 1 << 20).unwrap();
+        let v = e.open_volume("v").unwrap();
+        v.write_at(&pattern(4096, 1), 0).unwrap();
+        f.arm(Point::JournalSync, Fault::FsyncFail, 0, None);
+        assert!(v.flush().is_err());
+        assert_eq!(e.mode(), Mode::ReadOnly);
+    }
+
+    #[test]
+    fn sync_policy_reports_a_failed_pack_fsync_to_the_writer() {
+        let (_d, p) = new_store(WritePolicy::Sync);
+        let f = Faults::new();
+        let e = open_with(&p, &f);
+        e.create_volume("v", 1 << 20).unwrap();
+        let v = e.open_volume("v").unwrap();
+        f.arm(Point::PackSync, Fault::FsyncFail, 0, None);
+        assert!(v.write_at(&pattern(4096, 1), 0).is_err());
+        assert_eq!(e.mode(), Mode::ReadOnly);
+    }
+
+    #[test]
+    fn enospc_writing_a_checkpoint_keeps_the_journal_and_loses_nothing() {
+        let (_d, p) = new_store(WritePolicy::Async);
+        let f = Faults::new();
+        {
+            let e = open_with(&p, &f);
+            e.create_volume("v", 1 << 20).unwrap();
+            let v = e.open_volume("v").unwrap();
+            v.write_at(&pattern(8192, 5), 0).unwrap();
+            f.arm(Point::MetaWrite, Fault::Enospc, 0, Some(1));
+            assert!(matches!(e.checkpoint(), Err(Error::NoSpace(_))));
+            assert_eq!(e.mode(), Mode::Normal);
+            v.write_at(&pattern(8192, 6), 8192).unwrap();
+            e.flush().unwrap();
+            e.simulate_crash();
+        }
+        let e = open(&p);
+        let mut b = vec![0u8; 16384];
+        e.open_volume("v").unwrap().read_at(&mut b, 0).unwrap();
+        assert_eq!(&b[..8192], &pattern(8192, 5)[..]);
+        assert_eq!(&b[8192..], &pattern(8192, 6)[..]);
+    }
+
+    #[test]
+    fn the_write_policy_can_be_changed_and_is_kept() {
+        let (_d, p) = new_store(WritePolicy::Async);
+        {
+            let e = open(&p);
+            assert_eq!(e.set_write_policy(WritePolicy::Sync).unwrap().0, WritePolicy::Sync);
+            assert_eq!(e.status().unwrap().write_policy, WritePolicy::Sync);
+        }
+        let e = open(&p);
+        assert_eq!(e.write_policy(), WritePolicy::Sync);
+        assert_eq!(e.effective_write_policy(), WritePolicy::Sync);
+        let (eff, why) = e.set_write_policy(WritePolicy::Auto).unwrap();
+        assert!(matches!(eff, WritePolicy::Sync | WritePolicy::Async));
+        assert!(!why.is_empty());
+    }
 }
