@@ -14,6 +14,24 @@ use std::time::Duration;
 
 daemon_entry!();
 
+/// Whether any process has `path` open (a /proc/*/fd scan).
+fn open_by_some_process(path: &Path) -> bool {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    for p in procs.flatten() {
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if std::fs::read_link(fd.path()).is_ok_and(|t| t == path) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
 fn fio(file: &Path, name: &str, rw: &str, bs: &str, size: &str, extra: &[&str]) -> Command {
     let mut c = Command::new("fio");
     c.arg(format!("--name={name}"))
@@ -98,15 +116,34 @@ fn unmount_during_io_loses_nothing_that_was_written() {
     let mut m = Mounted::new();
     let p = m.path("busy.raw");
     run(Command::new("truncate").args(["-s", "48M"]).arg(&p));
-    // Write with verification headers but do not verify yet.
-    let mut writer = fio(&p, "busy", "randwrite", "4k", "48M", &["--do_verify=0"])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    // Write with verification headers but do not verify yet; rate-limited
+    // so the writes are still going on when the signal comes (~3 s).
+    let mut writer = fio(
+        &p,
+        "busy",
+        "randwrite",
+        "4k",
+        "48M",
+        &["--do_verify=0", "--rate_iops=4000"],
+    )
+    .stdout(Stdio::null())
+    .spawn()
+    .unwrap();
+    // Wait until fio (its job process) really has the file open on the
+    // mount, then give it a moment of writes.
+    let start = std::time::Instant::now();
+    while !open_by_some_process(&p) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "fio never opened {}",
+            p.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     std::thread::sleep(Duration::from_millis(300));
     // SIGTERM while fio is writing: the daemon detaches the mount and keeps
     // serving the open file until fio closes it, then flushes and exits.
-    let in_flight = writer.try_wait().unwrap().is_none();
+    let in_flight = writer.try_wait().unwrap().is_none() && open_by_some_process(&p);
     m.signal(libc::SIGTERM);
     let ws = writer.wait().unwrap();
     assert!(

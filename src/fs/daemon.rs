@@ -268,7 +268,10 @@ fn serve(cfg: &MountConfig, control: ControlHandler, ready: &mut Ready) -> anyho
 
     let engine = Engine::open(
         &store,
-        &OpenOptions { read_only: opts.read_only, ..Default::default() },
+        &OpenOptions {
+            read_only: opts.read_only,
+            ..Default::default()
+        },
     )
     .with_context(|| format!("opening store {}", store.display()))?;
     if !opts.read_only {
@@ -326,7 +329,7 @@ fn serve(cfg: &MountConfig, control: ControlHandler, ready: &mut Ready) -> anyho
         libc::prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0);
     }
 
-    let session = fuser::Session::new(fs, &mountpoint, &config)
+    let mut session = fuser::Session::new(fs, &mountpoint, &config)
         .with_context(|| format!("mounting {} on {}", store.display(), mountpoint.display()))?;
     let notifier = session.notifier();
     // From here the mount is live: undo it if the rest of start-up fails.
@@ -339,7 +342,8 @@ fn serve(cfg: &MountConfig, control: ControlHandler, ready: &mut Ready) -> anyho
         invalidate::wrap(control, notifier, inodes),
     )
     .context("starting the control socket")?;
-    let signals = SignalWatcher::start(mountpoint.clone()).context("installing signal handlers")?;
+    let signals = SignalWatcher::start(mountpoint.clone(), session.unmount_callable())
+        .context("installing signal handlers")?;
     let pidfile = store.join(PIDFILE_NAME);
     std::fs::write(
         &pidfile,
@@ -434,7 +438,10 @@ struct SignalWatcher {
 }
 
 impl SignalWatcher {
-    fn start(mountpoint: PathBuf) -> std::io::Result<SignalWatcher> {
+    fn start(
+        mountpoint: PathBuf,
+        mut unmounter: fuser::SessionUnmounter,
+    ) -> std::io::Result<SignalWatcher> {
         let (rd, wr) = pipe()?;
         SIGNAL_PIPE.store(wr.as_raw_fd(), Ordering::Release);
         for sig in SIGNALS {
@@ -458,8 +465,16 @@ impl SignalWatcher {
                     match rd.read(&mut b) {
                         Ok(1) if b[0] != 0 => {
                             tracing::info!(signal = b[0], "signal received: unmounting");
-                            if let Err(e) = request_unmount(&mountpoint, true) {
-                                tracing::error!(error = %e, "unmount on signal failed");
+                            // Through fuser's own unmounter, so the session
+                            // does not try a second unmount when it ends.
+                            match unmounter.unmount() {
+                                Ok(()) => {}
+                                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                                    if let Err(e) = detach(&mountpoint) {
+                                        tracing::error!(error = %e, "detaching on signal failed");
+                                    }
+                                }
+                                Err(e) => tracing::error!(error = %e, "unmount on signal failed"),
                             }
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -492,6 +507,18 @@ impl SignalWatcher {
             let _ = t.join();
         }
     }
+}
+
+/// Lazy unmount: the mount leaves the namespace now; the daemon serves the
+/// files still open until they are closed, then the session ends.
+fn detach(mp: &Path) -> anyhow::Result<()> {
+    tracing::warn!(mountpoint = %mp.display(), "files are still open: detaching; they are served until closed");
+    let c = CString::new(mp.as_os_str().as_bytes()).context("mountpoint contains NUL")?;
+    // SAFETY: umount2 with a valid C string.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+        return Ok(());
+    }
+    Err(std::io::Error::last_os_error()).with_context(|| format!("detaching {}", mp.display()))
 }
 
 /// Unmount `mp`: plainly, or, if files are open and `lazy_if_busy`, by
