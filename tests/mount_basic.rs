@@ -590,3 +590,58 @@ fn mounting_twice_on_the_same_mountpoint_is_refused() {
     let err = strata::fs::mount(&cfg, mount_common::test_handler()).unwrap_err();
     assert!(format!("{err:#}").contains("already"), "{err:#}");
 }
+
+#[test]
+fn snapshots_appear_read_only_in_both_views_and_revert_shows_at_once() {
+    if !ready(&[]) {
+        return;
+    }
+    let m = Mounted::new();
+    let p = m.path("vm.img");
+    std::fs::write(&p, pattern(2 * MIB as usize, 10)).unwrap();
+    let ino = stat(&p).ino();
+    let (_, err, code) = m.control(&["snapshot", "vm.img", "before"]);
+    assert_eq!(code, 0, "{err}");
+    let mut f = File::options().write(true).open(&p).unwrap();
+    f.write_all(&pattern(MIB as usize, 11)).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+
+    let snap = m.path(".snapshots/vm.img/before");
+    assert_eq!(names(&m.path(".snapshots/vm.img")), vec!["before"]);
+    let st = stat(&snap);
+    assert_eq!(st.len(), 2 * MIB);
+    assert_eq!(st.mode() & 0o222, 0, "snapshots are read-only");
+    assert_eq!(std::fs::read(&snap).unwrap(), pattern(2 * MIB as usize, 10));
+    assert_eq!(
+        errno_of(File::options().write(true).open(&snap)),
+        libc::EROFS
+    );
+    assert_eq!(errno_of(std::fs::remove_file(&snap)), libc::EPERM);
+
+    // images/<volume>/ holds the leaf and the snapshot layer; the snapshot
+    // file there is the same inode.
+    let group = m.path("images").join(&names(&m.path("images"))[0]);
+    let layers = names(&group);
+    assert_eq!(layers.len(), 2);
+    let inos: Vec<u64> = layers.iter().map(|l| stat(&group.join(l)).ino()).collect();
+    assert!(
+        inos.contains(&ino),
+        "the new leaf is still the volume's inode"
+    );
+    assert!(inos.contains(&st.ino()));
+    assert_eq!(
+        stat(&p).ino(),
+        ino,
+        "a snapshot does not change the file's inode"
+    );
+
+    let (_, err, code) = m.control(&["revert", "vm.img", "before"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read(&p).unwrap(), pattern(2 * MIB as usize, 10));
+    let (_, err, code) = m.control(&["unsnap", "vm.img", "before"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(names(&m.path(".snapshots/vm.img")).is_empty());
+    assert_eq!(errno_of(std::fs::metadata(&snap)), libc::ENOENT);
+    assert_eq!(std::fs::read(&p).unwrap(), pattern(2 * MIB as usize, 10));
+}

@@ -29,7 +29,7 @@ use super::layout::{
     self, BadName, IMAGES_DIR, IMAGES_INO, NodeKey, ROOT_INO, SNAPSHOTS_DIR, SNAPSHOTS_INO,
 };
 use crate::guid::Guid;
-use crate::volume::{Engine, Volume, VolumeInfo};
+use crate::volume::{Engine, SnapshotInfo, Volume, VolumeInfo};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
@@ -242,7 +242,67 @@ impl StrataFs {
                 Ok(self.dir_attr(ino, false))
             }
             NodeKey::Volume(g) => self.volume_file_attr(g, op),
+            NodeKey::Snapshot { disk, layer } => {
+                let info = self.info_by_guid(disk, op)?;
+                let snap = self.snapshot_by(&info, |s| s.guid == layer, op)?;
+                Ok(self.snapshot_attr(ino, &info, &snap))
+            }
         }
+    }
+
+    // ----- snapshots --------------------------------------------------
+
+    fn snapshots(&self, info: &VolumeInfo, op: &str) -> Res<Vec<SnapshotInfo>> {
+        self.engine
+            .snapshot_list(&info.guid.to_string())
+            .map_err(|e| to_errno(&e, op))
+    }
+
+    fn snapshot_by(
+        &self,
+        info: &VolumeInfo,
+        pred: impl Fn(&SnapshotInfo) -> bool,
+        op: &str,
+    ) -> Res<SnapshotInfo> {
+        self.snapshots(info, op)?
+            .into_iter()
+            .find(|s| pred(s))
+            .ok_or(Errno::ENOENT)
+    }
+
+    /// `stat` of a snapshot file: the volume's owner and mode without
+    /// write bits, the snapshot's capacity, the data its own layer holds,
+    /// and its creation time for every time field (it never changes).
+    fn snapshot_attr(&self, ino: u64, info: &VolumeInfo, snap: &SnapshotInfo) -> FileAttr {
+        let meta = FileMeta::from_props(
+            &info.properties,
+            info.created_unix,
+            self.settings.uid,
+            self.settings.gid,
+        );
+        let t = attr::ns_to_system_time(snap.created_unix.saturating_mul(1_000_000_000));
+        FileAttr {
+            ino: INodeNo(ino),
+            size: snap.capacity,
+            blocks: snap.own_bytes.div_ceil(512),
+            atime: t,
+            mtime: t,
+            ctime: t,
+            crtime: t,
+            kind: FileType::RegularFile,
+            perm: meta.perm & !0o222,
+            nlink: 2,
+            uid: meta.uid,
+            gid: meta.gid,
+            rdev: 0,
+            blksize: BLKSIZE,
+            flags: 0,
+        }
+    }
+
+    fn snapshot_entry(&self, info: &VolumeInfo, snap: &SnapshotInfo) -> (u64, FileAttr) {
+        let (ino, _) = self.inodes.snapshot_state(info.guid, snap.guid);
+        (ino, self.snapshot_attr(ino, info, snap))
     }
 
     // ----- lookup -----------------------------------------------------
@@ -278,17 +338,22 @@ impl StrataFs {
                 Ok(self.dir_attr(ino, false))
             }
             NodeKey::ImageGroupDir(g) => {
-                let leaf = parse_guid(name)?;
+                let layer = parse_guid(name)?;
                 let info = self.info_by_guid(g, "lookup")?;
-                if info.leaf != leaf {
-                    return Err(Errno::ENOENT);
+                if info.leaf == layer {
+                    let (ino, state) = self.inodes.file_state(g);
+                    return Ok(self.file_attr(ino, &state, &info));
                 }
-                let (ino, state) = self.inodes.file_state(g);
-                Ok(self.file_attr(ino, &state, &info))
+                let snap = self.snapshot_by(&info, |s| s.guid == layer, "lookup")?;
+                Ok(self.snapshot_entry(&info, &snap).1)
             }
-            // Snapshots are not served yet: every per-volume folder is empty.
-            NodeKey::SnapshotDir(_) => Err(Errno::ENOENT),
-            NodeKey::Volume(_) => Err(Errno::ENOTDIR),
+            NodeKey::SnapshotDir(g) => {
+                let name = name.to_str().ok_or(Errno::ENOENT)?;
+                let info = self.info_by_guid(g, "lookup")?;
+                let snap = self.snapshot_by(&info, |s| s.name == name, "lookup")?;
+                Ok(self.snapshot_entry(&info, &snap).1)
+            }
+            NodeKey::Volume(_) | NodeKey::Snapshot { .. } => Err(Errno::ENOTDIR),
         }
     }
 
@@ -300,7 +365,7 @@ impl StrataFs {
             NodeKey::Root | NodeKey::SnapshotsDir | NodeKey::ImagesDir => ROOT_INO,
             NodeKey::ImageGroupDir(_) => IMAGES_INO,
             NodeKey::SnapshotDir(_) => SNAPSHOTS_INO,
-            NodeKey::Volume(_) => return Err(Errno::ENOTDIR),
+            NodeKey::Volume(_) | NodeKey::Snapshot { .. } => return Err(Errno::ENOTDIR),
         };
         let here = self.attr_of(ino, "readdir")?;
         let mut out = vec![
@@ -375,8 +440,30 @@ impl StrataFs {
                     name: info.leaf.to_string(),
                     attr,
                 });
+                for snap in self.snapshots(&info, "readdir")? {
+                    let (ino, attr) = self.snapshot_entry(&info, &snap);
+                    out.push(DirEntry {
+                        ino,
+                        name: snap.guid.to_string(),
+                        attr,
+                    });
+                }
             }
-            NodeKey::SnapshotDir(_) | NodeKey::Volume(_) => {}
+            NodeKey::SnapshotDir(g) => {
+                let info = self.info_by_guid(g, "readdir")?;
+                for snap in self.snapshots(&info, "readdir")? {
+                    if layout::volume_name(OsStr::new(&snap.name)).is_err() {
+                        continue; // not a file name; reachable under images/
+                    }
+                    let (ino, attr) = self.snapshot_entry(&info, &snap);
+                    out.push(DirEntry {
+                        ino,
+                        name: snap.name,
+                        attr,
+                    });
+                }
+            }
+            NodeKey::Volume(_) | NodeKey::Snapshot { .. } => {}
         }
         Ok(out)
     }
@@ -429,6 +516,31 @@ impl StrataFs {
             state,
             volume,
             writable,
+            dirty: AtomicBool::new(false),
+        });
+        write_lock(&self.handles).insert(fh, of.clone());
+        Ok((fh, of))
+    }
+
+    /// Open a snapshot file: read-only, served by the engine's snapshot view.
+    fn open_snapshot(&self, disk: Guid, layer: Guid, writable: bool) -> Res<(u64, Arc<OpenFile>)> {
+        if writable {
+            return Err(Errno::EROFS);
+        }
+        let info = self.info_by_guid(disk, "open")?;
+        let snap = self.snapshot_by(&info, |s| s.guid == layer, "open")?;
+        let volume = self
+            .engine
+            .open_snapshot(&disk.to_string(), &snap.name)
+            .map_err(|e| to_errno(&e, "open"))?;
+        let (ino, state) = self.inodes.snapshot_state(disk, layer);
+        state.open_count.fetch_add(1, Ordering::AcqRel);
+        let fh = self.new_fh();
+        let of = Arc::new(OpenFile {
+            ino,
+            state,
+            volume,
+            writable: false,
             dirty: AtomicBool::new(false),
         });
         write_lock(&self.handles).insert(fh, of.clone());
@@ -646,9 +758,11 @@ impl StrataFs {
         fh: Option<FileHandle>,
     ) -> Res<FileAttr> {
         let node = self.inodes.get(ino).ok_or(Errno::ENOENT)?;
-        let NodeKey::Volume(disk) = node.key else {
+        let disk = match node.key {
+            NodeKey::Volume(disk) => disk,
+            NodeKey::Snapshot { .. } => return Err(Errno::EROFS),
             // The directories are fixed views.
-            return Err(Errno::EPERM);
+            _ => return Err(Errno::EPERM),
         };
         if self.settings.read_only {
             return Err(Errno::EROFS);
@@ -1063,9 +1177,13 @@ impl Filesystem for StrataFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _s = tracing::debug_span!("fuse", op = "open", ino = ino.0, flags = flags.0).entered();
-        let res = self
-            .volume_node(ino.0)
-            .and_then(|(disk, _)| self.open_handle(disk, open_flags_writable(flags.0)));
+        let writable = open_flags_writable(flags.0);
+        let res = match self.inodes.get(ino.0).map(|n| n.key) {
+            Some(NodeKey::Snapshot { disk, layer }) => self.open_snapshot(disk, layer, writable),
+            _ => self
+                .volume_node(ino.0)
+                .and_then(|(disk, _)| self.open_handle(disk, writable)),
+        };
         match res {
             Ok((fh, _)) => reply.opened(FileHandle(fh), fopen_flags()),
             Err(e) => reply.error(e),

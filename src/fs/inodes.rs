@@ -21,8 +21,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-/// State of one volume file shared by all its handles.
+/// State of one volume or snapshot file shared by all its handles.
 pub struct FileState {
+    /// The volume (image group) GUID; for a snapshot file, the snapshot's
+    /// layer GUID (snapshot files never store properties or get removed
+    /// through the mount).
     pub disk: Guid,
     /// Serialises size changes (write past EOF, truncate, fallocate) so two
     /// growing writes cannot shrink each other. Held across one resize
@@ -153,6 +156,7 @@ impl InodeTable {
         inner.next_ino += 1;
         let file = match key {
             NodeKey::Volume(disk) => Some(Arc::new(FileState::new(disk))),
+            NodeKey::Snapshot { layer, .. } => Some(Arc::new(FileState::new(layer))),
             NodeKey::Root
             | NodeKey::SnapshotsDir
             | NodeKey::ImagesDir
@@ -162,6 +166,21 @@ impl InodeTable {
         inner.by_ino.insert(ino, Node { key, file });
         inner.by_key.insert(key, ino);
         ino
+    }
+
+    /// The inode of `key` if one was handed out (never allocates).
+    pub fn known_ino(&self, key: NodeKey) -> Option<u64> {
+        key.fixed_ino()
+            .or_else(|| self.read().by_key.get(&key).copied())
+    }
+
+    /// A snapshot file's inode and state.
+    pub fn snapshot_state(&self, disk: Guid, layer: Guid) -> (u64, Arc<FileState>) {
+        let ino = self.ino_of(NodeKey::Snapshot { disk, layer });
+        match self.get(ino).and_then(|n| n.file) {
+            Some(f) => (ino, f),
+            None => (ino, Arc::new(FileState::new(layer))),
+        }
     }
 
     pub fn get(&self, ino: u64) -> Option<Node> {

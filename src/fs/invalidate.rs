@@ -14,32 +14,55 @@
 //! worker must be free to answer.
 
 use super::inodes::InodeTable;
+use super::layout::NodeKey;
 use super::layout::{IMAGES_INO, ROOT_INO, SNAPSHOTS_INO};
 use crate::control;
+use crate::guid::Guid;
 use crate::volume::Engine;
 use fuser::{INodeNo, Notifier};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::ffi::OsStr;
 use std::sync::Arc;
 
-/// Top-level names and by-GUID folder names of every volume.
-fn names(engine: &Engine) -> BTreeSet<(u64, String)> {
-    match engine.list_volumes() {
-        Ok(v) => v
-            .into_iter()
-            .flat_map(|i| {
-                [
-                    (ROOT_INO, i.name.clone()),
-                    (SNAPSHOTS_INO, i.name),
-                    (IMAGES_INO, i.guid.to_string()),
-                ]
-            })
-            .collect(),
+/// What the catalogue looks like, as (parent inode, entry name) pairs:
+/// top-level names, per-volume snapshot folders and by-GUID folders, and,
+/// inside folders the kernel has seen, snapshot names and layer GUIDs.
+/// Also the set of live volume GUIDs.
+fn names(engine: &Engine, inodes: &InodeTable) -> (BTreeSet<(u64, String)>, HashSet<Guid>) {
+    let mut out = BTreeSet::new();
+    let mut live = HashSet::new();
+    let vols = match engine.list_volumes() {
+        Ok(v) => v,
         Err(e) => {
             tracing::warn!(error = %e, "listing volumes for cache invalidation");
-            BTreeSet::new()
+            // Keep everything: better a volume kept open than one closed
+            // under a user.
+            live.extend(inodes.volume_inodes().into_iter().map(|(g, _)| g));
+            return (out, live);
+        }
+    };
+    for i in vols {
+        live.insert(i.guid);
+        out.insert((ROOT_INO, i.name.clone()));
+        out.insert((SNAPSHOTS_INO, i.name.clone()));
+        out.insert((IMAGES_INO, i.guid.to_string()));
+        let snap_dir = inodes.known_ino(NodeKey::SnapshotDir(i.guid));
+        let group_dir = inodes.known_ino(NodeKey::ImageGroupDir(i.guid));
+        if snap_dir.is_none() && group_dir.is_none() {
+            continue;
+        }
+        let snaps = engine
+            .snapshot_list(&i.guid.to_string())
+            .unwrap_or_default();
+        if let Some(d) = group_dir {
+            out.insert((d, i.leaf.to_string()));
+            out.extend(snaps.iter().map(|s| (d, s.guid.to_string())));
+        }
+        if let Some(d) = snap_dir {
+            out.extend(snaps.iter().map(|s| (d, s.name.clone())));
         }
     }
+    (out, live)
 }
 
 /// Wrap `handler` so the kernel forgets what the command may have changed.
@@ -49,14 +72,10 @@ pub fn wrap(
     inodes: Arc<InodeTable>,
 ) -> control::Handler {
     Arc::new(move |engine: &Engine, argv: &[String]| {
-        let before = names(engine);
+        let (before, _) = names(engine, &inodes);
         let result = handler(engine, argv);
-        let after = names(engine);
+        let (after, live) = names(engine, &inodes);
         // Volumes the command removed: stop keeping them open.
-        let live: std::collections::HashSet<_> = match engine.list_volumes() {
-            Ok(v) => v.into_iter().map(|i| i.guid).collect(),
-            Err(_) => inodes.volume_inodes().into_iter().map(|(g, _)| g).collect(),
-        };
         inodes.forget_volumes_except(&live);
         for (parent, name) in before.union(&after) {
             if let Err(e) = notifier.inval_entry(INodeNo(*parent), OsStr::new(name)) {

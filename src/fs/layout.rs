@@ -5,9 +5,11 @@
 //! ├── vm1.img                      dyn     the active leaf of volume "vm1.img", read-write
 //! ├── vm2.raw                      dyn
 //! ├── .snapshots/                  ino 2   r-xr-xr-x  hidden, read-only
-//! │   └── vm1.img/                 dyn     one folder per volume (snapshots later)
+//! │   └── vm1.img/                 dyn     one folder per volume
+//! │       └── before-upgrade       dyn     a snapshot, read-only file
 //! └── images/                      ino 3   r-xr-xr-x  by-GUID view, oVirt file-domain shape
 //!     └── <volume-guid>/           dyn     the image group (strata "volume")
+//!         ├── <snapshot-layer>     dyn     same inode as .snapshots/vm1.img/before-upgrade
 //!         └── <leaf-guid>          dyn     same inode as MOUNTPOINT/vm1.img (a hard link)
 //! ```
 //!
@@ -56,6 +58,13 @@ pub enum NodeKey {
     ImageGroupDir(Guid),
     /// `.snapshots/<volume>/`
     SnapshotDir(Guid),
+    /// A snapshot of volume `disk` (its frozen layer `layer`) as a
+    /// read-only file: `.snapshots/<volume>/<snapshot>` and
+    /// `images/<volume-guid>/<layer-guid>`.
+    Snapshot {
+        disk: Guid,
+        layer: Guid,
+    },
 }
 
 impl NodeKey {
@@ -64,13 +73,16 @@ impl NodeKey {
             NodeKey::Root => Some(ROOT_INO),
             NodeKey::SnapshotsDir => Some(SNAPSHOTS_INO),
             NodeKey::ImagesDir => Some(IMAGES_INO),
-            NodeKey::Volume(_) | NodeKey::ImageGroupDir(_) | NodeKey::SnapshotDir(_) => None,
+            NodeKey::Volume(_)
+            | NodeKey::ImageGroupDir(_)
+            | NodeKey::SnapshotDir(_)
+            | NodeKey::Snapshot { .. } => None,
         }
     }
 
     pub fn is_dir(&self) -> bool {
         match self {
-            NodeKey::Volume(_) => false,
+            NodeKey::Volume(_) | NodeKey::Snapshot { .. } => false,
             NodeKey::Root
             | NodeKey::SnapshotsDir
             | NodeKey::ImagesDir

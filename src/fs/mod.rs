@@ -5,9 +5,11 @@
 //! ```text
 //! MOUNTPOINT/
 //! ├── vm1.img                       volume "vm1.img": its active leaf, read-write
-//! ├── .snapshots/vm1.img/           read-only; one folder per volume (empty until snapshots are served)
-//! └── images/<volume-guid>/<leaf-guid>
-//!                                   by-GUID view (oVirt file-domain shape); the same inode as vm1.img
+//! ├── .snapshots/vm1.img/SNAP       read-only; one folder per volume, one file per snapshot
+//! └── images/<volume-guid>/<layer-guid>
+//!                                   by-GUID view (oVirt file-domain shape): the leaf is the same
+//!                                   inode as vm1.img, each snapshot layer the same as its
+//!                                   .snapshots file
 //! ```
 //!
 //! A file's size is the volume's capacity and `st_blocks` its allocated

@@ -105,7 +105,7 @@ fn engine_works() -> Result<(), String> {
 
 /// A tiny command language for the control socket tests, standing in for
 /// the CLI: `create NAME SIZE`, `remove NAME`, `rename A B`, `resize NAME SIZE`,
-/// `names`.
+/// `snapshot VOL SNAP`, `revert VOL SNAP`, `unsnap VOL SNAP`, `names`.
 pub fn test_handler() -> ControlHandler {
     Arc::new(|engine: &Engine, argv: &[String]| {
         let a: Vec<&str> = argv.iter().map(String::as_str).collect();
@@ -118,6 +118,11 @@ pub fn test_handler() -> ControlHandler {
             ["resize", name, size] => engine
                 .resize_volume(name, size.parse().unwrap_or(0), true)
                 .map(|_| String::new()),
+            ["snapshot", vol, snap] => engine.snapshot_create(vol, snap).map(|_| String::new()),
+            ["revert", vol, snap] => engine
+                .snapshot_revert(vol, snap, None)
+                .map(|_| String::new()),
+            ["unsnap", vol, snap] => engine.snapshot_remove(vol, snap).map(|_| String::new()),
             ["names"] => engine
                 .list_volumes()
                 .map(|v| v.into_iter().map(|i| i.name + "\n").collect()),
