@@ -175,3 +175,57 @@ fn unmount_during_io_loses_nothing_that_was_written() {
         &["--verify_only"],
     ));
 }
+
+/// Not a pass/fail test: prints what the mount does on this machine with
+/// the settings the research notes recommend. Run it on a release build:
+/// `cargo test --release --test mount_fio -- --ignored --nocapture fio_numbers`.
+#[test]
+#[ignore]
+fn fio_numbers() {
+    if !ready(&["fio"]) {
+        return;
+    }
+    let m = Mounted::new();
+    let p = m.path("bench.raw");
+    run(Command::new("truncate").args(["-s", "1G"]).arg(&p));
+    let job = |name: &str, rw: &str, bs: &str, qd: &str, extra: &[&str]| -> String {
+        let mut c = Command::new("fio");
+        c.arg(format!("--name={name}"))
+            .arg(format!("--filename={}", p.display()))
+            .arg(format!("--rw={rw}"))
+            .arg(format!("--bs={bs}"))
+            .arg(format!("--iodepth={qd}"))
+            .args([
+                "--size=1G",
+                "--direct=1",
+                "--ioengine=libaio",
+                "--output-format=terse",
+                "--terse-version=3",
+            ])
+            .args(extra);
+        let out = run(&mut c);
+        let f: Vec<&str> = out.trim().split(';').collect();
+        // terse v3: read iops = field 8, write iops = 49, read bw KiB/s = 7, write bw = 48
+        let (iops, bw) = if rw.contains("read") {
+            (f[7], f[6])
+        } else {
+            (f[48], f[47])
+        };
+        format!(
+            "{name:<20} {iops:>8} IOPS {:>8} MiB/s",
+            bw.parse::<u64>().unwrap_or(0) / 1024
+        )
+    };
+    let timed = ["--time_based", "--runtime=5"];
+    eprintln!("{}", job("seqwrite-1m-qd16", "write", "1M", "16", &[]));
+    eprintln!("{}", job("randread-4k-qd1", "randread", "4k", "1", &timed));
+    eprintln!(
+        "{}",
+        job("randread-4k-qd16", "randread", "4k", "16", &timed)
+    );
+    eprintln!(
+        "{}",
+        job("randwrite-4k-qd16", "randwrite", "4k", "16", &timed)
+    );
+    eprintln!("{}", job("seqread-1m-qd16", "read", "1M", "16", &timed));
+}
