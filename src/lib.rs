@@ -34,6 +34,8 @@ pub mod format;
 pub mod fs;
 pub mod guid;
 pub mod journal;
+pub mod replica;
+pub mod qcow2;
 pub mod store;
 pub mod volume;
 

@@ -337,6 +337,37 @@ impl Catalog {
         })
     }
 
+    /// SQLite's own checks: `integrity_check` and `foreign_key_check`.
+    /// Returns the problems found (empty when clean).
+    pub fn integrity_check(&self) -> Result<Vec<String>> {
+        self.read(|c| {
+            let mut out = Vec::new();
+            let mut st = c.prepare("PRAGMA integrity_check")?;
+            let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+            for r in rows {
+                let r = r?;
+                if r != "ok" {
+                    out.push(format!("sqlite integrity_check: {r}"));
+                }
+            }
+            let mut st = c.prepare("PRAGMA foreign_key_check")?;
+            let rows = st.query_map([], |r| Ok(format!("table {} row {} violates a foreign key to {}", r.get::<_, String>(0)?, r.get::<_, i64>(1).unwrap_or(-1), r.get::<_, String>(2)?)))?;
+            for r in rows {
+                out.push(r?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Rows of `volumes` whose enum columns or GUIDs do not parse, as
+    /// (rowid, problem) — found without failing on them.
+    pub fn bad_volume_rows(&self) -> Result<Vec<String>> {
+        self.read(|c| {
+            let cells = query_cells(c, concat!("SELECT ", volume_columns!(), " FROM volumes ORDER BY guid"), [], "volumes")?;
+            Ok(cells.iter().filter_map(|r| volume_from(r).err().map(|e| e.to_string())).collect())
+        })
+    }
+
     /// Every disk row, including its raw layer rows, for `chain dump`'s
     /// anomaly checks (works on damaged catalogues: a disk without a
     /// leaf is reported, not an error).
@@ -351,10 +382,11 @@ impl Catalog {
             .iter()
             .map(|r| Ok((r.guid(0, "guid")?, r.text(1, "name").ok())))
             .collect::<Result<Vec<_>>>()?;
+            // Unreadable rows are skipped here; `bad_volume_rows` reports them.
             let vols = query_cells(c, concat!("SELECT ", volume_columns!(), " FROM volumes ORDER BY disk_guid, ctime, guid"), [], "volumes")?
                 .iter()
-                .map(|r| Ok(volume_from(r)?))
-                .collect::<Result<Vec<_>>>()?;
+                .filter_map(|r| volume_from(r).ok())
+                .collect::<Vec<_>>();
             let snaps = query_cells(c, "SELECT guid, disk_guid, name, created FROM snapshots ORDER BY disk_guid, created", [], "snapshots")?
                 .iter()
                 .map(|r| Ok(snapshot_from(r)?))

@@ -40,7 +40,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 pub use table::{ChunkLoc, ChunkTable, FIRST_CHUNK_ID};
 
@@ -84,6 +84,16 @@ pub fn murmur64(data: &[u8]) -> u64 {
     h as u64
 }
 
+/// What the chunk table holds.
+#[derive(Debug, Clone, Default)]
+pub struct Usage {
+    pub chunks: u64,
+    pub total_refs: u64,
+    pub live_chunks: u64,
+    pub live_stored_bytes: u64,
+    pub unreferenced_chunks: u64,
+}
+
 /// How full a pack is.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PackUsage {
@@ -123,15 +133,12 @@ struct ActivePack {
     len: u64,
 }
 
-/// Counters for `status`.
+/// Event counters for `status`. Usage (references, live chunks, stored
+/// bytes) is not counted here but computed from the table on demand
+/// ([`ChunkStore::usage`]): no hot-path atomics, and nothing to get out of
+/// step while recovery rebuilds the reference counts.
 #[derive(Default)]
 pub struct Stats {
-    /// Sum of all refcounts (references from layer maps).
-    pub total_refs: AtomicU64,
-    /// Chunks with at least one reference.
-    pub live_chunks: AtomicU64,
-    /// Stored payload bytes of live chunks.
-    pub live_stored_bytes: AtomicU64,
     pub dedup_hits: AtomicU64,
     pub dedup_false_matches: AtomicU64,
     pub new_chunks: AtomicU64,
@@ -187,6 +194,8 @@ pub struct ChunkStore {
     table: ChunkTable,
     index: Vec<Mutex<HashMap<u64, u64>>>,
     faults: Arc<Faults>,
+    /// Refcounts are being rebuilt: counts are deltas until it finishes.
+    recovering: AtomicBool,
     next_id: AtomicU64,
     pub stats: Stats,
 }
@@ -251,6 +260,7 @@ impl ChunkStore {
             table: ChunkTable::default(),
             index: (0..INDEX_SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             faults,
+            recovering: AtomicBool::new(false),
             next_id: AtomicU64::new(image.next_id.max(FIRST_CHUNK_ID)),
             stats: Stats::default(),
         };
@@ -293,20 +303,20 @@ impl ChunkStore {
         });
     }
 
-    /// Recompute the live counters from the refcounts (after they were
-    /// derived from the maps).
-    pub fn recount_stats(&self) {
-        let (mut refs, mut live, mut bytes) = (0u64, 0u64, 0u64);
+    /// Current usage, from the table: one pass over every chunk.
+    pub fn usage(&self) -> Usage {
+        let mut u = Usage::default();
         self.table.for_each(|_, loc, r| {
-            refs += r as u64;
+            u.chunks += 1;
+            u.total_refs += r as u64;
             if r > 0 {
-                live += 1;
-                bytes += loc.stored_len as u64;
+                u.live_chunks += 1;
+                u.live_stored_bytes += loc.stored_len as u64;
+            } else {
+                u.unreferenced_chunks += 1;
             }
         });
-        self.stats.total_refs.store(refs, Ordering::Relaxed);
-        self.stats.live_chunks.store(live, Ordering::Relaxed);
-        self.stats.live_stored_bytes.store(bytes, Ordering::Relaxed);
+        u
     }
 
     pub fn index_entries(&self) -> u64 {
@@ -323,38 +333,38 @@ impl ChunkStore {
         self.packs.read().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
     }
 
+    /// Refcounts are about to be rebuilt in the background (see
+    /// `volume::recover`); until [`ChunkStore::end_recovery`] they are
+    /// deltas and the live counters are unknown.
+    pub fn begin_recovery(&self) {
+        self.recovering.store(true, Ordering::Release);
+    }
+
+    pub fn end_recovery(&self) {
+        self.recovering.store(false, Ordering::Release);
+    }
+
+    pub fn is_recovering(&self) -> bool {
+        self.recovering.load(Ordering::Acquire)
+    }
+
     /// Add a reference to an existing chunk (replay / derived counts).
     pub fn incref(&self, id: u64) -> Result<()> {
         match self.table.incref(id) {
             None => Err(Error::MissingChunk(id)),
-            Some(before) => {
-                self.stats.total_refs.fetch_add(1, Ordering::Relaxed);
-                if before == 0 {
-                    self.stats.live_chunks.fetch_add(1, Ordering::Relaxed);
-                    if let Some(loc) = self.table.get(id) {
-                        self.stats.live_stored_bytes.fetch_add(loc.stored_len as u64, Ordering::Relaxed);
-                    }
-                }
-                Ok(())
-            }
+            Some(_) => Ok(()),
         }
     }
 
     /// Drop a reference. A chunk at zero references stays readable and
     /// dedupable until GC reclaims it.
     pub fn decref(&self, id: u64) {
-        if let Some(before) = self.table.decref(id) {
-            if before == 0 {
-                tracing::error!(chunk = id, "reference count underflow");
-                return;
-            }
-            self.stats.total_refs.fetch_sub(1, Ordering::Relaxed);
-            if before == 1 {
-                self.stats.live_chunks.fetch_sub(1, Ordering::Relaxed);
-                if let Some(loc) = self.table.get(id) {
-                    self.stats.live_stored_bytes.fetch_sub(loc.stored_len as u64, Ordering::Relaxed);
-                }
-            }
+        if self.is_recovering() {
+            self.table.decref_wrapping(id);
+            return;
+        }
+        if self.table.decref(id) == Some(0) {
+            tracing::error!(chunk = id, "reference count underflow");
         }
     }
 
@@ -381,15 +391,8 @@ impl ChunkStore {
             return Ok(None);
         }
         // GC may have claimed it meanwhile: then store a new copy.
-        match self.table.incref_live(cand) {
-            None => return Ok(None),
-            Some(before) => {
-                self.stats.total_refs.fetch_add(1, Ordering::Relaxed);
-                if before == 0 {
-                    self.stats.live_chunks.fetch_add(1, Ordering::Relaxed);
-                    self.stats.live_stored_bytes.fetch_add(loc.stored_len as u64, Ordering::Relaxed);
-                }
-            }
+        if self.table.incref_live(cand).is_none() {
+            return Ok(None);
         }
         self.stats.dedup_hits.fetch_add(1, Ordering::Relaxed);
         Ok(Some(cand))

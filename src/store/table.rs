@@ -153,6 +153,13 @@ impl ChunkTable {
         })
     }
 
+    /// Drop one reference with wrapping arithmetic: while refcounts are
+    /// being rebuilt in the background a live decrement may come before
+    /// the recount's increment for the same reference.
+    pub fn decref_wrapping(&self, id: u64) -> Option<u32> {
+        self.with_slot(id, |s| s.refs.fetch_sub(1, Ordering::AcqRel))
+    }
+
     pub fn refs(&self, id: u64) -> u32 {
         self.with_slot(id, |s| s.refs.load(Ordering::Acquire)).map(|r| if r == CLAIMED { 0 } else { r }).unwrap_or(0)
     }

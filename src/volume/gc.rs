@@ -31,6 +31,30 @@ use std::time::{Duration, Instant};
 pub const GC_DEAD_FRACTION: f64 = 0.10;
 /// Journal records hold at most this many GC entries each.
 const GC_BATCH: usize = 4096;
+/// Below this much free space GC releases the reserve file first.
+const GC_MIN_FREE_BYTES: u64 = 64 << 20;
+/// Packs compacted between checkpoints.
+const GROUP_BYTES: u64 = 1 << 30;
+
+fn group_packs(v: &[PackUsage]) -> Vec<&[PackUsage]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, u) in v.iter().enumerate() {
+        // Dead packs form their own first group.
+        let boundary = i > start && ((bytes >= GROUP_BYTES) || (v[i - 1].live_chunks == 0 && u.live_chunks > 0));
+        if boundary {
+            out.push(&v[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += u.file_bytes;
+    }
+    if start < v.len() {
+        out.push(&v[start..]);
+    }
+    out
+}
 
 /// What one GC run did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -49,6 +73,9 @@ impl Engine {
     /// are read and written. `progress(done, total)` counts packs.
     pub fn gc(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<GcReport> {
         self.check_writable()?;
+        if self.store.is_recovering() {
+            return Err(super::Error::Unsupported("garbage collection waits until recovery has rebuilt the reference counts; try again when `strata status` shows normal mode".into()));
+        }
         let _one = lock(&self.gc_lock);
         let t0 = Instant::now();
         let mut rep = GcReport { bytes_before: self.store.pack_bytes().1, ..GcReport::default() };
@@ -59,41 +86,56 @@ impl Engine {
             self.store.seal_active()?;
         }
         let active = self.store.active_pack_id();
-        let victims: Vec<PackUsage> = self.store.pack_usage().into_iter().filter(|u| u.pack_id != active && qualifies(u)).collect();
+        let mut victims: Vec<PackUsage> = self.store.pack_usage().into_iter().filter(|u| u.pack_id != active && qualifies(u)).collect();
         rep.packs_examined = self.store.pack_usage().len() as u64;
+        // Fully dead packs first: they free space without copying anything.
+        victims.sort_by_key(|u| (u.live_chunks > 0, u.live_bytes));
+        // On a nearly full filesystem, give GC the room it needs to free
+        // room: the reserve file is released and re-created afterwards.
+        let (free, _) = super::statvfs(&self.path);
+        if free < GC_MIN_FREE_BYTES {
+            let _ = std::fs::remove_file(self.path.join(super::Paths::RESERVE));
+        }
         let total = victims.len() as u64;
-        for (i, u) in victims.iter().enumerate() {
-            let chunks = self.store.chunks_in(u.pack_id);
-            for part in chunks.chunks(GC_BATCH) {
-                let _cut = rlock(&self.cut);
-                let mut batch = Batch::new();
-                for (id, _, refs) in part {
-                    if *refs == 0 && self.store.free_chunk(*id) {
-                        batch.chunk_free(*id);
-                        rep.chunks_freed += 1;
-                    } else {
-                        let p = self.store.relocate(*id)?;
-                        batch.chunk_put(&p);
-                        rep.chunks_moved += 1;
+        let mut done = 0u64;
+        // Checkpoint and delete every GROUP_BYTES of packs, so space comes
+        // back progressively.
+        for group in group_packs(&victims) {
+            for u in group {
+                let chunks = self.store.chunks_in(u.pack_id);
+                for part in chunks.chunks(GC_BATCH) {
+                    let _cut = rlock(&self.cut);
+                    let mut batch = Batch::new();
+                    for (id, _, refs) in part {
+                        if *refs == 0 && self.store.free_chunk(*id) {
+                            batch.chunk_free(*id);
+                            rep.chunks_freed += 1;
+                        } else {
+                            let p = self.store.relocate(*id).map_err(|e| self.on_write_error(e.into()))?;
+                            batch.chunk_put(&p);
+                            rep.chunks_moved += 1;
+                        }
+                    }
+                    if !batch.is_empty() {
+                        self.journal.append(&batch).map_err(|e| self.on_write_error(e.into()))?;
                     }
                 }
-                if !batch.is_empty() {
-                    self.journal.append(&batch).map_err(|e| self.on_write_error(e.into()))?;
-                }
+                done += 1;
+                progress(done, total);
             }
-            progress(i as u64 + 1, total);
-        }
-        if !victims.is_empty() {
             self.make_durable(self.journal.last_seq())?;
             self.checkpoint()?;
-            for u in &victims {
-                // Anything that pointed into it was rewritten above and
-                // the checkpoint is durable: nothing can reference it.
+            for u in group {
+                // Anything that pointed into it was rewritten above and the
+                // checkpoint is durable: nothing can reference it.
                 if self.store.chunks_in(u.pack_id).is_empty() {
                     self.store.retire_pack(u.pack_id)?;
                     rep.packs_compacted += 1;
                 }
             }
+        }
+        if let Err(e) = super::make_reserve(&self.path) {
+            tracing::warn!(%e, "could not re-create the space reserve; GC will try again");
         }
         rep.bytes_after = self.store.pack_bytes().1;
         rep.seconds = t0.elapsed().as_secs_f64();
@@ -104,7 +146,7 @@ impl Engine {
     /// Background collector: run GC when dead bytes are worth it, at most
     /// once per `interval`.
     pub(crate) fn maybe_gc(&self, last: &mut Instant, interval: Duration) {
-        if last.elapsed() < interval || self.check_writable().is_err() {
+        if last.elapsed() < interval || self.check_writable().is_err() || self.store.is_recovering() {
             return;
         }
         *last = Instant::now();

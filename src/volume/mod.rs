@@ -11,9 +11,11 @@
 //! decompression on the read path.
 
 mod chains;
+pub mod check;
 mod error;
 mod gc;
 mod handle;
+mod images;
 mod policy;
 mod superblock;
 #[cfg(test)]
@@ -24,6 +26,7 @@ pub use gc::GcReport;
 pub use chains::{ChainDump, ImageDump, LayerDump, MergeReport, SnapshotInfo, split_at};
 pub(crate) use handle::State;
 pub use handle::Volume;
+pub use images::sniff;
 pub use policy::{resolve_auto, resolve_auto_for_dev};
 pub use superblock::FORMAT_VERSION;
 
@@ -142,12 +145,14 @@ pub struct StoreStatus {
     pub effective_write_policy: WritePolicy,
     pub volumes: u64,
     pub layers: u64,
-    /// 4 KiB blocks referenced by all layers' maps, in bytes.
-    pub logical_bytes_used: u64,
+    /// 4 KiB blocks referenced by all layers' maps, in bytes. None while
+    /// recovery is rebuilding the reference counts.
+    pub logical_bytes_used: Option<u64>,
     /// Bytes of the pack files (chunk data and record headers).
     pub physical_bytes_used: u64,
     /// Bytes of live chunk payloads (compressed or raw) inside the packs.
-    pub data_bytes_stored: u64,
+    /// None while recovering.
+    pub data_bytes_stored: Option<u64>,
     /// Maps, chunk table, journal, catalogue and record headers.
     pub metadata_bytes: u64,
     /// (logical − physical) / logical, in percent; None when nothing is stored.
@@ -157,8 +162,9 @@ pub struct StoreStatus {
     /// Uncompressed bytes of unique chunks per stored payload byte.
     pub compression_ratio: Option<f64>,
     pub chunk_count: u64,
-    /// Chunks no layer references (reclaimable by GC).
-    pub unreferenced_chunks: u64,
+    /// Chunks no layer references (reclaimable by GC). None while
+    /// recovering.
+    pub unreferenced_chunks: Option<u64>,
     pub index_entries: u64,
     pub index_memory_bytes: u64,
     pub pack_files: u64,
@@ -261,6 +267,29 @@ impl Paths {
     const PACKS: &'static str = "packs";
     const MAPS: &'static str = "maps";
     const JOURNAL: &'static str = "journal";
+    const RESERVE: &'static str = "reserve";
+}
+
+/// Bytes kept preallocated in `STORE/reserve` so GC can run on a full
+/// filesystem (it needs a new pack, journal records and a checkpoint to
+/// free space).
+pub const RESERVE_BYTES: u64 = 8 << 20;
+
+/// Create (or re-create) the space reserve with real blocks.
+pub(crate) fn make_reserve(root: &Path) -> std::io::Result<()> {
+    let p = root.join(Paths::RESERVE);
+    if std::fs::metadata(&p).map(|m| m.len() == RESERVE_BYTES).unwrap_or(false) {
+        return Ok(());
+    }
+    let f = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(&p)?;
+    // SAFETY: fallocate on a valid fd owned by `f`.
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, RESERVE_BYTES as libc::off_t) };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        let _ = std::fs::remove_file(&p);
+        return Err(e);
+    }
+    f.sync_all()
 }
 
 fn map_path(root: &Path, layer: Guid) -> PathBuf {
@@ -304,7 +333,7 @@ impl Engine {
                 return Err(Error::InvalidArgument(format!("{} exists and is not a directory", path.display())));
             }
             // Only leftovers of an interrupted init may be present.
-            let known = [Paths::LOCK, Paths::CATALOG, "catalog.db-wal", "catalog.db-shm", Paths::CHUNKS, Paths::PACKS, Paths::MAPS, Paths::JOURNAL, "superblock.tmp", "chunks.tmp", "lost+found"];
+            let known = [Paths::RESERVE, Paths::LOCK, Paths::CATALOG, "catalog.db-wal", "catalog.db-shm", Paths::CHUNKS, Paths::PACKS, Paths::MAPS, Paths::JOURNAL, "superblock.tmp", "chunks.tmp", "lost+found"];
             for e in std::fs::read_dir(path).map_err(store_err("reading the store directory"))? {
                 let e = e.map_err(store_err("reading the store directory"))?;
                 let n = e.file_name().to_string_lossy().into_owned();
@@ -331,6 +360,7 @@ impl Engine {
         let empty = store::ChunkTable::default().encode(uuid, 0, store::FIRST_CHUNK_ID);
         format::write_atomic(&path.join(Paths::CHUNKS), &empty).map_err(store_err("writing chunks.tbl"))?;
         Catalog::create(&path.join(Paths::CATALOG))?;
+        make_reserve(path).map_err(store_err("reserving space for garbage collection"))?;
         // The superblock comes last: its presence marks a complete store.
         let sb = superblock::Superblock {
             format_version: FORMAT_VERSION,
@@ -435,21 +465,28 @@ impl Engine {
             }
             Ok(journal::Replay::Continue)
         })?;
-        let unclean = !sb.clean;
-        if unclean {
+        if !sb.clean {
             tracing::warn!(store = %path.display(), records = info.records, torn = info.torn_tail, "store was not shut down cleanly; recovered from the journal");
         }
 
         // Reference counts are derived from the maps: they cannot drift.
+        // After a clean close this is done before serving; after a crash it
+        // runs in the background (`recovering` mode) while I/O is served.
         store.table().reset_refs();
-        for (l, _) in layers.values() {
-            for (b, e) in rlock(&l.map).iter() {
-                if chain::is_chunk(e) && store.incref(e).is_err() {
-                    return Err(corrupt_store(path, &format!("map of layer {}", l.guid), format!("block {b} references missing chunk {e}")));
+        let unclean = !sb.clean && !opts.read_only;
+        let recount: Vec<(Guid, PageMap)> = if unclean {
+            store.begin_recovery();
+            layers.values().map(|(l, _)| (l.guid, rlock(&l.map).clone())).collect()
+        } else {
+            for (l, _) in layers.values() {
+                for (b, e) in rlock(&l.map).iter() {
+                    if chain::is_chunk(e) && store.incref(e).is_err() {
+                        return Err(corrupt_store(path, &format!("map of layer {}", l.guid), format!("block {b} references missing chunk {e}")));
+                    }
                 }
             }
-        }
-        store.recount_stats();
+            Vec::new()
+        };
         store.rebuild_index();
         if !ro {
             store.trim_active_tail()?;
@@ -486,7 +523,7 @@ impl Engine {
             gc_lock: Mutex::new(()),
             policy: Mutex::new((effective_policy, policy_reason)),
             sync_writes: AtomicBool::new(effective_policy == WritePolicy::Sync),
-            mode: AtomicU8::new(if persisted_ro { 2 } else { 0 }),
+            mode: AtomicU8::new(if persisted_ro { 2 } else if unclean { 1 } else { 0 }),
             read_only: opts.read_only,
             read_only_reason: Mutex::new(persisted_ro.then(|| "the store was left read-only by an earlier fatal error; run `strata check --repair`".to_string())),
             closed: AtomicBool::new(false),
@@ -502,7 +539,52 @@ impl Engine {
             engine.resume_jobs()?;
             engine.start_worker();
         }
+        if unclean {
+            engine.start_recovery(recount);
+        }
         Ok(engine)
+    }
+
+    /// Rebuild reference counts from a copy of the maps taken at open, on a
+    /// named thread, then leave `recovering` mode by itself. Live writes
+    /// meanwhile apply their increments and decrements as deltas.
+    fn start_recovery(&self, maps: Vec<(Guid, PageMap)>) {
+        let me = self.me.clone();
+        let delay = std::env::var("STRATA_TEST_RECOVERY_DELAY_MS").ok().and_then(|s| s.parse::<u64>().ok());
+        let h = std::thread::Builder::new().name("strata-recover".into()).spawn(move || {
+            let t0 = std::time::Instant::now();
+            let Some(e) = me.upgrade() else { return };
+            let mut dangling = None;
+            for (g, m) in &maps {
+                for (b, ent) in m.iter() {
+                    if chain::is_chunk(ent) && e.store.table().incref(ent).is_none() && dangling.is_none() {
+                        dangling = Some(format!("layer {g} block {b} references missing chunk {ent}"));
+                    }
+                }
+            }
+            drop(maps);
+            if let Some(ms) = delay {
+                drop(e);
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                let Some(e2) = me.upgrade() else { return };
+                e2.finish_recovery(dangling, t0);
+            } else {
+                e.finish_recovery(dangling, t0);
+            }
+        });
+        if let Err(err) = h {
+            tracing::error!(%err, "cannot start the recovery thread; rebuilding in place");
+        }
+    }
+
+    fn finish_recovery(&self, dangling: Option<String>, t0: std::time::Instant) {
+        self.store.end_recovery();
+        if let Some(d) = dangling {
+            self.enter_read_only(format!("recovery found a damaged map: {d}; run `strata check`"));
+            return;
+        }
+        let _ = self.mode.compare_exchange(1, 0, Ordering::AcqRel, Ordering::Acquire);
+        tracing::info!(store = %self.path.display(), seconds = t0.elapsed().as_secs_f64(), "recovery finished; back to normal mode");
     }
 
     fn sync_all_packs(&self) -> Result<()> {
@@ -1094,18 +1176,9 @@ impl Engine {
     pub fn status(&self) -> Result<StoreStatus> {
         let sb = lock(&self.sb).clone();
         let s = &self.store.stats;
-        let refs = s.total_refs.load(Ordering::Relaxed);
-        let live = s.live_chunks.load(Ordering::Relaxed);
-        let stored = s.live_stored_bytes.load(Ordering::Relaxed);
+        let u = self.store.usage();
+        let (refs, live, stored, chunk_count, unreferenced) = (u.total_refs, u.live_chunks, u.live_stored_bytes, u.chunks, u.unreferenced_chunks);
         let (pack_files, pack_bytes) = self.store.pack_bytes();
-        let mut chunk_count = 0u64;
-        let mut unreferenced = 0u64;
-        self.store.table().for_each(|_, _, r| {
-            chunk_count += 1;
-            if r == 0 {
-                unreferenced += 1;
-            }
-        });
         let dir_bytes = |d: &str| -> u64 {
             std::fs::read_dir(self.path.join(d))
                 .map(|rd| rd.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
@@ -1115,6 +1188,7 @@ impl Engine {
         let journal_bytes = self.journal.size_bytes();
         let catalog_bytes = self.catalog.size_bytes();
         let chunks_bytes = std::fs::metadata(self.path.join(Paths::CHUNKS)).map(|m| m.len()).unwrap_or(0);
+        let known = !self.store.is_recovering();
         let logical = refs * format::BLOCK_SIZE_U64;
         let metadata = map_bytes + journal_bytes + catalog_bytes + chunks_bytes + pack_bytes.saturating_sub(stored);
         let physical = pack_bytes + map_bytes + journal_bytes + catalog_bytes + chunks_bytes;
@@ -1129,15 +1203,15 @@ impl Engine {
             effective_write_policy: self.effective_write_policy(),
             volumes: disks,
             layers: rlock(&self.layers).len() as u64,
-            logical_bytes_used: logical,
+            logical_bytes_used: known.then_some(logical),
             physical_bytes_used: physical,
-            data_bytes_stored: stored,
+            data_bytes_stored: known.then_some(stored),
             metadata_bytes: metadata,
-            saving_percent: (logical > 0).then(|| (logical as f64 - physical as f64) * 100.0 / logical as f64),
-            dedup_ratio: (live > 0).then(|| refs as f64 / live as f64),
-            compression_ratio: (stored > 0).then(|| (live * format::BLOCK_SIZE_U64) as f64 / stored as f64),
+            saving_percent: (known && logical > 0).then(|| (logical as f64 - physical as f64) * 100.0 / logical as f64),
+            dedup_ratio: (known && live > 0).then(|| refs as f64 / live as f64),
+            compression_ratio: (known && stored > 0).then(|| (live * format::BLOCK_SIZE_U64) as f64 / stored as f64),
             chunk_count,
-            unreferenced_chunks: unreferenced,
+            unreferenced_chunks: known.then_some(unreferenced),
             index_entries: self.store.index_entries(),
             index_memory_bytes: self.store.index_memory_bytes(),
             pack_files,

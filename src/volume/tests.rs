@@ -15,6 +15,17 @@ fn open(p: &Path) -> Arc<Engine> {
     Engine::open(p, &OpenOptions::default()).unwrap()
 }
 
+/// Wait until background recovery has finished.
+fn wait_normal(e: &Engine) {
+    for _ in 0..2000 {
+        if e.mode() != Mode::Recovering {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    panic!("still recovering after 10 s");
+}
+
 fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
     (0..len)
@@ -105,7 +116,7 @@ fn identical_data_in_two_volumes_is_stored_once() {
         e.open_volume(n).unwrap().write_at(&data, 0).unwrap();
     }
     let s = e.status().unwrap();
-    assert_eq!(s.logical_bytes_used, 2 * 256 * 1024);
+    assert_eq!(s.logical_bytes_used, Some(2 * 256 * 1024));
     assert_eq!(s.dedup_ratio, Some(2.0));
     assert!(s.compression_ratio.unwrap() > 1.5, "{:?}", s.compression_ratio);
     assert_eq!(e.volume_info("a").unwrap().allocated_bytes, 256 * 1024);
@@ -170,8 +181,8 @@ fn remove_releases_chunks_and_names_are_unique() {
     e.open_volume("v").unwrap().write_at(&pattern(8192, 6), 0).unwrap();
     e.remove_volume("v", false).unwrap();
     let s = e.status().unwrap();
-    assert_eq!(s.logical_bytes_used, 0);
-    assert_eq!(s.unreferenced_chunks, s.chunk_count);
+    assert_eq!(s.logical_bytes_used, Some(0));
+    assert_eq!(s.unreferenced_chunks, Some(s.chunk_count));
     assert!(matches!(e.open_volume("v"), Err(Error::NotFound(_))));
 }
 
@@ -305,7 +316,9 @@ fn checkpoint_then_crash_then_reopen_keeps_everything() {
     v.read_at(&mut x, 100_000).unwrap();
     assert_eq!(x, b);
     let s = e.status().unwrap();
-    assert_eq!(s.logical_bytes_used, v.allocated_bytes());
+    wait_normal(&e);
+    let s = e.status().unwrap();
+    assert_eq!(s.logical_bytes_used, Some(v.allocated_bytes()));
 }
 
 #[derive(Debug, Clone)]
@@ -371,7 +384,7 @@ proptest! {
                 }
                 Op::Flush => e.flush().unwrap(),
                 Op::Checkpoint => e.checkpoint().unwrap(),
-                Op::Gc => { e.gc(&mut |_, _| {}).unwrap(); }
+                Op::Gc => { wait_normal(&e); e.gc(&mut |_, _| {}).unwrap(); }
                 Op::CleanReopen => {
                     e.close().unwrap();
                     drop(e);
@@ -395,6 +408,7 @@ proptest! {
             prop_assert_eq!(v.allocated_bytes(), nonzero * 4096);
         }
         // Refcounts derived at open equal the ones kept during the run.
+        wait_normal(&e);
         let live = e.status().unwrap().logical_bytes_used;
         e.close().unwrap();
         drop(e);
@@ -594,6 +608,7 @@ mod chain_model {
                         m.clones.remove(&n);
                     }
                     COp::Gc => {
+                        wait_normal(&e);
                         e.gc(&mut |_, _| {}).unwrap();
                     }
                     COp::Reopen { crash } => {
@@ -745,7 +760,7 @@ fn gc_after_removing_volumes_brings_packs_down_to_the_live_data() {
     assert!(rep.chunks_freed > 0, "{rep:?}");
     let after = e.status().unwrap();
     assert!(after.physical_bytes_used < before.physical_bytes_used);
-    let live = after.data_bytes_stored + after.chunk_count * 64;
+    let live = after.data_bytes_stored.unwrap() + after.chunk_count * 64;
     let packs: u64 = e.store.pack_bytes().1;
     assert!(packs as f64 <= live as f64 * 1.10 + 4096.0, "packs {packs} vs live {live}");
     // b still reads back.
@@ -795,6 +810,7 @@ fn gc_runs_safely_alongside_writers_and_readers() {
     }
     stop.store(true, Ordering::Relaxed);
     let model = h.join().unwrap();
+    wait_normal(&e);
     e.gc(&mut |_, _| {}).unwrap();
     let mut back = vec![0u8; 8 << 20];
     v.read_at(&mut back, 0).unwrap();
@@ -950,5 +966,155 @@ mod faults {
         let (eff, why) = e.set_write_policy(WritePolicy::Auto).unwrap();
         assert!(matches!(eff, WritePolicy::Sync | WritePolicy::Async));
         assert!(!why.is_empty());
+    }
+}
+
+#[test]
+fn after_a_crash_the_store_recovers_in_the_background_while_serving_io() {
+    let (_d, p) = new_store(WritePolicy::Async);
+    let data = pattern(64 * 1024, 60);
+    {
+        let e = open(&p);
+        e.create_volume("v", 1 << 20).unwrap();
+        let v = e.open_volume("v").unwrap();
+        v.write_at(&data, 0).unwrap();
+        v.write_at(&data, 65536).unwrap();
+        e.flush().unwrap();
+        e.simulate_crash();
+    }
+    // SAFETY of the env var in tests: only this test reads it, and it is
+    // read once when the recovery thread starts.
+    unsafe { std::env::set_var("STRATA_TEST_RECOVERY_DELAY_MS", "300") };
+    let e = open(&p);
+    unsafe { std::env::remove_var("STRATA_TEST_RECOVERY_DELAY_MS") };
+    assert_eq!(e.mode(), Mode::Recovering);
+    let s = e.status().unwrap();
+    assert_eq!(s.logical_bytes_used, None, "statistics are unknown while recovering");
+    assert!(matches!(e.gc(&mut |_, _| {}), Err(Error::Unsupported(_))));
+    // I/O is served meanwhile, including overwrites that drop references.
+    let v = e.open_volume("v").unwrap();
+    let mut b = vec![0u8; 65536];
+    v.read_at(&mut b, 65536).unwrap();
+    assert_eq!(b, data);
+    v.write_at(&pattern(65536, 61), 65536).unwrap();
+    v.discard(0, 4096).unwrap();
+    wait_normal(&e);
+    assert_eq!(e.mode(), Mode::Normal);
+    let s = e.status().unwrap();
+    assert_eq!(s.logical_bytes_used, Some(v.allocated_bytes()));
+    // The counts agree with a fresh derivation.
+    drop(v);
+    e.close().unwrap();
+    drop(e);
+    let e = open(&p);
+    assert_eq!(e.mode(), Mode::Normal);
+    assert_eq!(e.status().unwrap().logical_bytes_used, s.logical_bytes_used);
+}
+
+mod checking {
+    use super::*;
+    use crate::volume::check::{self, CheckOptions};
+
+    fn store_with_data() -> (tempfile::TempDir, PathBuf) {
+        let (d, p) = new_store(WritePolicy::Async);
+        let e = open(&p);
+        e.create_volume("vm1", 1 << 20).unwrap();
+        let v = e.open_volume("vm1").unwrap();
+        v.write_at(&pattern(64 * 1024, 70), 0).unwrap();
+        e.snapshot_create("vm1", "s1").unwrap();
+        v.write_at(&pattern(8192, 71), 4096).unwrap();
+        drop(v);
+        e.close().unwrap();
+        (d, p)
+    }
+
+    fn run(p: &Path, repair: bool) -> check::CheckReport {
+        check::check(p, &CheckOptions { repair, force_rebuild: false }, &mut |_, _| {}).unwrap()
+    }
+
+    #[test]
+    fn a_healthy_store_checks_clean() {
+        let (_d, p) = store_with_data();
+        let r = run(&p, false);
+        assert!(r.clean, "{}", check::render(&r));
+        assert!(r.records > 0);
+    }
+
+    #[test]
+    fn a_flipped_pack_byte_is_reported_by_volume_and_offset_and_repaired_to_zeros() {
+        let (_d, p) = store_with_data();
+        let pack = p.join("packs").join(crate::store::pack::pack_file_name(1));
+        let mut b = std::fs::read(&pack).unwrap();
+        // Inside the payload of the first record (the first block of vm1).
+        b[64 + 64 + 10] ^= 0x20;
+        std::fs::write(&pack, b).unwrap();
+        let r = run(&p, false);
+        let text = check::render(&r);
+        assert!(!r.clean);
+        assert!(text.contains("chunk 16 at offset 64"), "{text}");
+        assert!(text.contains("volume vm1") && text.contains("at offset 0 point at chunk"), "{text}");
+        assert!(matches!(Engine::open(&p, &OpenOptions::default()).map(|_| ()), Ok(())));
+        let r = run(&p, true);
+        assert!(r.clean, "{}", check::render(&r));
+        assert!(r.repaired.iter().any(|x| x.contains("offset 0 were lost")), "{:?}", r.repaired);
+        let r = run(&p, false);
+        assert!(r.clean, "{}", check::render(&r));
+        let e = open(&p);
+        let v = e.open_volume("vm1").unwrap();
+        let mut blk = vec![1u8; 4096];
+        v.read_at(&mut blk, 0).unwrap();
+        assert!(blk.iter().all(|&x| x == 0));
+        v.read_at(&mut blk, 4096).unwrap();
+        assert_eq!(blk, pattern(8192, 71)[..4096]);
+    }
+
+    #[test]
+    fn a_damaged_chunk_table_is_rebuilt_from_the_packs_without_loss() {
+        let (_d, p) = store_with_data();
+        let t = p.join("chunks.tbl");
+        let mut b = std::fs::read(&t).unwrap();
+        let n = b.len();
+        b[n - 5] ^= 1;
+        std::fs::write(&t, b).unwrap();
+        assert!(Engine::open(&p, &OpenOptions::default()).is_err());
+        let r = run(&p, false);
+        assert!(check::render(&r).contains("chunks.tbl"), "{}", check::render(&r));
+        let r = run(&p, true);
+        assert!(r.clean, "{}", check::render(&r));
+        let e = open(&p);
+        let mut buf = vec![0u8; 64 * 1024];
+        e.open_snapshot("vm1", "s1").unwrap().read_at(&mut buf, 0).unwrap();
+        assert_eq!(buf, pattern(64 * 1024, 70));
+    }
+
+    #[test]
+    fn a_truncated_map_is_reported() {
+        let (_d, p) = store_with_data();
+        let maps: Vec<_> = std::fs::read_dir(p.join("maps")).unwrap().flatten().map(|e| e.path()).collect();
+        let m = &maps[0];
+        let len = std::fs::metadata(m).unwrap().len();
+        std::fs::OpenOptions::new().write(true).open(m).unwrap().set_len(len - 7).unwrap();
+        let r = run(&p, false);
+        let text = check::render(&r);
+        assert!(text.contains("is damaged"), "{text}");
+        assert!(!r.clean);
+    }
+
+    #[test]
+    fn read_only_mode_is_cleared_by_a_clean_repair() {
+        let (_d, p) = store_with_data();
+        {
+            let f = crate::fault::Faults::new();
+            let e = Engine::open(&p, &OpenOptions { read_only: false, faults: Some(f.clone()) }).unwrap();
+            f.arm(crate::fault::Point::JournalSync, crate::fault::Fault::FsyncFail, 0, None);
+            let v = e.open_volume("vm1").unwrap();
+            v.write_at(&[1u8; 4096], 0).unwrap();
+            assert!(v.flush().is_err());
+            e.simulate_crash();
+        }
+        assert_eq!(open(&p).mode(), Mode::ReadOnly);
+        let r = run(&p, true);
+        assert!(r.repaired.iter().any(|x| x.contains("read-only mode cleared")), "{}", check::render(&r));
+        assert_eq!(open(&p).mode(), Mode::Normal);
     }
 }
