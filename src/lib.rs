@@ -29,8 +29,10 @@
 pub mod catalog;
 pub mod chain;
 pub mod cli;
+pub mod control;
 pub mod fault;
 pub mod format;
+pub mod fs;
 pub mod guid;
 pub mod journal;
 pub mod replica;
