@@ -28,7 +28,6 @@ mod init;
 mod man;
 mod mount;
 mod output;
-mod pending;
 mod progress;
 mod size;
 mod snapshot;
@@ -43,10 +42,10 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use clap::Parser;
 
+use crate::control;
 use crate::volume::{Engine, Error as EngineError, OpenOptions};
 use exit::fail;
 pub use exit::{EXIT_CODES, ExitCode};
-use pending::control;
 
 /// Where the store is when neither `--store` nor `$STRATA_STORE` says.
 pub const DEFAULT_STORE: &str = "/var/lib/strata";
@@ -251,7 +250,7 @@ fn forward(
         Ok(Some((stdout, stderr, code))) => {
             out.write_all(stdout.as_bytes())?;
             eprint!("{stderr}");
-            Ok(code)
+            Ok(daemon_code(code))
         }
         // Locked, but not by a daemon we can talk to: the engine's message says what to do.
         Ok(None) => Err(exit::engine(
@@ -265,6 +264,17 @@ fn forward(
                 store.display()
             ),
         )),
+    }
+}
+
+/// The daemon's own refusals use sysexits codes; give them the documented
+/// meaning (too many commands at once → busy; a command that panicked →
+/// generic failure). The handler's codes pass through unchanged.
+fn daemon_code(code: i32) -> i32 {
+    match code {
+        control::EXIT_BUSY => ExitCode::Busy.code(),
+        control::EXIT_INTERNAL => ExitCode::Failure.code(),
+        code => code,
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::Result;
 
 use super::exit::{self, ExitCode};
-use super::pending::fs;
+use crate::fs;
 use crate::volume::check;
 
 #[derive(clap::Args, Debug)]
