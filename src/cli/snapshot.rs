@@ -9,7 +9,7 @@ use std::io::Write;
 
 use anyhow::Result;
 
-use super::exit::{self};
+use super::exit;
 use super::output::{self, Format, FormatArg, Table};
 use super::size::human;
 use super::volume::{upper, volume_err};
