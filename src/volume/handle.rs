@@ -92,8 +92,7 @@ impl State {
     /// The merged view (None for a single layer) and the data block count.
     pub(crate) fn view(leaf: &Arc<Layer>, parents: &[Arc<Layer>]) -> (Option<PageMap>, u64) {
         if parents.is_empty() {
-            let n = rlock(&leaf.map).iter().filter(|(_, e)| chain::is_chunk(*e)).count() as u64;
-            (None, n)
+            (None, rlock(&leaf.map).chunk_count())
         } else {
             let guards: Vec<_> = parents.iter().chain(std::iter::once(leaf)).map(|l| rlock(&l.map)).collect();
             let mut m = chain::merge(guards.iter().map(|g| &**g));

@@ -308,11 +308,21 @@ fn corrupt_store(path: &Path, what: &str, detail: impl std::fmt::Display) -> Err
     Error::Corrupt { volume: "(store)".into(), offset: 0, detail: format!("{what} in {}: {detail}; run `strata check {}`", path.display(), path.display()) }
 }
 
+/// Names the mount uses for its own directories (and a prefix for its
+/// own temporary names); a volume cannot take them.
+pub const RESERVED_NAMES: &[&str] = &["images", ".snapshots"];
+pub const RESERVED_PREFIX: &str = ".strata-";
+
 /// Check a user-visible volume name (also checked by the catalogue).
 pub fn validate_name(name: &str) -> Result<()> {
     if name.is_empty() || name.len() > 255 || name.contains('/') || name.contains('\0') || name == "." || name == ".." {
         return Err(Error::InvalidArgument(format!(
             "invalid volume name {name:?}: use 1–255 bytes without '/' or NUL, not '.' or '..'"
+        )));
+    }
+    if RESERVED_NAMES.contains(&name) || name.starts_with(RESERVED_PREFIX) {
+        return Err(Error::InvalidArgument(format!(
+            "the volume name {name:?} is reserved: the mount uses `images`, `.snapshots` and names starting with `.strata-`"
         )));
     }
     Ok(())
@@ -922,7 +932,7 @@ impl Engine {
                 let ls: Vec<Arc<Layer>> = layers.iter().map(|r| self.layer(r.guid)).collect::<Result<_>>()?;
                 let guards: Vec<_> = ls.iter().map(|l| rlock(&l.map)).collect();
                 let n = if guards.len() == 1 {
-                    guards[0].iter().filter(|(_, e)| chain::is_chunk(*e)).count() as u64
+                    guards[0].chunk_count()
                 } else {
                     chain::merge(guards.iter().map(|g| &**g)).iter().filter(|(_, e)| chain::is_chunk(*e)).count() as u64
                 };
@@ -950,8 +960,22 @@ impl Engine {
     }
 
     pub fn rename_volume(&self, name_or_guid: &str, new_name: &str) -> Result<()> {
-        self.check_writable()?;
         validate_name(new_name)?;
+        self.rename_volume_unchecked(name_or_guid, new_name)
+    }
+
+    /// Rename to one of the mount's own hidden names (`.strata-…`), which
+    /// users cannot take: an unlinked file still open, a rename target being
+    /// replaced.
+    pub fn rename_volume_hidden(&self, name_or_guid: &str, new_name: &str) -> Result<()> {
+        if !new_name.starts_with(RESERVED_PREFIX) {
+            return Err(Error::InvalidArgument(format!("{new_name:?} is not a hidden name")));
+        }
+        self.rename_volume_unchecked(name_or_guid, new_name)
+    }
+
+    fn rename_volume_unchecked(&self, name_or_guid: &str, new_name: &str) -> Result<()> {
+        self.check_writable()?;
         let d = self.disk_of(name_or_guid)?;
         self.catalog.rename_disk(d.guid, new_name).map_err(|e| self.name_err(e, new_name))?;
         if let Some(v) = self.open_handle(d.guid) {
@@ -1053,6 +1077,13 @@ impl Engine {
         self.check_writable()?;
         let g = self.disk_guid_prop(name_or_guid)?;
         self.catalog.prop_set(g, key, value).map_err(prop_err)
+    }
+
+    /// Set (Some) and unset (None) several properties in one transaction.
+    pub fn set_properties(&self, name_or_guid: &str, changes: &[(&str, Option<&str>)]) -> Result<()> {
+        self.check_writable()?;
+        let g = self.disk_guid_prop(name_or_guid)?;
+        self.catalog.prop_update_many(g, changes).map_err(prop_err)
     }
 
     /// Returns whether the key existed.
