@@ -394,6 +394,7 @@ impl Engine {
                 let c = self.layer(*k)?;
                 moved += self.copy_entries(&c, &l, false)?;
             }
+            crate::fault::pause_point("merge-before-finish");
             self.durable_now()?;
             self.catalog.finish_pull_up(job.layer, id)?;
             let mut touched = job.into.clone();
