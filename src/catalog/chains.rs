@@ -337,6 +337,36 @@ impl Catalog {
         })
     }
 
+    /// Set (Some) or unset (None) several properties of one object in one
+    /// transaction.
+    pub fn prop_update_many(&self, object: Guid, changes: &[(&str, Option<&str>)]) -> Result<()> {
+        for (k, _) in changes {
+            if *k == NAME_KEY {
+                return Err(Error::ReservedKey((*k).to_owned()));
+            }
+        }
+        self.write(|c| {
+            if !disk_exists(c, object)? && !volume_exists(c, object)? {
+                return Err(Error::NotFound(object.to_string()).into());
+            }
+            for (k, v) in changes {
+                match v {
+                    Some(v) => {
+                        c.execute(
+                            "INSERT INTO properties (object, key, value) VALUES (?1, ?2, ?3)
+                             ON CONFLICT (object, key) DO UPDATE SET value = excluded.value",
+                            params![object.to_string(), k, v],
+                        )?;
+                    }
+                    None => {
+                        c.execute("DELETE FROM properties WHERE object = ?1 AND key = ?2", params![object.to_string(), k])?;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// SQLite's own checks: `integrity_check` and `foreign_key_check`.
     /// Returns the problems found (empty when clean).
     pub fn integrity_check(&self) -> Result<Vec<String>> {

@@ -52,6 +52,9 @@ type Page = Box<[u64; PAGE_LEN]>;
 pub struct PageMap {
     pages: BTreeMap<u64, (u32, Page)>,
     count: u64,
+    /// Entries that are chunk references (data), kept so a layer's size
+    /// is O(1).
+    chunks: u64,
 }
 
 impl PageMap {
@@ -68,6 +71,11 @@ impl PageMap {
         self.count == 0
     }
 
+    /// Entries that reference a chunk (blocks holding data).
+    pub fn chunk_count(&self) -> u64 {
+        self.chunks
+    }
+
     pub fn get(&self, block: u64) -> u64 {
         match self.pages.get(&(block >> PAGE_BITS)) {
             Some((_, p)) => p[(block as usize) & (PAGE_LEN - 1)],
@@ -82,6 +90,9 @@ impl PageMap {
         if entry == ABSENT {
             let Some((n, p)) = self.pages.get_mut(&key) else { return ABSENT };
             let old = std::mem::replace(&mut p[idx], ABSENT);
+            if is_chunk(old) {
+                self.chunks -= 1;
+            }
             if old != ABSENT {
                 *n -= 1;
                 self.count -= 1;
@@ -93,6 +104,11 @@ impl PageMap {
         }
         let (n, p) = self.pages.entry(key).or_insert_with(|| (0, Box::new([ABSENT; PAGE_LEN])));
         let old = std::mem::replace(&mut p[idx], entry);
+        match (is_chunk(old), is_chunk(entry)) {
+            (false, true) => self.chunks += 1,
+            (true, false) => self.chunks -= 1,
+            _ => {}
+        }
         if old == ABSENT {
             *n += 1;
             self.count += 1;
@@ -222,6 +238,7 @@ mod tests {
         assert_eq!(m.set(5, ZERO), 100);
         assert_eq!(m.set(1 << 40, 200), ABSENT);
         assert_eq!(m.len(), 2);
+        assert_eq!(m.chunk_count(), 1);
         assert_eq!(m.get(5), ZERO);
         assert_eq!(m.set(5, ABSENT), ZERO);
         assert_eq!(m.len(), 1);

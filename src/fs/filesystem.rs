@@ -244,7 +244,10 @@ impl StrataFs {
             NodeKey::Volume(g) => self.volume_file_attr(g, op),
             NodeKey::Snapshot { disk, layer } => {
                 let info = self.info_by_guid(disk, op)?;
-                let snap = self.snapshot_by(&info, |s| s.guid == layer, op)?;
+                let snap = self
+                    .engine
+                    .snapshot_info(&info.guid.to_string(), &layer.to_string())
+                    .map_err(|e| to_errno(&e, op))?;
                 Ok(self.snapshot_attr(ino, &info, &snap))
             }
         }
@@ -552,10 +555,7 @@ impl StrataFs {
         if let Some(t) = state.take_pending_mtime() {
             let g = state.disk.to_string();
             let v = t.to_string();
-            let res = self
-                .engine
-                .set_property(&g, attr::PROP_MTIME, &v)
-                .and_then(|_| self.engine.set_property(&g, attr::PROP_CTIME, &v));
+            let res = self.engine.set_properties(&g, &[(attr::PROP_MTIME, Some(&v)), (attr::PROP_CTIME, Some(&v))]);
             if let Err(e) = res {
                 // Keep it pending; a later fsync/release tries again.
                 state.touch(t);
@@ -671,7 +671,7 @@ impl StrataFs {
         let (_, state) = self.inodes.file_state(disk);
         if state.open_count.load(Ordering::Acquire) > 0 {
             self.engine
-                .rename_volume(&disk.to_string(), &layout::unlinked_name(disk))
+                .rename_volume_hidden(&disk.to_string(), &layout::unlinked_name(disk))
                 .map_err(|e| to_errno(&e, op))?;
             state.unlinked.store(true, Ordering::Release);
             tracing::info!(volume = %disk, "unlinked while open: removed at last close");
@@ -734,7 +734,7 @@ impl StrataFs {
         let tg = target.guid.to_string();
         let aside = layout::replaced_name(target.guid);
         self.engine
-            .rename_volume(&tg, &aside)
+            .rename_volume_hidden(&tg, &aside)
             .map_err(|e| to_errno(&e, "rename"))?;
         if let Err(e) = self.engine.rename_volume(&src.guid.to_string(), to) {
             if let Err(back) = self.engine.rename_volume(&tg, to) {

@@ -122,10 +122,7 @@ impl Engine {
     }
 
     fn layer_bytes(&self, g: Guid) -> u64 {
-        rlock(&self.layers)
-            .get(&g)
-            .map(|l| rlock(&l.map).iter().filter(|(_, e)| chain::is_chunk(*e)).count() as u64 * BLOCK_SIZE_U64)
-            .unwrap_or(0)
+        rlock(&self.layers).get(&g).map(|l| rlock(&l.map).chunk_count() * BLOCK_SIZE_U64).unwrap_or(0)
     }
 
     /// Make everything journaled so far durable, whatever the write policy
@@ -175,29 +172,40 @@ impl Engine {
         })
     }
 
+    /// One snapshot, by name or by its layer GUID.
+    pub fn snapshot_info(&self, vol: &str, snap: &str) -> Result<SnapshotInfo> {
+        let d = self.disk_of(vol)?;
+        let s = self.snapshot_of(&d, snap)?;
+        self.snapshot_info_of(&d, s)
+    }
+
+    fn snapshot_info_of(&self, d: &catalog::DiskRow, s: SnapshotRow) -> Result<SnapshotInfo> {
+        let row = self.catalog.volume(s.guid)?;
+        let mut clones = Vec::new();
+        for k in self.catalog.children(s.guid)? {
+            if k.disk != d.guid
+                && let Ok(cd) = self.catalog.disk(k.disk)
+            {
+                clones.push(cd.name);
+            }
+        }
+        Ok(SnapshotInfo {
+            name: s.name,
+            guid: s.guid,
+            volume: d.name.clone(),
+            created_unix: s.created_unix,
+            own_bytes: self.layer_bytes(s.guid),
+            capacity: row.capacity,
+            clones,
+        })
+    }
+
     /// Snapshots of a volume, oldest first.
     pub fn snapshot_list(&self, vol: &str) -> Result<Vec<SnapshotInfo>> {
         let d = self.disk_of(vol)?;
         let mut out = Vec::new();
         for s in self.catalog.snapshots(d.guid)? {
-            let row = self.catalog.volume(s.guid)?;
-            let mut clones = Vec::new();
-            for k in self.catalog.children(s.guid)? {
-                if k.disk != d.guid
-                    && let Ok(cd) = self.catalog.disk(k.disk)
-                {
-                    clones.push(cd.name);
-                }
-            }
-            out.push(SnapshotInfo {
-                name: s.name,
-                guid: s.guid,
-                volume: d.name.clone(),
-                created_unix: s.created_unix,
-                own_bytes: self.layer_bytes(s.guid),
-                capacity: row.capacity,
-                clones,
-            });
+            out.push(self.snapshot_info_of(&d, s)?);
         }
         Ok(out)
     }
@@ -386,6 +394,7 @@ impl Engine {
                 let c = self.layer(*k)?;
                 moved += self.copy_entries(&c, &l, false)?;
             }
+            crate::fault::pause_point("merge-before-finish");
             self.durable_now()?;
             self.catalog.finish_pull_up(job.layer, id)?;
             let mut touched = job.into.clone();

@@ -26,7 +26,10 @@ use crate::store::{self, Put};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-const STRIPES: usize = 128;
+/// Stripe locks per volume: enough that two 1 MiB writes (256 blocks each)
+/// to different places rarely share one, so writers to one volume run in
+/// parallel.
+const STRIPES: usize = 4096;
 /// Largest number of map updates in one journal record.
 pub(crate) const MAX_RUN: usize = 1 << 18;
 
@@ -92,8 +95,7 @@ impl State {
     /// The merged view (None for a single layer) and the data block count.
     pub(crate) fn view(leaf: &Arc<Layer>, parents: &[Arc<Layer>]) -> (Option<PageMap>, u64) {
         if parents.is_empty() {
-            let n = rlock(&leaf.map).iter().filter(|(_, e)| chain::is_chunk(*e)).count() as u64;
-            (None, n)
+            (None, rlock(&leaf.map).chunk_count())
         } else {
             let guards: Vec<_> = parents.iter().chain(std::iter::once(leaf)).map(|l| rlock(&l.map)).collect();
             let mut m = chain::merge(guards.iter().map(|g| &**g));
@@ -232,6 +234,7 @@ impl Volume {
         } else {
             (b0..b1).map(|b| (b % STRIPES as u64) as usize).collect()
         };
+        // Ascending order everywhere: no two writers can deadlock.
         idx.sort_unstable();
         idx.dedup();
         idx.into_iter().map(|i| self.stripes[i].lock().unwrap_or_else(|p| p.into_inner())).collect()

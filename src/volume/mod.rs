@@ -308,11 +308,21 @@ fn corrupt_store(path: &Path, what: &str, detail: impl std::fmt::Display) -> Err
     Error::Corrupt { volume: "(store)".into(), offset: 0, detail: format!("{what} in {}: {detail}; run `strata check {}`", path.display(), path.display()) }
 }
 
+/// Names the mount uses for its own directories (and a prefix for its
+/// own temporary names); a volume cannot take them.
+pub const RESERVED_NAMES: &[&str] = &["images", ".snapshots"];
+pub const RESERVED_PREFIX: &str = ".strata-";
+
 /// Check a user-visible volume name (also checked by the catalogue).
 pub fn validate_name(name: &str) -> Result<()> {
     if name.is_empty() || name.len() > 255 || name.contains('/') || name.contains('\0') || name == "." || name == ".." {
         return Err(Error::InvalidArgument(format!(
             "invalid volume name {name:?}: use 1–255 bytes without '/' or NUL, not '.' or '..'"
+        )));
+    }
+    if RESERVED_NAMES.contains(&name) || name.starts_with(RESERVED_PREFIX) {
+        return Err(Error::InvalidArgument(format!(
+            "the volume name {name:?} is reserved: the mount uses `images`, `.snapshots` and names starting with `.strata-`"
         )));
     }
     Ok(())
@@ -371,6 +381,7 @@ impl Engine {
             mode: Mode::Normal,
             zstd_level: store::DEFAULT_ZSTD_LEVEL,
             checkpoint_seq: 0,
+            index_max_entries: 0,
         };
         sb.write(&path.join(Paths::SUPERBLOCK)).map_err(store_err("writing the superblock"))?;
         format::fsync_dir(path).map_err(store_err("syncing the store directory"))?;
@@ -401,7 +412,7 @@ impl Engine {
         let tbl_bytes = std::fs::read(path.join(Paths::CHUNKS)).map_err(store_err("reading chunks.tbl"))?;
         let image = store::table::decode(&tbl_bytes, sb.store_uuid).map_err(|d| corrupt_store(path, "chunks.tbl", d))?;
         let table_stamp = image.stamp_seq;
-        let store = ChunkStore::open(&path.join(Paths::PACKS), sb.store_uuid, image, sb.zstd_level, faults.clone())?;
+        let store = ChunkStore::open(&path.join(Paths::PACKS), sb.store_uuid, image, sb.zstd_level, sb.index_max_entries, faults.clone())?;
 
         // Layer maps of every layer the catalogue knows; the catalogue is
         // the truth about which layers exist.
@@ -820,6 +831,19 @@ impl Engine {
         Ok(eff)
     }
 
+    /// Cap the dedup index at about `max_entries` entries (0 = unbounded);
+    /// takes effect at the next open (`strata config set index-max-entries`).
+    pub fn set_index_max_entries(&self, max_entries: u64) -> Result<()> {
+        self.check_writable()?;
+        let mut sb = lock(&self.sb);
+        sb.index_max_entries = max_entries;
+        sb.write(&self.path.join(Paths::SUPERBLOCK)).map_err(store_err("writing the superblock"))
+    }
+
+    pub fn index_max_entries(&self) -> u64 {
+        lock(&self.sb).index_max_entries
+    }
+
     pub(crate) fn check_writable(&self) -> Result<()> {
         if self.read_only {
             return Err(Error::ReadOnly(format!("store {} is open read-only", self.path.display())));
@@ -922,7 +946,7 @@ impl Engine {
                 let ls: Vec<Arc<Layer>> = layers.iter().map(|r| self.layer(r.guid)).collect::<Result<_>>()?;
                 let guards: Vec<_> = ls.iter().map(|l| rlock(&l.map)).collect();
                 let n = if guards.len() == 1 {
-                    guards[0].iter().filter(|(_, e)| chain::is_chunk(*e)).count() as u64
+                    guards[0].chunk_count()
                 } else {
                     chain::merge(guards.iter().map(|g| &**g)).iter().filter(|(_, e)| chain::is_chunk(*e)).count() as u64
                 };
@@ -950,8 +974,22 @@ impl Engine {
     }
 
     pub fn rename_volume(&self, name_or_guid: &str, new_name: &str) -> Result<()> {
-        self.check_writable()?;
         validate_name(new_name)?;
+        self.rename_volume_unchecked(name_or_guid, new_name)
+    }
+
+    /// Rename to one of the mount's own hidden names (`.strata-…`), which
+    /// users cannot take: an unlinked file still open, a rename target being
+    /// replaced.
+    pub fn rename_volume_hidden(&self, name_or_guid: &str, new_name: &str) -> Result<()> {
+        if !new_name.starts_with(RESERVED_PREFIX) {
+            return Err(Error::InvalidArgument(format!("{new_name:?} is not a hidden name")));
+        }
+        self.rename_volume_unchecked(name_or_guid, new_name)
+    }
+
+    fn rename_volume_unchecked(&self, name_or_guid: &str, new_name: &str) -> Result<()> {
+        self.check_writable()?;
         let d = self.disk_of(name_or_guid)?;
         self.catalog.rename_disk(d.guid, new_name).map_err(|e| self.name_err(e, new_name))?;
         if let Some(v) = self.open_handle(d.guid) {
@@ -1053,6 +1091,13 @@ impl Engine {
         self.check_writable()?;
         let g = self.disk_guid_prop(name_or_guid)?;
         self.catalog.prop_set(g, key, value).map_err(prop_err)
+    }
+
+    /// Set (Some) and unset (None) several properties in one transaction.
+    pub fn set_properties(&self, name_or_guid: &str, changes: &[(&str, Option<&str>)]) -> Result<()> {
+        self.check_writable()?;
+        let g = self.disk_guid_prop(name_or_guid)?;
+        self.catalog.prop_update_many(g, changes).map_err(prop_err)
     }
 
     /// Returns whether the key existed.
