@@ -16,7 +16,7 @@ use super::exit::{self, ExitCode};
 use super::progress::Progress;
 use super::size::human;
 use super::volume::volume_err;
-use crate::volume::{Engine, Error as EngineError};
+use crate::volume::Engine;
 
 #[derive(clap::Args, Debug)]
 #[command(
@@ -129,15 +129,6 @@ pub fn export(engine: &Engine, a: &ExportArgs, out: &mut dyn Write, progress: bo
     };
     bar.finish();
     let done = result.map_err(|e| match e {
-        // export_raw takes volumes only; say how to get a snapshot out.
-        EngineError::NotFound(_) if a.image_format == ImageFormat::Raw && a.volume.contains('@') => exit::fail(
-            ExitCode::InvalidArgument,
-            format!(
-                "{what}: a snapshot cannot be exported as raw yet: use --format qcow2 (`qemu-img convert` makes it raw), \
-                 or clone it (`strata clone {} NEW`) and export the clone",
-                a.volume
-            ),
-        ),
         e => volume_err(&a.volume, &format!("export to {}", a.file.display()), e),
     })?;
     writeln!(

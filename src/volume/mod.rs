@@ -1180,9 +1180,10 @@ impl Engine {
         self.info_for(&self.catalog.disk(disk.guid)?)
     }
 
-    /// Export a volume to a raw file, sparse where the volume has zeros.
+    /// Export a volume, or a snapshot as `VOL@SNAP`, to a raw file, sparse
+    /// where it has zeros.
     pub fn export_raw(&self, name_or_guid: &str, file: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
-        let v = self.open_volume(name_or_guid)?;
+        let v = self.open_for_export(name_or_guid)?;
         let cap = v.capacity();
         let out = std::fs::OpenOptions::new()
             .write(true)
