@@ -25,6 +25,7 @@
 
 mod chains;
 mod schema;
+mod replica;
 
 pub use chains::SnapshotRow;
 
