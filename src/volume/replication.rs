@@ -172,12 +172,20 @@ impl Engine {
     /// Ship the catalogue if it changed since last looked at. `external`
     /// also notices commits by other processes (costs one query).
     fn repl_catalogue_check(&self, s: &Arc<dyn ReplicationSink>, external: bool) {
+        if let Some((seq, snap)) = self.repl_catalogue_changed(external, s.ships_catalogue()) {
+            s.catalogue_changed(seq, snap);
+        }
+    }
+
+    /// The catalogue snapshot to ship if it changed since last looked at
+    /// (`ships`: this node is Primary; otherwise the change is only noted).
+    fn repl_catalogue_changed(&self, external: bool, ships: bool) -> Option<(u64, Vec<u8>)> {
         let local = self.catalog.local_changes();
         let dv = if external { self.catalog.data_version().unwrap_or(0) } else { lock(&self.repl.cat_seen).1 };
         {
             let mut seen = lock(&self.repl.cat_seen);
             if *seen == (local, dv) {
-                return;
+                return None;
             }
             *seen = (local, dv);
         }
@@ -185,25 +193,22 @@ impl Engine {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(%e, "replication: cannot read the catalogue");
-                return;
+                return None;
             }
         };
         let mut last = lock(&self.repl.cat_last);
         if *last == snap {
-            return;
+            return None;
         }
         *last = snap.clone();
-        if s.ships_catalogue() {
-            s.catalogue_changed(self.journal.last_seq(), snap);
-        }
+        ships.then(|| (self.journal.last_seq(), snap))
     }
 
-    /// Called by the node on its tick: notice catalogue changes that no
-    /// write or flush followed (a `volume remove`, a rename).
-    pub fn repl_poll_catalogue(&self) {
-        if let Some(s) = self.sink() {
-            self.repl_catalogue_check(&s, true);
-        }
+    /// Called by the driver on its tick: a catalogue change that no write
+    /// or flush followed (a `volume remove`, a rename), to be stepped as a
+    /// local record. `ships`: this node is Primary.
+    pub fn repl_poll_catalogue(&self, ships: bool) -> Option<(u64, Vec<u8>)> {
+        self.repl_catalogue_changed(true, ships)
     }
 
     // ----------------------------------------------------------- queries
