@@ -69,6 +69,9 @@ pub struct NodeConfig {
     pub tick_ms: u64,
     /// Connect at start.
     pub connect: bool,
+    /// Force dialing (true) or only accepting (false); None: the rule in
+    /// the module docs.
+    pub dial: Option<bool>,
 }
 
 impl NodeConfig {
@@ -84,10 +87,14 @@ impl NodeConfig {
             resync_rate_bytes: 0,
             tick_ms: 100,
             connect: true,
+            dial: None,
         }
     }
 
     fn dials(&self) -> bool {
+        if let Some(d) = self.dial {
+            return d;
+        }
         match self.listen {
             None => true,
             Some(l) => l.to_string() < self.peer,

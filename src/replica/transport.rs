@@ -25,6 +25,8 @@ use std::time::Duration;
 pub const SEND_QUEUE: usize = 4096;
 /// How long one connect attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A write blocked this long (peer not reading) fails.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Poll interval of blocking socket calls (to notice stop requests).
 const POLL: Duration = Duration::from_millis(100);
 
@@ -101,17 +103,26 @@ impl Conn {
     pub(crate) fn start(id: u64, stream: TcpStream, tx: Sender<Msg>, shared: Arc<Shared>) -> Result<Conn, String> {
         let _ = stream.set_nodelay(true);
         stream.set_read_timeout(Some(POLL)).map_err(|e| format!("socket: {e}"))?;
+        stream.set_write_timeout(Some(WRITE_TIMEOUT)).map_err(|e| format!("socket: {e}"))?;
         let rs = stream.try_clone().map_err(|e| format!("socket: {e}"))?;
         let mut ws = stream.try_clone().map_err(|e| format!("socket: {e}"))?;
         let (wtx, wrx) = bounded::<Vec<u8>>(SEND_QUEUE);
         let sh = shared.clone();
         let closing = Arc::new(AtomicBool::new(false));
         let cl = closing.clone();
+        let cw = closing.clone();
         let tx2 = tx.clone();
         let writer = std::thread::Builder::new()
             .name("strata-repl-tx".into())
             .spawn(move || {
                 for f in wrx {
+                    // Test hook: a hung peer neither reads nor writes.
+                    while sh.stall_reads.load(Ordering::Acquire) {
+                        if cw.load(Ordering::Acquire) {
+                            return;
+                        }
+                        std::thread::sleep(POLL);
+                    }
                     if let Err(e) = ws.write_all(&f) {
                         let _ = tx2.send(Msg::Net(NetMsg::Closed(id, format!("send failed: {e}"))));
                         return;
@@ -138,13 +149,15 @@ impl Conn {
     }
 
     /// Shut the socket down and join both threads.
+    /// Frames already queued (an Error carrying a refusal reason, a
+    /// Disconnect) are written first, bounded by the socket's write timeout.
     pub fn close(mut self) {
         self.closing.store(true, Ordering::Release);
-        let _ = self.stream.shutdown(Shutdown::Both);
         self.wtx.take();
         if let Some(h) = self.writer.take() {
             let _ = h.join();
         }
+        let _ = self.stream.shutdown(Shutdown::Both);
         if let Some(h) = self.reader.take() {
             let _ = h.join();
         }
