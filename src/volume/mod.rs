@@ -385,6 +385,7 @@ impl Engine {
             mode: Mode::Normal,
             zstd_level: store::DEFAULT_ZSTD_LEVEL,
             checkpoint_seq: 0,
+            index_max_entries: 0,
         };
         sb.write(&path.join(Paths::SUPERBLOCK)).map_err(store_err("writing the superblock"))?;
         format::fsync_dir(path).map_err(store_err("syncing the store directory"))?;
@@ -415,7 +416,7 @@ impl Engine {
         let tbl_bytes = std::fs::read(path.join(Paths::CHUNKS)).map_err(store_err("reading chunks.tbl"))?;
         let image = store::table::decode(&tbl_bytes, sb.store_uuid).map_err(|d| corrupt_store(path, "chunks.tbl", d))?;
         let table_stamp = image.stamp_seq;
-        let store = ChunkStore::open(&path.join(Paths::PACKS), sb.store_uuid, image, sb.zstd_level, faults.clone())?;
+        let store = ChunkStore::open(&path.join(Paths::PACKS), sb.store_uuid, image, sb.zstd_level, sb.index_max_entries, faults.clone())?;
 
         // Layer maps of every layer the catalogue knows; the catalogue is
         // the truth about which layers exist.
@@ -833,6 +834,19 @@ impl Engine {
         self.sync_writes.store(eff.0 == WritePolicy::Sync, Ordering::Release);
         *lock(&self.policy) = eff.clone();
         Ok(eff)
+    }
+
+    /// Cap the dedup index at about `max_entries` entries (0 = unbounded);
+    /// takes effect at the next open (`strata config set index-max-entries`).
+    pub fn set_index_max_entries(&self, max_entries: u64) -> Result<()> {
+        self.check_writable()?;
+        let mut sb = lock(&self.sb);
+        sb.index_max_entries = max_entries;
+        sb.write(&self.path.join(Paths::SUPERBLOCK)).map_err(store_err("writing the superblock"))
+    }
+
+    pub fn index_max_entries(&self) -> u64 {
+        lock(&self.sb).index_max_entries
     }
 
     pub(crate) fn check_writable(&self) -> Result<()> {
