@@ -333,3 +333,49 @@ fn a_silent_peer_is_detected_within_the_timeout() {
     nb.stop();
     na.stop();
 }
+
+/// Peers configured in the catalogue (what `strata peer add` writes),
+/// started the way the mount daemon does; a Secondary refuses local writes.
+#[test]
+fn catalogue_configured_peers_replicate_and_a_secondary_refuses_local_writes() {
+    use std::os::unix::fs::PermissionsExt;
+    use strata::catalog::PeerRow;
+    let d = tempfile::tempdir().unwrap();
+    let (_pa, a) = store(&d, "a");
+    let (_pb, b) = store(&d, "b");
+    let secret = d.path().join("secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let row = |name: &str, address: String, listen: Option<String>| PeerRow {
+        name: name.into(),
+        address,
+        secret_file: secret.display().to_string(),
+        protocol: "C".into(),
+        listen,
+        created_unix: 0,
+    };
+    a.catalog().peer_add(&row("b", format!("127.0.0.1:{port}"), None)).unwrap();
+    b.catalog().peer_add(&row("a", "127.0.0.1:1".into(), Some(format!("127.0.0.1:{port}")))).unwrap();
+    // A world-readable secret is refused with the reason.
+    let err = strata::replica::node::start_configured(&a).err().unwrap();
+    assert!(err.contains("chmod 600"), "{err}");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let nb = strata::replica::node::start_configured(&b).unwrap().unwrap();
+    let na = strata::replica::node::start_configured(&a).unwrap().unwrap();
+    na.admin(AdminCommand::Promote { force: true }).unwrap();
+    a.create_volume("vm", 1 << 20).unwrap();
+    a.open_volume("vm").unwrap().write_at(&pattern(10_000, 9), 100).unwrap();
+    a.flush().unwrap();
+    in_sync(&na);
+    let err = b.create_volume("local", 4096).unwrap_err().to_string();
+    assert!(err.contains("Secondary"), "{err}");
+    let err = b.open_volume("vm").unwrap().write_at(&[1], 0).unwrap_err().to_string();
+    assert!(err.contains("Secondary"), "{err}");
+    // A Secondary refuses promotion while the Primary is connected.
+    let err = nb.admin(AdminCommand::Promote { force: false }).unwrap_err();
+    assert!(err.contains("Primary"), "{err}");
+    nb.stop();
+    na.stop();
+    assert_same_volumes(&a, &b);
+}

@@ -28,6 +28,7 @@ mod schema;
 mod replica;
 
 pub use chains::SnapshotRow;
+pub use replica::PeerRow;
 
 use crate::guid::Guid;
 use rusqlite::types::Value;

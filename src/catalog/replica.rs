@@ -161,3 +161,106 @@ mod tests {
         assert_eq!(b.replication_snapshot().unwrap(), snap);
     }
 }
+
+/// One configured replication peer (`strata peer add`). Per host, never
+/// replicated. `listen` lives in `replication_state` (key `listen`), so no
+/// schema change was needed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PeerRow {
+    pub name: String,
+    /// Where the peer listens (`host:port`).
+    pub address: String,
+    /// File holding the shared secret (never the secret itself).
+    pub secret_file: String,
+    /// `A` or `C`.
+    pub protocol: String,
+    /// Where this host accepts the peer's connection.
+    pub listen: Option<String>,
+    pub created_unix: i64,
+}
+
+impl Catalog {
+    /// Add the peer. One peer per store (a two-node pair): a second one is
+    /// refused with the name of the first.
+    pub fn peer_add(&self, p: &PeerRow) -> Result<()> {
+        if !matches!(p.protocol.as_str(), "A" | "C") {
+            return Err(Error::Corrupt(format!("protocol {:?} is not A or C", p.protocol)));
+        }
+        self.write(|c| {
+            let existing: Option<String> =
+                rusqlite::OptionalExtension::optional(c.query_row("SELECT name FROM peers LIMIT 1", [], |r| r.get(0)))?;
+            if let Some(n) = existing {
+                return Err(Error::Corrupt(format!(
+                    "peer {n:?} is already configured; a store replicates to one peer (run `strata peer remove {n}` first)"
+                ))
+                .into());
+            }
+            c.execute(
+                "INSERT INTO peers (name, address, secret_file, role, protocol, created) VALUES (?1, ?2, ?3, 'SECONDARY', ?4, ?5)",
+                rusqlite::params![p.name, p.address, p.secret_file, p.protocol, p.created_unix],
+            )?;
+            if let Some(l) = &p.listen {
+                c.execute("INSERT INTO replication_state (peer, key, value) VALUES (?1, 'listen', ?2)", rusqlite::params![p.name, l])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Remove the peer; returns whether it existed.
+    pub fn peer_remove(&self, name: &str) -> Result<bool> {
+        self.write(|c| {
+            c.execute("DELETE FROM replication_state WHERE peer = ?1", [name])?;
+            Ok(c.execute("DELETE FROM peers WHERE name = ?1", [name])? > 0)
+        })
+    }
+
+    /// The configured peers (zero or one).
+    pub fn peers(&self) -> Result<Vec<PeerRow>> {
+        self.read(|c| {
+            let mut st = c.prepare(
+                "SELECT p.name, p.address, p.secret_file, p.protocol, p.created, s.value FROM peers p \
+                 LEFT JOIN replication_state s ON s.peer = p.name AND s.key = 'listen' ORDER BY p.name",
+            )?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok(PeerRow {
+                        name: r.get(0)?,
+                        address: r.get(1)?,
+                        secret_file: r.get(2)?,
+                        protocol: r.get(3)?,
+                        created_unix: r.get(4)?,
+                        listen: r.get(5)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+    }
+}
+
+#[cfg(test)]
+mod peer_tests {
+    use super::*;
+
+    #[test]
+    fn one_peer_per_store_with_its_listen_address() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Catalog::create(&d.path().join("c.db")).unwrap();
+        let p = PeerRow {
+            name: "b".into(),
+            address: "10.0.0.2:7789".into(),
+            secret_file: "/etc/strata/secret".into(),
+            protocol: "C".into(),
+            listen: Some("0.0.0.0:7789".into()),
+            created_unix: 5,
+        };
+        c.peer_add(&p).unwrap();
+        assert_eq!(c.peers().unwrap(), vec![p.clone()]);
+        let err = c.peer_add(&PeerRow { name: "c".into(), ..p.clone() }).unwrap_err();
+        assert!(err.to_string().contains("already configured"), "{err}");
+        assert!(c.peer_add(&PeerRow { protocol: "B".into(), ..p.clone() }).is_err());
+        assert!(c.peer_remove("b").unwrap());
+        assert!(!c.peer_remove("b").unwrap());
+        assert!(c.peers().unwrap().is_empty());
+    }
+}

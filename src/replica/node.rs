@@ -173,7 +173,7 @@ impl ReplicationSink for Sink {
             Err(_) => Ok(()),
         }
     }
-    fn ships_catalogue(&self) -> bool {
+    fn is_primary(&self) -> bool {
         self.0.primary.load(Ordering::Acquire)
     }
 }
@@ -185,6 +185,52 @@ pub struct Node {
     driver: Option<JoinHandle<()>>,
     listener: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
     pub listen_addr: Option<SocketAddr>,
+}
+
+/// The node configuration of the store's configured peer, if any
+/// (`strata peer add`). The secret file must exist, be non-empty, and not
+/// be readable by group or others (refused with the reason otherwise).
+pub fn configured(engine: &Engine) -> Result<Option<NodeConfig>, String> {
+    let peers = engine.catalog().peers().map_err(|e| e.to_string())?;
+    let Some(p) = peers.into_iter().next() else { return Ok(None) };
+    let secret = read_secret(std::path::Path::new(&p.secret_file))?;
+    let mut c = NodeConfig::new(&p.name, &p.address, &secret);
+    c.protocol = if p.protocol == "A" { Protocol::A } else { Protocol::C };
+    if let Some(l) = &p.listen {
+        c.listen = Some(l.parse().map_err(|e| format!("peer {}: listen address {l:?}: {e}", p.name))?);
+    }
+    Ok(Some(c))
+}
+
+/// Read a shared-secret file (trailing newline stripped).
+pub fn read_secret(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let md = std::fs::metadata(path).map_err(|e| format!("secret file {}: {e}", path.display()))?;
+    if md.permissions().mode() & 0o077 != 0 {
+        return Err(format!(
+            "secret file {} is readable by other users (mode {:o}); run `chmod 600 {}`",
+            path.display(),
+            md.permissions().mode() & 0o777,
+            path.display()
+        ));
+    }
+    let mut s = std::fs::read(path).map_err(|e| format!("secret file {}: {e}", path.display()))?;
+    while s.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        s.pop();
+    }
+    if s.len() < 16 {
+        return Err(format!("secret file {} holds {} bytes; use at least 16 random bytes", path.display(), s.len()));
+    }
+    Ok(s)
+}
+
+/// Start replication for the store's configured peer, if there is one:
+/// what a long-lived engine owner (the mount daemon) calls after opening.
+pub fn start_configured(engine: &Arc<Engine>) -> Result<Option<Node>, String> {
+    match configured(engine)? {
+        Some(c) => Node::start(engine.clone(), c).map(Some),
+        None => Ok(None),
+    }
 }
 
 /// Node id on the wire: the store UUID's first 8 bytes (never 0).
@@ -511,6 +557,7 @@ impl Driver {
                 }
             }
         }
+        self.sync_role();
     }
 
     fn execute(&mut self, a: Action) -> Option<Event> {

@@ -857,7 +857,8 @@ impl Engine {
             let why = lock(&self.read_only_reason).clone().unwrap_or_else(|| "a fatal error".into());
             return Err(Error::ReadOnly(format!("store {} is in read-only mode: {why}", self.path.display())));
         }
-        Ok(())
+        // Replication hook: a Secondary takes writes only from its peer.
+        self.repl_check_writable()
     }
 
     /// A fatal metadata or device error: stop taking writes, and remember

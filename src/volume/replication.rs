@@ -70,8 +70,9 @@ pub trait ReplicationSink: Send + Sync {
     /// Protocol C: wait until the peer durably holds everything handed
     /// over so far (returns at once under protocol A or when degraded).
     fn flush(&self) -> Result<(), String>;
-    /// Whether local catalogue changes should be shipped (Primary).
-    fn ships_catalogue(&self) -> bool;
+    /// Whether this node is Primary: only then are local writes taken and
+    /// catalogue changes shipped.
+    fn is_primary(&self) -> bool;
 }
 
 /// Lazily built BLAKE3 → chunk id map (see the module docs).
@@ -91,6 +92,8 @@ pub(crate) struct Hooks {
     /// The last snapshot shipped (or applied from the peer).
     cat_last: Mutex<Vec<u8>>,
     index: Mutex<HashIndex>,
+    /// Split-brain preservation runs on a Secondary: allow its snapshot.
+    preserving: std::sync::atomic::AtomicBool,
 }
 
 impl Engine {
@@ -116,6 +119,18 @@ impl Engine {
     }
 
     // ------------------------------------------------------------- hooks
+
+    /// Hook in `check_writable`: a Secondary refuses local writes (and GC:
+    /// chunk ids found by `LookupChunks` must stay until the apply).
+    pub(crate) fn repl_check_writable(&self) -> super::Result<()> {
+        match self.sink() {
+            Some(s) if !s.is_primary() && !self.repl.preserving.load(Ordering::Acquire) => Err(super::Error::ReadOnly(format!(
+                "store {} is a replication Secondary: it takes writes only from its peer; run `strata promote` to write here",
+                self.path.display()
+            ))),
+            _ => Ok(()),
+        }
+    }
 
     /// Hook, before appending a record that changes `blocks` of `layer`.
     pub(crate) fn repl_will_write(&self, layer: Guid, blocks: impl Iterator<Item = u64>) -> u64 {
@@ -172,7 +187,7 @@ impl Engine {
     /// Ship the catalogue if it changed since last looked at. `external`
     /// also notices commits by other processes (costs one query).
     fn repl_catalogue_check(&self, s: &Arc<dyn ReplicationSink>, external: bool) {
-        if let Some((seq, snap)) = self.repl_catalogue_changed(external, s.ships_catalogue()) {
+        if let Some((seq, snap)) = self.repl_catalogue_changed(external, s.is_primary()) {
             s.catalogue_changed(seq, snap);
         }
     }
@@ -368,7 +383,9 @@ impl Engine {
     /// referenced hash is present, then one journal record for all map
     /// updates, the catalogue, and fsync. Nothing changes on error.
     pub fn repl_apply(&self, b: &ApplyBatch) -> std::result::Result<(), String> {
-        self.check_writable().map_err(|e| e.to_string())?;
+        if self.read_only || self.mode() == super::Mode::ReadOnly {
+            return Err(format!("store {} is read-only", self.path.display()));
+        }
         // 1. Decode and verify payloads before storing anything.
         let mut blocks = Vec::with_capacity(b.chunks.len());
         for c in &b.chunks {
@@ -530,6 +547,7 @@ impl Engine {
     /// resync overwrites it (best effort; logged).
     pub fn repl_preserve_divergent(&self, layers: &[Guid], generation: u64) -> Vec<String> {
         let mut kept = Vec::new();
+        self.repl.preserving.store(true, Ordering::Release);
         let disks = self.catalog.list_disks().unwrap_or_default();
         for d in disks.iter().filter(|d| layers.contains(&d.leaf)) {
             let snap = format!("split-brain-{generation:016x}");
@@ -538,6 +556,7 @@ impl Engine {
                 Err(e) => tracing::error!(volume = %d.name, %e, "split brain: could not preserve the divergent data"),
             }
         }
+        self.repl.preserving.store(false, Ordering::Release);
         kept
     }
 }
