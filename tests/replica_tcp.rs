@@ -22,7 +22,7 @@ fn store(d: &tempfile::TempDir, name: &str) -> (PathBuf, Arc<Engine>) {
     (p, e)
 }
 
-fn reopen(p: &PathBuf) -> Arc<Engine> {
+fn reopen(p: &std::path::Path) -> Arc<Engine> {
     Engine::open(p, &OpenOptions::default()).unwrap()
 }
 
