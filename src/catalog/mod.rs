@@ -25,8 +25,10 @@
 
 mod chains;
 mod schema;
+mod replica;
 
 pub use chains::SnapshotRow;
+pub use replica::PeerRow;
 
 use crate::guid::Guid;
 use rusqlite::types::Value;

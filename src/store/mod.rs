@@ -29,6 +29,7 @@
 pub mod index;
 pub mod pack;
 pub mod table;
+pub mod replica;
 
 use crate::fault::{self, Faults, Point};
 use crate::format::{self, BLOCK_SIZE};

@@ -17,6 +17,8 @@ mod gc;
 mod handle;
 mod images;
 mod policy;
+/// Replication hooks and queries (issue 6); see the file's docs.
+pub mod replication;
 mod superblock;
 #[cfg(test)]
 mod tests;
@@ -241,6 +243,8 @@ pub struct Engine {
     read_only_reason: Mutex<Option<String>>,
     closed: AtomicBool,
     worker: Mutex<Option<(crossbeam_channel::Sender<Kick>, std::thread::JoinHandle<()>)>>,
+    /// Replication hooks (replication.rs); inert until a driver attaches.
+    pub(crate) repl: replication::Hooks,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -539,6 +543,7 @@ impl Engine {
             read_only_reason: Mutex::new(persisted_ro.then(|| "the store was left read-only by an earlier fatal error; run `strata check --repair`".to_string())),
             closed: AtomicBool::new(false),
             worker: Mutex::new(None),
+            repl: replication::Hooks::default(),
         });
         if !engine.read_only && !persisted_ro {
             // Fold the replayed journal into a checkpoint so old journal
@@ -852,7 +857,8 @@ impl Engine {
             let why = lock(&self.read_only_reason).clone().unwrap_or_else(|| "a fatal error".into());
             return Err(Error::ReadOnly(format!("store {} is in read-only mode: {why}", self.path.display())));
         }
-        Ok(())
+        // Replication hook: a Secondary takes writes only from its peer.
+        self.repl_check_writable()
     }
 
     /// A fatal metadata or device error: stop taking writes, and remember
@@ -1278,7 +1284,9 @@ impl Engine {
         if self.read_only || self.effective_write_policy() == WritePolicy::AsyncUnsafe {
             return Ok(());
         }
-        self.make_durable(self.journal.last_seq())
+        self.make_durable(self.journal.last_seq())?;
+        // Replication hook (protocol C): wait for the peer's durable ack.
+        self.repl_flush()
     }
 }
 
