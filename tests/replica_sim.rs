@@ -319,6 +319,136 @@ mod replica_sim {
         }
     }
 
+    /// Cut the link at tick `cut` of a (re)connection — anywhere in the
+    /// handshake, the resync or the SyncDone / adoption exchange — then let
+    /// both sides write apart (the old Primary keeps writing, the other is
+    /// promoted, forced if need be), demote the old Primary and heal.
+    /// Returns the sim and each side's writes after the cut.
+    fn cut_then_write_both(
+        seed: u64,
+        delay: u64,
+        cut: u64,
+        bitmap_resync: bool,
+    ) -> (Sim, [Vec<(BlockKey, MapValue)>; 2]) {
+        let mut s = Sim::new(seed, Protocol::C);
+        // Hops of `delay` ms spread the exchange over ticks.
+        let slow = NetFaults { delay_min_ms: delay, delay_max_ms: delay, ..NetFaults::default() };
+        if bitmap_resync {
+            s.start_pair();
+            assert!(s.settle(5_000), "initial connect");
+            for b in 0..8 {
+                s.write(0, &[(key(1, b), W::Data(b as u32))]);
+            }
+            assert!(s.settle(5_000));
+            s.partition(true);
+            for b in 0..6 {
+                s.write(0, &[(key(1, b), W::Data(100 + b as u32))]);
+            }
+            s.run_ms(1_000);
+            s.faults = slow;
+            s.partition(false);
+        } else {
+            s.faults = slow;
+            // A new pair: the initial full sync is the exchange cut.
+            for b in 0..6 {
+                s.nodes[0].wants_primary = true;
+                s.admin(0, AdminCommand::Promote { force: true });
+                s.write(0, &[(key(1, b), W::Data(200 + b as u32))]);
+            }
+            s.admin(0, AdminCommand::Connect);
+            s.admin(1, AdminCommand::Connect);
+        }
+        for _ in 0..cut {
+            s.tick();
+        }
+        s.partition(true);
+        s.run_ms(1_000);
+        let mut wrote: [Vec<(BlockKey, MapValue)>; 2] = [Vec::new(), Vec::new()];
+        for i in 0..3u64 {
+            let v = 5_000 + i as u32;
+            if s.write(0, &[(key(3, i), W::Data(v))]).is_some() {
+                wrote[0].push((key(3, i), MapValue::Data(content_hash(v))));
+            }
+        }
+        s.flush(0);
+        s.admin(1, AdminCommand::Promote { force: true });
+        assert_eq!(s.nodes[1].replica.role(), Role::Primary, "{:?}", s.nodes[1].refusals);
+        for i in 0..3u64 {
+            let v = 7_000 + i as u32;
+            if s.write(1, &[(key(4, i), W::Data(v))]).is_some() {
+                wrote[1].push((key(4, i), MapValue::Data(content_hash(v))));
+            }
+        }
+        s.flush(1);
+        s.nodes[0].wants_primary = false;
+        s.admin(0, AdminCommand::Demote);
+        s.faults = NetFaults::default();
+        s.partition(false);
+        s.run_ms(3_000);
+        (s, wrote)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: cases(96), ..ProptestConfig::default() })]
+
+        /// No write acknowledged on either side is silently discarded when
+        /// the link drops at any point of a handshake or resync and both
+        /// sides then write apart: the reconnect must be refused (split
+        /// brain or unrelated data), never a resync over either side.
+        #[test]
+        fn a_disconnect_anywhere_in_the_sync_exchange_never_loses_writes_silently(
+            seed in any::<u64>(),
+            delay in prop::sample::select(vec![10u64, 20, 30]),
+            cut in 0u64..80,
+            bitmap_resync in any::<bool>(),
+        ) {
+            let (s, wrote) = cut_then_write_both(seed, delay, cut, bitmap_resync);
+            for (i, n) in s.nodes.iter().enumerate() {
+                prop_assert!(!wrote[i].is_empty(), "node {} could not write", i);
+                for (k, v) in &wrote[i] {
+                    prop_assert_eq!(
+                        n.engine.map.get(k).copied().unwrap_or(MapValue::Absent), *v,
+                        "node {} lost its acknowledged write to {:?} (cut at tick {})\n{}\n---\n{}",
+                        i, k, cut, s.lines(0), s.lines(1)
+                    );
+                }
+                let err = n.replica.last_error().unwrap_or("");
+                prop_assert!(
+                    err.contains("split brain") || err.contains("unrelated data"),
+                    "node {} ended with {:?} (cut at tick {})\n{}\n---\n{}", i, err, cut, s.lines(0), s.lines(1)
+                );
+            }
+        }
+    }
+
+    /// Every cut point of both exchanges, deterministically.
+    #[test]
+    fn a_disconnect_at_every_tick_of_the_sync_exchange_is_detected() {
+        for bitmap_resync in [false, true] {
+            for cut in 0..60 {
+                let (s, wrote) = cut_then_write_both(42, 20, cut, bitmap_resync);
+                for (i, n) in s.nodes.iter().enumerate() {
+                    for (k, v) in &wrote[i] {
+                        assert_eq!(
+                            n.engine.map.get(k).copied().unwrap_or(MapValue::Absent),
+                            *v,
+                            "node {i} lost a write (cut {cut}, bitmap {bitmap_resync})\n{}\n---\n{}",
+                            s.lines(0),
+                            s.lines(1)
+                        );
+                    }
+                    let err = n.replica.last_error().unwrap_or("");
+                    assert!(
+                        err.contains("split brain") || err.contains("unrelated data"),
+                        "node {i}: {err:?} (cut {cut}, bitmap {bitmap_resync})\n{}\n---\n{}",
+                        s.lines(0),
+                        s.lines(1)
+                    );
+                }
+            }
+        }
+    }
+
     // ------------------------------------------------------------ regressions
     // Cases the property tests once found, replayed exactly.
 

@@ -279,10 +279,11 @@ fn serve(cfg: &MountConfig, control: ControlHandler, ready: &mut Ready) -> anyho
     }
     // Replication hook (issue 6): a peer configured with `peer add` runs
     // as named threads of this daemon; stopped before the store closes.
-    let replication = if opts.read_only {
+    // Served: `strata peer …` run through the control socket finds it.
+    let served = if opts.read_only {
         None
     } else {
-        crate::replica::node::start_configured(&engine).map_err(|e| anyhow!("replication: {e}"))?
+        Some(crate::replica::node::serve(&engine).map_err(|e| anyhow!("replication: {e}"))?)
     };
 
     let n_threads = opts.threads.unwrap_or_else(|| {
@@ -365,9 +366,7 @@ fn serve(cfg: &MountConfig, control: ControlHandler, ready: &mut Ready) -> anyho
     tracing::info!(mountpoint = %mountpoint.display(), "unmounted; closing the store");
     signals.stop();
     server.stop();
-    if let Some(r) = replication {
-        r.stop();
-    }
+    drop(served);
     let closed = engine
         .close()
         .with_context(|| format!("closing store {}", store.display()));

@@ -233,6 +233,169 @@ pub fn start_configured(engine: &Arc<Engine>) -> Result<Option<Node>, String> {
     }
 }
 
+// ------------------------------------------------------------------ served
+//
+// A long-lived engine owner (the mount daemon) *serves* its store: the
+// registry below owns the store's replication node, so commands the daemon
+// runs for the command line (`strata peer …`, `promote`, `demote`, `status`)
+// find it by the engine's path, and `peer add` / `peer remove` can start and
+// stop it while the store stays mounted. A short-lived opener (the CLI on
+// an unmounted store) never serves, so replication only ever runs in the
+// process that owns the store for its whole mount.
+
+struct Served {
+    path: std::path::PathBuf,
+    engine: Arc<Engine>,
+    node: Option<Node>,
+}
+
+static SERVED: Mutex<Vec<Served>> = Mutex::new(Vec::new());
+
+fn served_lock() -> std::sync::MutexGuard<'static, Vec<Served>> {
+    SERVED.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Serve `engine`'s store: register it and start replication for its
+/// configured peer, if any. Dropping the guard stops replication and
+/// unregisters (do it before closing the engine).
+pub fn serve(engine: &Arc<Engine>) -> Result<ServeGuard, String> {
+    let node = start_configured(engine)?;
+    let mut v = served_lock();
+    v.retain(|s| s.path != engine.path());
+    v.push(Served { path: engine.path().to_path_buf(), engine: engine.clone(), node });
+    Ok(ServeGuard(engine.clone()))
+}
+
+/// See [`serve`].
+pub struct ServeGuard(Arc<Engine>);
+
+impl Drop for ServeGuard {
+    fn drop(&mut self) {
+        unserve(&self.0);
+    }
+}
+
+/// Stop replication of a served store and forget it.
+pub fn unserve(engine: &Engine) {
+    let taken = {
+        let mut v = served_lock();
+        let pos = v.iter().position(|s| s.path == engine.path());
+        pos.map(|i| v.remove(i))
+    };
+    if let Some(s) = taken
+        && let Some(n) = s.node
+    {
+        n.stop();
+    }
+}
+
+/// Whether this process serves `engine`'s store (runs inside its daemon).
+pub fn is_served(engine: &Engine) -> bool {
+    served_lock().iter().any(|s| s.path == engine.path())
+}
+
+/// (Re)start a served store's replication from its configuration (after
+/// `peer add`); stops any running node first. Ok(false) when not served.
+pub fn restart_served(engine: &Engine) -> Result<bool, String> {
+    let (arc, old) = {
+        let mut v = served_lock();
+        let Some(s) = v.iter_mut().find(|s| s.path == engine.path()) else { return Ok(false) };
+        (s.engine.clone(), s.node.take())
+    };
+    if let Some(n) = old {
+        n.stop();
+    }
+    let node = start_configured(&arc)?;
+    let mut v = served_lock();
+    if let Some(s) = v.iter_mut().find(|s| s.path == engine.path()) {
+        s.node = node;
+    }
+    Ok(true)
+}
+
+/// Stop a served store's replication (after `peer remove`); the store
+/// stays served. Returns whether a node was running.
+pub fn stop_served(engine: &Engine) -> bool {
+    let old = {
+        let mut v = served_lock();
+        v.iter_mut().find(|s| s.path == engine.path()).and_then(|s| s.node.take())
+    };
+    match old {
+        Some(n) => {
+            n.stop();
+            true
+        }
+        None => false,
+    }
+}
+
+/// The running replication link of a served store, if any.
+pub fn link(engine: &Engine) -> Option<Link> {
+    served_lock()
+        .iter()
+        .find(|s| s.path == engine.path())
+        .and_then(|s| s.node.as_ref())
+        .map(|n| Link(n.shared.clone()))
+}
+
+/// A handle on a running node for commands: cheap to clone, never keeps
+/// the node alive past its stop (calls then fail with a reason).
+#[derive(Clone)]
+pub struct Link(Arc<Shared>);
+
+impl Link {
+    /// Run an admin command; a refusal comes back as the reason.
+    pub fn admin(&self, cmd: AdminCommand) -> Result<(), String> {
+        self.0.admin(cmd)
+    }
+
+    pub fn status(&self) -> Option<ReplicaStatus> {
+        self.0.status()
+    }
+
+    /// Event lines from index `from` on, waiting up to `wait` for one when
+    /// there are none yet; returns the lines and the next index.
+    pub fn events_since(&self, from: usize, wait: Duration) -> (Vec<String>, usize) {
+        self.0.events_since(from, wait)
+    }
+}
+
+impl Shared {
+    fn admin(&self, cmd: AdminCommand) -> Result<(), String> {
+        if self.stopped.load(Ordering::Acquire) {
+            return Err("the replication driver has stopped".to_string());
+        }
+        let (tx, rx) = bounded(1);
+        self.tx.send(Msg::Admin(cmd, tx)).map_err(|_| "the replication driver has stopped".to_string())?;
+        rx.recv().map_err(|_| "the replication driver has stopped".to_string())?
+    }
+
+    fn status(&self) -> Option<ReplicaStatus> {
+        if self.stopped.load(Ordering::Acquire) {
+            return None;
+        }
+        let (tx, rx) = bounded(1);
+        self.tx.send(Msg::Status(tx)).ok()?;
+        rx.recv().ok()
+    }
+
+    fn events_since(&self, from: usize, wait: Duration) -> (Vec<String>, usize) {
+        let end = Instant::now() + wait;
+        let mut ev = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if ev.len() > from || self.stopped.load(Ordering::Acquire) {
+                let from = from.min(ev.len());
+                return (ev[from..].to_vec(), ev.len());
+            }
+            let now = Instant::now();
+            if now >= end {
+                return (Vec::new(), ev.len());
+            }
+            ev = self.events_cv.wait_timeout(ev, end - now).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+}
+
 /// Node id on the wire: the store UUID's first 8 bytes (never 0).
 fn node_id(uuid: crate::guid::Guid) -> u64 {
     let b = uuid.as_bytes();
@@ -303,15 +466,16 @@ impl Node {
 
     /// Run an admin command; a refusal comes back as the reason.
     pub fn admin(&self, cmd: AdminCommand) -> Result<(), String> {
-        let (tx, rx) = bounded(1);
-        self.shared.tx.send(Msg::Admin(cmd, tx)).map_err(|_| "the replication driver has stopped".to_string())?;
-        rx.recv().map_err(|_| "the replication driver has stopped".to_string())?
+        self.shared.admin(cmd)
     }
 
     pub fn status(&self) -> Option<ReplicaStatus> {
-        let (tx, rx) = bounded(1);
-        self.shared.tx.send(Msg::Status(tx)).ok()?;
-        rx.recv().ok()
+        self.shared.status()
+    }
+
+    /// A handle for commands (see [`link`]).
+    pub fn link(&self) -> Link {
+        Link(self.shared.clone())
     }
 
     /// Every event line so far (`strata peer events`).

@@ -675,14 +675,24 @@ impl Replica {
 
     /// Tear down the session. Everything unacknowledged stays dirty.
     fn fail(&mut self, how: Failure, reason: String, out: &mut Vec<Action>) {
-        let had_session = self.session.take().is_some();
+        let old = self.session.take();
+        let had_session = old.is_some();
+        // SyncDone sent but its adoption not confirmed: the peer may hold
+        // our current generation already (the frame may have arrived).
+        let maybe_adopted = old.as_ref().is_some_and(|s| s.awaiting_adopt);
         self.dirty.uncover_all();
         // Flushes waiting for the peer complete locally: the data is safe
         // on this node and in the dirty set, but not on the peer.
         while let Some((id, _)) = self.flushes.pop_front() {
             out.push(Action::CompleteFlush { id, replicated: false });
         }
-        if self.role == Role::Primary && self.peer_knows_current {
+        // DRBD: a new generation starts on the first write after a Primary
+        // loses its peer, whenever the peer holds (or may hold) our current
+        // id: otherwise a peer promoted meanwhile would descend from it and
+        // win the next decision over our writes. Not when the peer cannot
+        // know it: extra ids would push the common ancestor out of the
+        // short history (see `peer_knows_current`).
+        if self.role == Role::Primary && (self.peer_knows_current || maybe_adopted) {
             self.new_gi_on_write = true;
         }
         self.repl = ReplState::Off;
