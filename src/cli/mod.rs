@@ -28,6 +28,7 @@ mod init;
 mod man;
 mod mount;
 mod output;
+mod peer;
 mod progress;
 mod size;
 mod snapshot;
@@ -98,6 +99,11 @@ pub enum Command {
     Config(config::ConfigCommand),
     Mount(mount::MountArgs),
     Umount(mount::UmountArgs),
+    /// Replication to a peer store (DRBD style): configure, watch, control.
+    #[command(subcommand)]
+    Peer(peer::PeerCommand),
+    Promote(peer::PromoteArgs),
+    Demote(peer::DemoteArgs),
     /// Write the man pages into a directory (for packaging).
     #[command(hide = true)]
     Man(man::ManArgs),
@@ -185,6 +191,9 @@ fn run_local(cli: &Cli, argv: &[OsString], out: &mut dyn Write, progress: bool) 
         Command::Check(a) => {
             return check::run(a.dir.as_deref().unwrap_or(&store), a, out, progress);
         }
+        Command::Peer(peer::PeerCommand::Events(a)) if a.from.is_none() => {
+            return peer::events_client(&store, a, out);
+        }
         Command::Volume(_)
         | Command::Snapshot(_)
         | Command::Clone(_)
@@ -193,7 +202,10 @@ fn run_local(cli: &Cli, argv: &[OsString], out: &mut dyn Write, progress: bool) 
         | Command::Export(_)
         | Command::Status(_)
         | Command::Gc(_)
-        | Command::Config(_) => {
+        | Command::Config(_)
+        | Command::Peer(_)
+        | Command::Promote(_)
+        | Command::Demote(_) => {
             return with_engine(&store, cli, argv, out, progress);
         }
     }
@@ -327,6 +339,9 @@ fn dispatch(engine: &Engine, command: &Command, out: &mut dyn Write, progress: b
         Command::Status(a) => status::run(engine, a, out),
         Command::Gc(a) => gc::run(engine, a, out, progress),
         Command::Config(c) => config::run(engine, c, out),
+        Command::Peer(c) => peer::run(engine, c, out),
+        Command::Promote(a) => peer::promote(engine, a, out),
+        Command::Demote(a) => peer::demote(engine, a, out),
         Command::Init(_)
         | Command::Mount(_)
         | Command::Umount(_)

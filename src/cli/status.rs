@@ -38,7 +38,7 @@ pub fn run(engine: &Engine, a: &StatusArgs, out: &mut dyn Write) -> Result<()> {
     if a.format.format == Format::Json {
         return output::json(out, &s);
     }
-    write_status(&s, out)
+    write_status(engine, &s, out)
 }
 
 /// A count the engine only knows once recovery has rebuilt the reference
@@ -50,7 +50,7 @@ fn counted<T>(value: Option<T>, show: impl FnOnce(T) -> String) -> String {
         .unwrap_or_else(|| "unknown (recovering)".to_string())
 }
 
-fn write_status(s: &StoreStatus, out: &mut dyn Write) -> Result<()> {
+fn write_status(engine: &Engine, s: &StoreStatus, out: &mut dyn Write) -> Result<()> {
     let bytes = |b: u64| format!("{} ({b} bytes)", human(b));
     let mode = match s.operating_mode {
         Mode::Normal => "normal",
@@ -107,6 +107,6 @@ fn write_status(s: &StoreStatus, out: &mut dyn Write) -> Result<()> {
     l.item("pack files", s.pack_files.to_string());
     l.item("filesystem free", bytes(s.filesystem_free_bytes));
     l.item("filesystem size", bytes(s.filesystem_total_bytes));
-    l.item("replication", "n/a (planned)");
+    l.item("replication", super::peer::summary(engine));
     l.write(out, 0)
 }
