@@ -128,8 +128,9 @@ pub struct StateFile {
 impl StateFile {
     /// Open (or start) the state file of the store at `store`. The ranges
     /// it held, including the activity log of a crashed run, become the
-    /// starting dirty set; the catalogue is always marked dirty at start
-    /// (a change committed just before a crash may not have been stepped).
+    /// starting dirty set; the catalogue is marked dirty at start when the
+    /// node was last Primary (a change committed just before a crash may
+    /// not have been stepped).
     pub fn open(store: &Path, store_uuid: Guid) -> Result<(StateFile, StateImage), String> {
         let path = store.join(FILE_NAME);
         let mut img = match std::fs::read(&path) {
@@ -140,7 +141,12 @@ impl StateFile {
         if img.store_uuid != store_uuid {
             return Err(format!("{} belongs to store {}, not {store_uuid}", path.display(), img.store_uuid));
         }
-        if !img.state.dirty.iter().any(|r| r.layer == CATALOGUE_KEY.layer) {
+        // Only a node that was last Primary can have committed a catalogue
+        // change: a Secondary refuses local changes, and a leftover dirty
+        // catalogue would make it claim SyncSource over its Primary (a
+        // restarted Secondary was refused as "the Primary would become
+        // SyncTarget").
+        if img.wants_primary && !img.state.dirty.iter().any(|r| r.layer == CATALOGUE_KEY.layer) {
             img.state.dirty.push(BlockRange { layer: CATALOGUE_KEY.layer, start_block: CATALOGUE_KEY.block_no, len_blocks: 1 });
         }
         let f = StateFile {
@@ -253,11 +259,13 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let uuid = Guid([9; 16]);
         let (f, img) = StateFile::open(d.path(), uuid).unwrap();
-        assert_eq!(img.state.dirty.len(), 1, "catalogue marked dirty at start");
+        assert!(img.state.dirty.is_empty(), "a Secondary's catalogue is not dirty at start");
+        f.set_wants_primary(true).unwrap();
         let k = BlockKey { layer: Guid([1; 16]), block_no: 5000 };
         let t = f.announce(&[k]).unwrap();
         // "Crash" now: the extent is in the file.
         let (_, img2) = StateFile::open(d.path(), uuid).unwrap();
+        assert!(img2.state.dirty.iter().any(|r| r.layer == CATALOGUE_KEY.layer), "a Primary's catalogue is dirty at start");
         assert!(img2.state.dirty.iter().any(|r| r.layer == k.layer && r.start_block == 4096 && r.len_blocks == 1024));
         // Stepped and persisted: the extent leaves the log.
         f.stepped(t);
