@@ -293,6 +293,91 @@ fn split_brain_is_detected_and_refused() {
     na.stop();
 }
 
+/// Resolving a split brain with discard-my-data resyncs the victim from
+/// the survivor and keeps the victim's divergent data as a local-only
+/// volume `split-brain-<generation>-<vol>` that survives the resync, later
+/// catalogue changes, a restart of the link and a verify.
+#[test]
+fn discard_my_data_resolves_a_split_brain_and_keeps_the_victims_data() {
+    let d = tempfile::tempdir().unwrap();
+    let (_pa, a) = store(&d, "a");
+    let (_pb, b) = store(&d, "b");
+    a.create_volume("vm", 1 << 20).unwrap();
+    a.open_volume("vm").unwrap().write_at(&pattern(8192, 7), 8192).unwrap();
+    let nb = start_secondary(&b, Protocol::C, SECRET);
+    let na = start_primary(&a, &nb, Protocol::C);
+    in_sync(&na);
+    same_generation(&na, &nb);
+    na.admin(AdminCommand::Disconnect).unwrap();
+    nb.admin(AdminCommand::Disconnect).unwrap();
+    a.open_volume("vm").unwrap().write_at(&pattern(4096, 1), 0).unwrap();
+    nb.admin(AdminCommand::Promote { force: true }).unwrap();
+    b.open_volume("vm").unwrap().write_at(&pattern(4096, 2), 0).unwrap();
+    let victim = read_all(&b, "vm");
+    nb.admin(AdminCommand::Demote).unwrap();
+    nb.admin(AdminCommand::Connect).unwrap();
+    na.admin(AdminCommand::Connect).unwrap();
+    na.wait_status(WAIT, |s| s.connection == ConnState::StandAlone && s.last_error.is_some())
+        .unwrap_or_else(|| panic!("no refusal: {:?} {:#?}", na.status(), na.events()));
+
+    // Resolve on B: it becomes the target and drops its changes...
+    nb.admin(AdminCommand::DiscardMyData).unwrap();
+    na.admin(AdminCommand::Connect).unwrap();
+    in_sync(&na);
+    same_generation(&na, &nb);
+    assert!(read_all(&b, "vm") == read_all(&a, "vm"), "the victim was not resynced");
+    // ...but keeps them, byte for byte, in a local-only volume.
+    let kept: Vec<String> =
+        b.list_volumes().unwrap().into_iter().map(|v| v.name).filter(|n| n.starts_with("split-brain-")).collect();
+    assert_eq!(kept.len(), 1, "{kept:?}\nB: {:#?}", nb.events());
+    assert!(kept[0].ends_with("-vm"), "{kept:?}");
+    assert!(read_all(&b, &kept[0]) == victim, "the preserved copy differs from the victim's data");
+    assert!(a.list_volumes().unwrap().iter().all(|v| !v.name.starts_with("split-brain-")), "shipped to the survivor");
+
+    // Later catalogue changes and writes from the Primary leave it alone.
+    a.create_volume("vm2", 1 << 20).unwrap();
+    a.open_volume("vm").unwrap().write_at(&pattern(4096, 3), 4096).unwrap();
+    a.open_volume("vm").unwrap().flush().unwrap();
+    in_sync(&na);
+    assert!(b.list_volumes().unwrap().iter().any(|v| v.name == "vm2"));
+    assert!(read_all(&b, &kept[0]) == victim);
+    // Verify ignores local-only volumes.
+    let from = na.events().len();
+    na.admin(AdminCommand::Verify).unwrap();
+    assert!(na.wait_event("verify:finished", WAIT));
+    let line = na.events()[from..].iter().find(|l| l.contains("verify:finished")).cloned().unwrap();
+    assert!(line.contains("ov-mismatches:0"), "{line}");
+    // A restart of the victim's link (full catalogue on reconnect) too.
+    nb.stop();
+    let nb = start_secondary(&b, Protocol::C, SECRET);
+    na.admin(AdminCommand::Disconnect).unwrap();
+    let mut c = cfg(&nb.listen_addr.unwrap().to_string(), Protocol::C);
+    c.dial = Some(true);
+    c.connect = false;
+    na.stop();
+    let na = Node::start(a.clone(), c).unwrap();
+    na.admin(AdminCommand::Promote { force: false }).ok();
+    na.admin(AdminCommand::Connect).unwrap();
+    in_sync(&na);
+    assert!(read_all(&b, &kept[0]) == victim);
+    assert_same_volumes_except_local(&a, &b);
+    nb.stop();
+    na.stop();
+}
+
+fn assert_same_volumes_except_local(a: &Engine, b: &Engine) {
+    let names = |e: &Engine| {
+        let mut v: Vec<String> =
+            e.list_volumes().unwrap().into_iter().map(|v| v.name).filter(|n| !n.starts_with("split-brain-")).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(a), names(b));
+    for n in names(a) {
+        assert!(read_all(a, &n) == read_all(b, &n), "volume {n} differs");
+    }
+}
+
 #[test]
 fn a_wrong_secret_is_refused_with_a_reason() {
     let d = tempfile::tempdir().unwrap();

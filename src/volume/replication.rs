@@ -134,6 +134,12 @@ impl Engine {
 
     /// Hook, before appending a record that changes `blocks` of `layer`.
     pub(crate) fn repl_will_write(&self, layer: Guid, blocks: impl Iterator<Item = u64>) -> u64 {
+        // Split-brain preservation writes a local-only copy on the driver's
+        // own thread: never replicated (and never queued to the driver,
+        // which is busy running it).
+        if self.repl.preserving.load(Ordering::Acquire) {
+            return 0;
+        }
         let Some(s) = self.sink() else { return 0 };
         let keys: Vec<BlockKey> = blocks.map(|b| BlockKey { layer, block_no: b }).collect();
         s.will_write(&keys)
@@ -143,6 +149,9 @@ impl Engine {
     /// maps, still under the writer's locks (so records of one block reach
     /// the sink in journal order).
     pub(crate) fn repl_journaled(&self, seq: u64, batch: &Batch, ticket: u64) {
+        if self.repl.preserving.load(Ordering::Acquire) {
+            return;
+        }
         let Some(s) = self.sink() else { return };
         self.repl_catalogue_check(&s, false);
         let entries = match crate::journal::decode_payload(batch.payload()) {
@@ -205,7 +214,7 @@ impl Engine {
             *seen = (local, dv);
         }
         let snap = match self.catalog.replication_snapshot() {
-            Ok(s) => s,
+            Ok(s) => strip_local(&s),
             Err(e) => {
                 tracing::error!(%e, "replication: cannot read the catalogue");
                 return None;
@@ -302,10 +311,23 @@ impl Engine {
         hashes.iter().filter(|h| self.find_hash(h).is_none()).copied().collect()
     }
 
+    /// The replicated layers (local-only split-brain copies excluded).
     fn layer_guids(&self) -> Vec<Guid> {
-        let mut g: Vec<Guid> = rlock(&self.layers).keys().copied().collect();
+        let local = self.local_layers();
+        let mut g: Vec<Guid> = rlock(&self.layers).keys().copied().filter(|g| !local.contains(g)).collect();
         g.sort();
         g
+    }
+
+    /// The layers of local-only volumes (see [`LOCAL_PREFIX`]).
+    fn local_layers(&self) -> HashSet<Guid> {
+        let mut out = HashSet::new();
+        for d in self.catalog.list_disks().unwrap_or_default() {
+            if d.name.starts_with(LOCAL_PREFIX) {
+                out.extend(self.catalog.disk_layers(d.guid).unwrap_or_default().into_iter().map(|l| l.guid));
+            }
+        }
+        out
     }
 
     /// Every mapped block of every layer (ScanBlocks).
@@ -370,10 +392,13 @@ impl Engine {
 
     /// A complete snapshot of the replicated catalogue (ReadCatalogue).
     pub fn repl_catalogue_snapshot(&self) -> Vec<u8> {
-        self.catalog.replication_snapshot().unwrap_or_else(|e| {
-            tracing::error!(%e, "replication: cannot read the catalogue");
-            Vec::new()
-        })
+        match self.catalog.replication_snapshot() {
+            Ok(s) => strip_local(&s),
+            Err(e) => {
+                tracing::error!(%e, "replication: cannot read the catalogue");
+                Vec::new()
+            }
+        }
     }
 
     // ------------------------------------------------------------- apply
@@ -519,7 +544,11 @@ impl Engine {
         if snap.is_empty() {
             return Ok(());
         }
-        self.catalog.replication_import(snap).map_err(|e| e.to_string())?;
+        // Local-only volumes (split-brain preservation) survive the
+        // replacement: their rows are merged into the peer's snapshot.
+        let mine = self.catalog.replication_snapshot().map_err(|e| e.to_string())?;
+        let merged = with_local(snap, &mine)?;
+        self.catalog.replication_import(&merged).map_err(|e| e.to_string())?;
         *lock(&self.repl.cat_last) = snap.to_vec();
         // Our own import is not a local change to ship back.
         *lock(&self.repl.cat_seen) = (self.catalog.local_changes(), self.catalog.data_version().unwrap_or(0));
@@ -545,20 +574,111 @@ impl Engine {
     /// Split-brain resolution on the victim: keep each divergent layer's
     /// volume as a snapshot named `split-brain-<generation>` before the
     /// resync overwrites it (best effort; logged).
+    ///
+    /// The divergent layers keep their GUIDs, which the peer shares: the
+    /// resync overwrites their blocks. So each divergent volume is copied
+    /// (map entries only; chunks are shared by reference) into a new,
+    /// independent, *local-only* volume `split-brain-<generation>-<volume>`:
+    /// snapshot, clone of the snapshot, flatten. Local-only volumes are
+    /// never shipped to the peer and survive every catalogue replacement
+    /// (see [`LOCAL_PREFIX`]); remove them with `strata volume remove` once
+    /// rescued.
     pub fn repl_preserve_divergent(&self, layers: &[Guid], generation: u64) -> Vec<String> {
         let mut kept = Vec::new();
         self.repl.preserving.store(true, Ordering::Release);
         let disks = self.catalog.list_disks().unwrap_or_default();
-        for d in disks.iter().filter(|d| layers.contains(&d.leaf)) {
-            let snap = format!("split-brain-{generation:016x}");
-            match self.snapshot_create(&d.name, &snap) {
-                Ok(_) => kept.push(format!("{}@{snap}", d.name)),
+        for d in disks.iter().filter(|d| layers.contains(&d.leaf) && !d.name.starts_with(LOCAL_PREFIX)) {
+            let snap = format!("{LOCAL_PREFIX}{generation:016x}");
+            let copy = format!("{LOCAL_PREFIX}{generation:016x}-{}", d.name);
+            let done = self
+                .snapshot_create(&d.name, &snap)
+                .and_then(|_| self.clone_volume(&format!("{}@{snap}", d.name), &copy))
+                .and_then(|_| self.flatten_volume(&copy));
+            match done {
+                Ok(_) => kept.push(copy),
                 Err(e) => tracing::error!(volume = %d.name, %e, "split brain: could not preserve the divergent data"),
             }
         }
         self.repl.preserving.store(false, Ordering::Release);
         kept
     }
+}
+
+/// Volumes whose name starts with this are local to this store: never
+/// shipped, kept across catalogue replacements (split-brain copies).
+pub const LOCAL_PREFIX: &str = "split-brain-";
+
+/// The GUIDs (as catalogue values) of local-only disks and every object
+/// belonging to them (their volumes/layers), from a catalogue snapshot.
+fn local_objects(doc: &serde_json::Value) -> (HashSet<String>, HashSet<String>) {
+    let rows = |t: &str| doc["tables"][t].as_array().cloned().unwrap_or_default();
+    let text = |v: &serde_json::Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+    let mut disks = HashSet::new();
+    for r in rows("properties") {
+        if r[1] == "name" && r[2].as_str().is_some_and(|n| n.starts_with(LOCAL_PREFIX)) {
+            disks.insert(text(&r[0]));
+        }
+    }
+    let mut objects = disks.clone();
+    for r in rows("volumes") {
+        if disks.contains(&text(&r[1])) {
+            objects.insert(text(&r[0]));
+        }
+    }
+    (disks, objects)
+}
+
+/// Is this row of table `t` one of the local-only objects?
+fn is_local_row(t: &str, r: &serde_json::Value, disks: &HashSet<String>, objects: &HashSet<String>) -> bool {
+    let text = |v: &serde_json::Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+    match t {
+        "disks" => disks.contains(&text(&r[0])),
+        "volumes" => disks.contains(&text(&r[1])),
+        "properties" => objects.contains(&text(&r[0])),
+        "snapshots" => disks.contains(&text(&r[1])),
+        _ => false,
+    }
+}
+
+/// A catalogue snapshot without the local-only volumes.
+fn strip_local(snap: &[u8]) -> Vec<u8> {
+    let Ok(mut doc) = serde_json::from_slice::<serde_json::Value>(snap) else { return snap.to_vec() };
+    let (disks, objects) = local_objects(&doc);
+    if disks.is_empty() {
+        return snap.to_vec();
+    }
+    if let Some(tables) = doc["tables"].as_object_mut() {
+        for (t, rows) in tables.iter_mut() {
+            if let Some(a) = rows.as_array_mut() {
+                a.retain(|r| !is_local_row(t, r, &disks, &objects));
+            }
+        }
+    }
+    serde_json::to_vec(&doc).unwrap_or_else(|_| snap.to_vec())
+}
+
+/// The peer's snapshot plus this store's local-only volumes (from `mine`).
+fn with_local(incoming: &[u8], mine: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    let Ok(local) = serde_json::from_slice::<serde_json::Value>(mine) else { return Ok(incoming.to_vec()) };
+    let (disks, objects) = local_objects(&local);
+    if disks.is_empty() {
+        return Ok(incoming.to_vec());
+    }
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(incoming).map_err(|e| format!("replicated catalogue snapshot: {e}"))?;
+    let (peer_disks, peer_objects) = local_objects(&doc);
+    for (t, rows) in local["tables"].as_object().into_iter().flatten() {
+        let Some(dst) = doc["tables"][t.as_str()].as_array_mut() else { continue };
+        // Never two rows for one object: the peer's own local rows (it
+        // should send none) give way to ours.
+        dst.retain(|r| !is_local_row(t, r, &peer_disks, &peer_objects) && !is_local_row(t, r, &disks, &objects));
+        for r in rows.as_array().into_iter().flatten() {
+            if is_local_row(t, r, &disks, &objects) {
+                dst.push(r.clone());
+            }
+        }
+    }
+    serde_json::to_vec(&doc).map_err(|e| e.to_string())
 }
 
 fn hex(h: &Hash) -> String {
