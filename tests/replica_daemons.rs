@@ -48,20 +48,38 @@ fn is_mounted(dir: &Path) -> bool {
 struct Site {
     store: Store,
     mnt: PathBuf,
+    /// The network namespace the daemon runs in (None: the test's own).
+    netns: Option<String>,
 }
 
 impl Site {
-    fn new() -> Site {
+    fn new(netns: Option<String>) -> Site {
         let store = Store::new();
         let mnt = store.scratch().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
-        Site { store, mnt }
+        Site { store, mnt, netns }
     }
     fn run(&self, args: &[&str]) -> Run {
         self.store.run(args)
     }
     fn mount(&self) {
-        strata(&["mount", self.store.path.to_str().unwrap(), self.mnt.to_str().unwrap()]).ok();
+        let (store, mnt) = (self.store.path.to_str().unwrap(), self.mnt.to_str().unwrap());
+        match &self.netns {
+            None => {
+                strata(&["mount", store, mnt]).ok();
+            }
+            Some(ns) => {
+                // Only the network namespace: the mount stays visible here,
+                // and the control socket is a path, reachable from any.
+                let mut cmd = std::process::Command::new("nsenter");
+                cmd.arg(format!("--net=/run/netns/{ns}"))
+                    .arg(env!("CARGO_BIN_EXE_strata"))
+                    .args(["mount", store, mnt])
+                    .env_remove("STRATA_STORE")
+                    .env_remove("RUST_LOG");
+                cli_support::run_cmd(cmd).ok();
+            }
+        }
         assert!(is_mounted(&self.mnt));
     }
     fn umount(&self) {
@@ -156,14 +174,84 @@ fn two_daemons_replicate_and_the_secondary_takes_over_after_kill_9() {
     if !can_run() {
         return;
     }
+    pair(None, "127.0.0.1", "127.0.0.1");
+}
+
+/// Two network namespaces joined by a veth pair (10.231.x.1 ↔ .2), one
+/// daemon in each: the same flow over a real (virtual) link.
+#[test]
+fn two_daemons_in_network_namespaces_over_a_veth_pair() {
+    if !can_run() {
+        return;
+    }
+    let Some(net) = Netns::new() else { return };
+    pair(Some(&net), &net.addr[0], &net.addr[1]);
+}
+
+/// Namespaces `stN-a`/`stN-b` and veth `stvNa`/`stvNb` (N: our pid),
+/// deleted on drop (only these).
+struct Netns {
+    ns: [String; 2],
+    addr: [String; 2],
+}
+
+impl Netns {
+    fn new() -> Option<Netns> {
+        let id = std::process::id();
+        let ns = [format!("st{id}-a"), format!("st{id}-b")];
+        let veth = [format!("stv{id}a"), format!("stv{id}b")];
+        let subnet = 100 + id % 100;
+        let addr = [format!("10.231.{subnet}.1"), format!("10.231.{subnet}.2")];
+        let net = Netns { ns: ns.clone(), addr: addr.clone() };
+        let ip = |args: &[&str]| {
+            let out = std::process::Command::new("ip").args(args).output();
+            match out {
+                Ok(o) if o.status.success() => Ok(()),
+                Ok(o) => Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&o.stderr).trim())),
+                Err(e) => Err(format!("ip: {e}")),
+            }
+        };
+        let setup = || -> Result<(), String> {
+            ip(&["netns", "add", &ns[0]])?;
+            ip(&["netns", "add", &ns[1]])?;
+            ip(&["link", "add", &veth[0], "type", "veth", "peer", "name", &veth[1]])?;
+            for i in 0..2 {
+                ip(&["link", "set", &veth[i], "netns", &ns[i]])?;
+                ip(&["-n", &ns[i], "addr", "add", &format!("{}/24", addr[i]), "dev", &veth[i]])?;
+                ip(&["-n", &ns[i], "link", "set", &veth[i], "up"])?;
+                ip(&["-n", &ns[i], "link", "set", "lo", "up"])?;
+            }
+            Ok(())
+        };
+        match setup() {
+            Ok(()) => Some(net),
+            Err(e) => {
+                drop(net);
+                skip(&format!("network namespaces are not usable here: {e}"));
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes the veth end in it (and its peer).
+        for ns in &self.ns {
+            let _ = std::process::Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+fn pair(net: Option<&Netns>, host_a: &str, host_b: &str) {
     let t0 = Instant::now();
-    let (a, b) = (Site::new(), Site::new());
+    let (a, b) = (Site::new(net.map(|n| n.ns[0].clone())), Site::new(net.map(|n| n.ns[1].clone())));
     let secret = a.store.scratch().join("secret");
     std::fs::write(&secret, "0123456789abcdef-shared-secret\n").unwrap();
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
     let s = secret.to_str().unwrap();
     let (pa, pb) = (free_port(), free_port());
-    let (la, lb) = (format!("127.0.0.1:{pa}"), format!("127.0.0.1:{pb}"));
+    let (la, lb) = (format!("{host_a}:{pa}"), format!("{host_b}:{pb}"));
 
     // Configuration works offline; a world-readable secret is refused.
     let loose = a.store.scratch().join("loose");
