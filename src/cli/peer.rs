@@ -175,20 +175,40 @@ pub fn run(engine: &Engine, c: &PeerCommand, out: &mut dyn Write) -> Result<()> 
         PeerCommand::Connect => admin(engine, AdminCommand::Connect, "connect", out),
         PeerCommand::Disconnect => admin(engine, AdminCommand::Disconnect, "disconnect", out),
         PeerCommand::PauseSync => admin(engine, AdminCommand::PauseSync, "pause the resync", out),
-        PeerCommand::ResumeSync => admin(engine, AdminCommand::ResumeSync, "resume the resync", out),
+        PeerCommand::ResumeSync => {
+            admin(engine, AdminCommand::ResumeSync, "resume the resync", out)
+        }
         PeerCommand::Verify => verify(engine, out),
         PeerCommand::Rate(a) => {
             let bytes = parse_size(&a.rate).map_err(|e| {
-                fail(ExitCode::InvalidArgument, format!("invalid resync rate {:?}: {e}", a.rate))
+                fail(
+                    ExitCode::InvalidArgument,
+                    format!("invalid resync rate {:?}: {e}", a.rate),
+                )
             })?;
-            admin(engine, AdminCommand::SetRate { bytes_per_s: bytes }, "set the resync rate", out)
+            admin(
+                engine,
+                AdminCommand::SetRate { bytes_per_s: bytes },
+                "set the resync rate",
+                out,
+            )
         }
-        PeerCommand::Resolve(_) => admin(engine, AdminCommand::DiscardMyData, "discard this node's data", out),
+        PeerCommand::Resolve(_) => admin(
+            engine,
+            AdminCommand::DiscardMyData,
+            "discard this node's data",
+            out,
+        ),
     }
 }
 
 pub fn promote(engine: &Engine, a: &PromoteArgs, out: &mut dyn Write) -> Result<()> {
-    admin(engine, AdminCommand::Promote { force: a.force }, "promote", out)
+    admin(
+        engine,
+        AdminCommand::Promote { force: a.force },
+        "promote",
+        out,
+    )
 }
 
 pub fn demote(engine: &Engine, _a: &DemoteArgs, out: &mut dyn Write) -> Result<()> {
@@ -199,7 +219,10 @@ pub fn demote(engine: &Engine, _a: &DemoteArgs, out: &mut dyn Write) -> Result<(
 
 fn configured(engine: &Engine) -> Result<Option<PeerRow>> {
     let peers = engine.catalog().peers().map_err(|e| {
-        exit::engine(format!("cannot read the peers of store {}", engine.path().display()), e.into())
+        exit::engine(
+            format!("cannot read the peers of store {}", engine.path().display()),
+            e.into(),
+        )
     })?;
     Ok(peers.into_iter().next())
 }
@@ -207,7 +230,9 @@ fn configured(engine: &Engine) -> Result<Option<PeerRow>> {
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 /// Relative paths are the client's: the daemon runs in `/`.
@@ -225,14 +250,23 @@ fn add(engine: &Engine, a: &AddArgs, out: &mut dyn Write) -> Result<()> {
     if !valid_name(&a.name) {
         return Err(fail(
             ExitCode::InvalidArgument,
-            format!("invalid peer name {:?}: use 1 to 64 letters, digits, '.', '_' or '-'", a.name),
+            format!(
+                "invalid peer name {:?}: use 1 to 64 letters, digits, '.', '_' or '-'",
+                a.name
+            ),
         ));
     }
-    let port_ok = a.address.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+    let port_ok = a
+        .address
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
     if !port_ok {
         return Err(fail(
             ExitCode::InvalidArgument,
-            format!("invalid peer address {:?}: give HOST:PORT, e.g. 192.0.2.7:7789", a.address),
+            format!(
+                "invalid peer address {:?}: give HOST:PORT, e.g. 192.0.2.7:7789",
+                a.address
+            ),
         ));
     }
     if let Some(l) = &a.listen
@@ -240,17 +274,27 @@ fn add(engine: &Engine, a: &AddArgs, out: &mut dyn Write) -> Result<()> {
     {
         return Err(fail(
             ExitCode::InvalidArgument,
-            format!("invalid listen address {l:?}: give ADDR:PORT with a numeric address, e.g. 0.0.0.0:7789"),
+            format!(
+                "invalid listen address {l:?}: give ADDR:PORT with a numeric address, e.g. 0.0.0.0:7789"
+            ),
         ));
     }
     let secret = client_path(&a.secret_file);
     if !secret.exists() {
         return Err(fail(
             ExitCode::NotFound,
-            format!("secret file {} does not exist: create it with at least 16 random bytes and mode 0600 (e.g. `head -c 32 /dev/urandom | base64 > FILE; chmod 600 FILE`)", secret.display()),
+            format!(
+                "secret file {} does not exist: create it with at least 16 random bytes and mode 0600 (e.g. `head -c 32 /dev/urandom | base64 > FILE; chmod 600 FILE`)",
+                secret.display()
+            ),
         ));
     }
-    node::read_secret(&secret).map_err(|e| fail(ExitCode::InvalidArgument, format!("cannot use {}: {e}", secret.display())))?;
+    node::read_secret(&secret).map_err(|e| {
+        fail(
+            ExitCode::InvalidArgument,
+            format!("cannot use {}: {e}", secret.display()),
+        )
+    })?;
     if let Some(p) = configured(engine)? {
         return Err(fail(
             ExitCode::AlreadyExists,
@@ -267,25 +311,42 @@ fn add(engine: &Engine, a: &AddArgs, out: &mut dyn Write) -> Result<()> {
         name: a.name.clone(),
         address: a.address.clone(),
         secret_file: secret.to_string_lossy().into_owned(),
-        protocol: if a.protocol == ProtocolArg::A { "A" } else { "C" }.to_string(),
+        protocol: if a.protocol == ProtocolArg::A {
+            "A"
+        } else {
+            "C"
+        }
+        .to_string(),
         listen: a.listen.clone(),
         created_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0),
     };
-    engine.catalog().peer_add(&row).map_err(|e| {
-        exit::engine(format!("cannot add peer {:?}", a.name), e.into())
-    })?;
+    engine
+        .catalog()
+        .peer_add(&row)
+        .map_err(|e| exit::engine(format!("cannot add peer {:?}", a.name), e.into()))?;
     if node::is_served(engine) {
         if let Err(e) = node::restart_served(engine) {
             // Leave no configuration the daemon could not start.
             let _ = engine.catalog().peer_remove(&a.name);
-            return Err(fail(ExitCode::Failure, format!("cannot start replication with peer {:?}: {e}", a.name)));
+            return Err(fail(
+                ExitCode::Failure,
+                format!("cannot start replication with peer {:?}: {e}", a.name),
+            ));
         }
-        writeln!(out, "peer {} added; replication started (see `strata peer status`)", a.name)?;
+        writeln!(
+            out,
+            "peer {} added; replication started (see `strata peer status`)",
+            a.name
+        )?;
     } else {
-        writeln!(out, "peer {} added; replication starts when the store is mounted", a.name)?;
+        writeln!(
+            out,
+            "peer {} added; replication starts when the store is mounted",
+            a.name
+        )?;
     }
     Ok(())
 }
@@ -296,15 +357,25 @@ fn remove(engine: &Engine, a: &RemoveArgs, out: &mut dyn Write) -> Result<()> {
         _ => {
             return Err(fail(
                 ExitCode::NotFound,
-                format!("no peer named {:?} in store {}: `strata peer status` shows the configured peer", a.name, engine.path().display()),
+                format!(
+                    "no peer named {:?} in store {}: `strata peer status` shows the configured peer",
+                    a.name,
+                    engine.path().display()
+                ),
             ));
         }
     }
     let stopped = node::stop_served(engine);
-    engine.catalog().peer_remove(&a.name).map_err(|e| {
-        exit::engine(format!("cannot remove peer {:?}", a.name), e.into())
-    })?;
-    writeln!(out, "peer {} removed{}", a.name, if stopped { "; replication stopped" } else { "" })?;
+    engine
+        .catalog()
+        .peer_remove(&a.name)
+        .map_err(|e| exit::engine(format!("cannot remove peer {:?}", a.name), e.into()))?;
+    writeln!(
+        out,
+        "peer {} removed{}",
+        a.name,
+        if stopped { "; replication stopped" } else { "" }
+    )?;
     Ok(())
 }
 
@@ -318,7 +389,10 @@ fn running(engine: &Engine) -> Result<Link> {
     if configured(engine)?.is_none() {
         return Err(fail(
             ExitCode::NotFound,
-            format!("store {} has no peer: add one with `strata peer add NAME --address HOST:PORT --secret-file FILE`", engine.path().display()),
+            format!(
+                "store {} has no peer: add one with `strata peer add NAME --address HOST:PORT --secret-file FILE`",
+                engine.path().display()
+            ),
         ));
     }
     Err(fail(
@@ -333,10 +407,17 @@ fn running(engine: &Engine) -> Result<Link> {
 fn admin(engine: &Engine, cmd: AdminCommand, what: &str, out: &mut dyn Write) -> Result<()> {
     let link = running(engine)?;
     link.admin(cmd).map_err(|reason| {
-        fail(ExitCode::InvalidArgument, format!("cannot {what} store {}: {reason}", engine.path().display()))
+        fail(
+            ExitCode::InvalidArgument,
+            format!("cannot {what} store {}: {reason}", engine.path().display()),
+        )
     })?;
     if let Some(s) = link.status() {
-        writeln!(out, "{}: role {}, disk {}, connection {}, replication {}", s.name, s.role, s.disk, s.connection, s.replication)?;
+        writeln!(
+            out,
+            "{}: role {}, disk {}, connection {}, replication {}",
+            s.name, s.role, s.disk, s.connection, s.replication
+        )?;
     }
     Ok(())
 }
@@ -345,7 +426,10 @@ fn verify(engine: &Engine, out: &mut dyn Write) -> Result<()> {
     let link = running(engine)?;
     let (_, from) = link.events_since(usize::MAX, Duration::ZERO);
     link.admin(AdminCommand::Verify).map_err(|reason| {
-        fail(ExitCode::InvalidArgument, format!("cannot verify store {}: {reason}", engine.path().display()))
+        fail(
+            ExitCode::InvalidArgument,
+            format!("cannot verify store {}: {reason}", engine.path().display()),
+        )
     })?;
     let end = Instant::now() + Duration::from_secs(3600);
     let mut next = from;
@@ -359,15 +443,27 @@ fn verify(engine: &Engine, out: &mut dyn Write) -> Result<()> {
                 .unwrap_or("?");
             writeln!(out, "verify finished: {mism} ranges differ")?;
             if mism != "0" {
-                writeln!(out, "the differing blocks are marked out-of-sync; `strata peer disconnect` then `strata peer connect` resyncs them")?;
+                writeln!(
+                    out,
+                    "the differing blocks are marked out-of-sync; `strata peer disconnect` then `strata peer connect` resyncs them"
+                )?;
             }
             return Ok(());
         }
         if let Some(l) = lines.iter().find(|l| l.contains("failure:")) {
-            return Err(fail(ExitCode::Failure, format!("verify of store {} interrupted: {l}", engine.path().display())));
+            return Err(fail(
+                ExitCode::Failure,
+                format!(
+                    "verify of store {} interrupted: {l}",
+                    engine.path().display()
+                ),
+            ));
         }
     }
-    Err(fail(ExitCode::Failure, "verify did not finish within an hour; `strata peer events` shows its progress"))
+    Err(fail(
+        ExitCode::Failure,
+        "verify did not finish within an hour; `strata peer events` shows its progress",
+    ))
 }
 
 /// The JSON of `peer status`: the configuration and DRBD's names.
@@ -383,7 +479,14 @@ fn status(engine: &Engine, a: &StatusArgs, out: &mut dyn Write) -> Result<()> {
     let peer = configured(engine)?;
     let st = node::link(engine).and_then(|l| l.status());
     if a.format.format == Format::Json {
-        return output::json(out, &StatusJson { peer: peer.as_ref(), running: st.is_some(), status: st.as_ref() });
+        return output::json(
+            out,
+            &StatusJson {
+                peer: peer.as_ref(),
+                running: st.is_some(),
+                status: st.as_ref(),
+            },
+        );
     }
     let Some(p) = &peer else {
         writeln!(out, "no peer configured (add one with `strata peer add`)")?;
@@ -396,7 +499,10 @@ fn status(engine: &Engine, a: &StatusArgs, out: &mut dyn Write) -> Result<()> {
     l.item("protocol", p.protocol.as_str());
     match &st {
         None => {
-            l.item("replication", "not running (the store is not mounted; replication runs in the mount daemon)");
+            l.item(
+                "replication",
+                "not running (the store is not mounted; replication runs in the mount daemon)",
+            );
         }
         Some(s) => write_status(&mut l, s),
     }
@@ -410,11 +516,27 @@ fn write_status(l: &mut Listing, s: &ReplicaStatus) {
     l.item("peer-disk", s.peer_disk.to_string());
     l.item("connection", s.connection.to_string());
     l.item("replication", s.replication.to_string());
-    l.item("out-of-sync", format!("{} ({} bytes)", human(s.out_of_sync), s.out_of_sync));
+    l.item(
+        "out-of-sync",
+        format!("{} ({} bytes)", human(s.out_of_sync), s.out_of_sync),
+    );
     l.item("sent", format!("{} ({} bytes)", human(s.sent), s.sent));
-    l.item("received", format!("{} ({} bytes)", human(s.received), s.received));
-    l.item("done", s.done.map(|d| format!("{d:.1}%")).unwrap_or_else(|| "-".into()));
-    l.item("eta", s.eta.map(|e| format!("{e} s")).unwrap_or_else(|| "-".into()));
+    l.item(
+        "received",
+        format!("{} ({} bytes)", human(s.received), s.received),
+    );
+    l.item(
+        "done",
+        s.done
+            .map(|d| format!("{d:.1}%"))
+            .unwrap_or_else(|| "-".into()),
+    );
+    l.item(
+        "eta",
+        s.eta
+            .map(|e| format!("{e} s"))
+            .unwrap_or_else(|| "-".into()),
+    );
     l.item("degraded", if s.degraded { "yes" } else { "no" });
     if let Some(e) = &s.last_error {
         l.item("last error", e.as_str());
@@ -427,9 +549,14 @@ pub fn summary(engine: &Engine) -> String {
         Ok(p) => p.into_iter().next(),
         Err(e) => return format!("unknown ({e})"),
     };
-    let Some(p) = peer else { return "none (no peer configured)".into() };
+    let Some(p) = peer else {
+        return "none (no peer configured)".into();
+    };
     match node::link(engine).and_then(|l| l.status()) {
-        None => format!("peer {} ({}), not running (store not mounted)", p.name, p.address),
+        None => format!(
+            "peer {} ({}), not running (store not mounted)",
+            p.name, p.address
+        ),
         Some(s) => format!(
             "peer {} ({}): {} {}, {} {}, peer-disk {}, out-of-sync {}{}",
             p.name,
@@ -476,7 +603,13 @@ pub fn events_client(store: &Path, a: &EventsArgs, out: &mut dyn Write) -> Resul
             if a.once { "0".into() } else { "1000".into() },
         ];
         let answer = crate::control::call(store, &argv).map_err(|e| {
-            fail(ExitCode::Busy, format!("store {} is mounted, but its daemon did not answer: {e}", store.display()))
+            fail(
+                ExitCode::Busy,
+                format!(
+                    "store {} is mounted, but its daemon did not answer: {e}",
+                    store.display()
+                ),
+            )
         })?;
         let Some((stdout, stderr, code)) = answer else {
             if !store.exists() {
@@ -495,7 +628,10 @@ pub fn events_client(store: &Path, a: &EventsArgs, out: &mut dyn Write) -> Resul
             return Ok(code);
         }
         let mut lines = stdout.lines();
-        let next: usize = lines.next().and_then(|n| n.trim().parse().ok()).unwrap_or(from);
+        let next: usize = lines
+            .next()
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(from);
         for l in lines {
             writeln!(out, "{l}")?;
         }
