@@ -1,6 +1,8 @@
 //! `strata config get|set`: settings of the store that can change after
-//! `init`. One key so far: `write-policy` (SPEC §4: set at init and
-//! changeable). Changing it takes effect at once, also while mounted.
+//! `init`: `write-policy` (SPEC §4: set at init and changeable; takes effect
+//! at once, also while mounted) and `index-max-entries` (a cap on the dedup
+//! index, which then keeps a window of the newest blocks; 0 = no cap; takes
+//! effect at the next open of the store).
 
 use std::io::Write;
 
@@ -11,7 +13,7 @@ use super::output::Listing;
 use crate::volume::{Engine, WritePolicy};
 
 /// The keys `config` knows, for messages.
-const KEYS: &str = "write-policy";
+const KEYS: &str = "write-policy, index-max-entries";
 
 #[derive(clap::Subcommand, Debug)]
 pub enum ConfigCommand {
@@ -20,19 +22,23 @@ pub enum ConfigCommand {
     /// Change a setting.
     #[command(long_about = "Change a setting of the store. Keys:\n  \
         write-policy  sync | async | async-unsafe | auto (see `strata init --help`); \
-        moving to a stricter policy first makes every pending write durable.")]
+        moving to a stricter policy first makes every pending write durable.\n  \
+        index-max-entries  N: cap the dedup index at about N entries (9-14 bytes each); \
+        beyond it the index keeps a window of the newest blocks (older data still \
+        reads, it just stops deduplicating against new writes); 0 = no cap. Takes \
+        effect at the next open (remount).")]
     Set(ConfigSetArgs),
 }
 
 #[derive(clap::Args, Debug)]
 pub struct ConfigGetArgs {
-    /// The setting (write-policy); all settings when left out.
+    /// The setting (write-policy, index-max-entries); all settings when left out.
     pub key: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
 pub struct ConfigSetArgs {
-    /// The setting (write-policy).
+    /// The setting (write-policy, index-max-entries).
     pub key: String,
     pub value: String,
 }
@@ -41,7 +47,9 @@ pub fn run(engine: &Engine, cmd: &ConfigCommand, out: &mut dyn Write) -> Result<
     match cmd {
         ConfigCommand::Get(a) => {
             let policy = engine.write_policy().as_str();
-            match &a.key {
+            let cap = engine.index_max_entries().to_string();
+            match a.key.as_deref() {
+                Some("index-max-entries") => writeln!(out, "{cap}")?,
                 Some(key) => {
                     check_key(key)?;
                     writeln!(out, "{policy}")?;
@@ -49,9 +57,23 @@ pub fn run(engine: &Engine, cmd: &ConfigCommand, out: &mut dyn Write) -> Result<
                 None => {
                     let mut l = Listing::new();
                     l.item("write-policy", policy);
+                    l.item("index-max-entries", &cap);
                     l.write(out, 0)?;
                 }
             }
+            Ok(())
+        }
+        ConfigCommand::Set(a) if a.key == "index-max-entries" => {
+            let n: u64 = a.value.parse().map_err(|_| {
+                exit::fail(
+                    ExitCode::InvalidArgument,
+                    format!("cannot set index-max-entries to {:?}: give a number of entries (0 = no cap)", a.value),
+                )
+            })?;
+            engine
+                .set_index_max_entries(n)
+                .map_err(|e| exit::engine("cannot set index-max-entries", e))?;
+            writeln!(out, "index-max-entries is {n}; it takes effect when the store is next opened (remount)")?;
             Ok(())
         }
         ConfigCommand::Set(a) => {
@@ -82,7 +104,7 @@ pub fn run(engine: &Engine, cmd: &ConfigCommand, out: &mut dyn Write) -> Result<
 }
 
 fn check_key(key: &str) -> Result<()> {
-    if key == "write-policy" {
+    if key == "write-policy" || key == "index-max-entries" {
         return Ok(());
     }
     Err(exit::fail(
