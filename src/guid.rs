@@ -48,17 +48,6 @@ impl FromStr for Guid {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn guid_round_trips_through_text() {
-        let g = Guid::new_random();
-        assert_eq!(g.to_string().parse::<Guid>().unwrap(), g);
-        assert_eq!(Guid::BLANK.to_string(), "00000000-0000-0000-0000-000000000000");
-    }
-}
 
 impl serde::Serialize for Guid {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -70,5 +59,17 @@ impl<'de> serde::Deserialize<'de> for Guid {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Guid, D::Error> {
         let s = String::deserialize(d)?;
         s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guid_round_trips_through_text() {
+        let g = Guid::new_random();
+        assert_eq!(g.to_string().parse::<Guid>().unwrap(), g);
+        assert_eq!(Guid::BLANK.to_string(), "00000000-0000-0000-0000-000000000000");
     }
 }

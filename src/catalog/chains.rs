@@ -10,6 +10,10 @@
 
 use super::*;
 
+/// Raw rows for `chain dump` and `check`: (disk GUID, name) pairs, layers,
+/// snapshots.
+pub type DumpRows = (Vec<(Guid, Option<String>)>, Vec<VolumeRow>, Vec<SnapshotRow>);
+
 /// A named snapshot: the frozen layer that held the volume's state.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SnapshotRow {
@@ -392,7 +396,7 @@ impl Catalog {
     /// Every disk row, including its raw layer rows, for `chain dump`'s
     /// anomaly checks (works on damaged catalogues: a disk without a
     /// leaf is reported, not an error).
-    pub fn dump_rows(&self) -> Result<(Vec<(Guid, Option<String>)>, Vec<VolumeRow>, Vec<SnapshotRow>)> {
+    pub fn dump_rows(&self) -> Result<DumpRows> {
         self.read(|c| {
             let disks = query_cells(
                 c,
@@ -410,7 +414,7 @@ impl Catalog {
                 .collect::<Vec<_>>();
             let snaps = query_cells(c, "SELECT guid, disk_guid, name, created FROM snapshots ORDER BY disk_guid, created", [], "snapshots")?
                 .iter()
-                .map(|r| Ok(snapshot_from(r)?))
+                .map(snapshot_from)
                 .collect::<Result<Vec<_>>>()?;
             Ok((disks, vols, snaps))
         })

@@ -128,9 +128,7 @@ pub fn export(engine: &Engine, a: &ExportArgs, out: &mut dyn Write, progress: bo
             .map(|()| "raw, sparse".to_string()),
     };
     bar.finish();
-    let done = result.map_err(|e| match e {
-        e => volume_err(&a.volume, &format!("export to {}", a.file.display()), e),
-    })?;
+    let done = result.map_err(|e| volume_err(&a.volume, &format!("export to {}", a.file.display()), e))?;
     writeln!(
         out,
         "Exported {:?} to {} ({done})",
