@@ -27,6 +27,7 @@
 //! and table segments are leaf locks.
 
 pub mod index;
+pub mod murmur;
 pub mod pack;
 pub mod table;
 pub mod replica;
@@ -83,8 +84,7 @@ fn classify(what: String, source: io::Error) -> Error {
 
 /// The dedup signature of a block: low 64 bits of MurmurHash3 x64-128.
 pub fn murmur64(data: &[u8]) -> u64 {
-    let h = murmur3::murmur3_x64_128(&mut io::Cursor::new(data), MURMUR_SEED).expect("reading a slice cannot fail");
-    h as u64
+    murmur::x64_128(data, MURMUR_SEED) as u64
 }
 
 /// What the chunk table holds.
