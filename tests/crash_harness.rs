@@ -182,7 +182,8 @@ fn long_run() {
         return;
     }
     let n = env_u64("CRASH_ITERATIONS", 100) as u32;
-    let policies = std::env::var("CRASH_POLICIES").unwrap_or_else(|_| "sync,async,async-unsafe".into());
+    let policies =
+        std::env::var("CRASH_POLICIES").unwrap_or_else(|_| "sync,async,async-unsafe".into());
     for p in policies.split(',') {
         let policy: WritePolicy = p.trim().parse().expect("CRASH_POLICIES");
         run_and_assert(plan(policy, n, false));

@@ -38,11 +38,13 @@ impl FioRun {
             String::from("[global]\ndirect=1\nioengine=libaio\niodepth=16\nverify=crc32c\n");
         s.push_str(&format!("randseed={}\n", self.seed));
         if verify {
-            // Report every bad block, not just the first: the ones at
-            // offsets of writes that failed at the crash are expected.
+            // Report every bad block, not just the first: some may be of
+            // writes that were never acknowledged.
             s.push_str("do_verify=1\nverify_only=1\nverify_state_load=1\nverify_fatal=0\ncontinue_on_error=verify\n");
         } else {
-            s.push_str("do_verify=0\nverify_state_save=1\n");
+            // Every successful completion with its offset: the writes fio
+            // saw acknowledged (failed ones are not logged).
+            s.push_str("do_verify=0\nverify_state_save=1\nlog_offset=1\n");
         }
         s.push_str(&format!(
             "\n[rand4k]\nfilename={}\nrw=randwrite\nbs=4k\nsize={}M\nfsync=32\n",
@@ -50,7 +52,10 @@ impl FioRun {
             self.plan.rand_mib
         ));
         if !verify {
-            s.push_str(&format!("rate_iops={}\n", self.plan.rand_iops));
+            s.push_str(&format!(
+                "rate_iops={}\nwrite_lat_log=rand4k\n",
+                self.plan.rand_iops
+            ));
         }
         s.push_str(&format!(
             "\n[seq1m]\nfilename={}\nrw=write\nbs=1M\nsize={}M\nfdatasync=4\n",
@@ -58,7 +63,10 @@ impl FioRun {
             self.plan.seq_mib
         ));
         if !verify {
-            s.push_str(&format!("rate={}m\n", self.plan.seq_mib_per_s));
+            s.push_str(&format!(
+                "rate={}m\nwrite_lat_log=seq1m\n",
+                self.plan.seq_mib_per_s
+            ));
         }
         s
     }
@@ -105,13 +113,18 @@ impl FioRun {
     /// Verify everything fio saw complete. Ok(summary) or Err(why, with
     /// fio's output).
     ///
-    /// fio's verify state counts a write that *failed* (ECONNABORTED or
-    /// ENOTCONN when the daemon died under it) as done, so fio reports
-    /// such a block as bad when the write did not land — which is allowed:
-    /// it was never acknowledged. Those offsets, and only those, are taken
-    /// from fio's own error lines of the write phase; a bad block anywhere
-    /// else fails.
-    pub fn verify(&self) -> Result<String, String> {
+    /// fio's verify state is not exact after an I/O error: it counts
+    /// writes that failed (ECONNABORTED or ENOTCONN when the daemon died
+    /// under them), and even writes it never completed, as done, and
+    /// reports those blocks as bad when they did not land — which is
+    /// allowed: they were never acknowledged. So a bad block fails the
+    /// check exactly when fio's completion log of the write phase
+    /// (`write_lat_log` with `log_offset=1`: one line per *successful*
+    /// write, with its offset) shows that write as completed.
+    ///
+    /// Unless `early` (a kill right after the mount), fio must have
+    /// completed writes, or the check would be vacuous.
+    pub fn verify(&self, early: bool) -> Result<String, String> {
         let job = self.dir.join("verify.fio");
         std::fs::write(&job, self.jobfile(true)).map_err(|e| e.to_string())?;
         let out = Command::new("fio")
@@ -124,10 +137,16 @@ impl FioRun {
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         let write_phase = std::fs::read_to_string(self.dir.join("write.out")).unwrap_or_default();
-        let failed_writes = failed_write_offsets(&write_phase);
+        let completed = self.completed_writes()?;
+        if completed.is_empty() && !early {
+            return Err(format!(
+                "fio completed no write before the kill; see {}",
+                self.dir.display()
+            ));
+        }
         let bad = bad_blocks(&format!("{stdout}\n{stderr}"));
         let unexpected: Vec<&(String, u64)> =
-            bad.iter().filter(|b| !failed_writes.contains(b)).collect();
+            bad.iter().filter(|b| completed.contains(b)).collect();
         let fail = |why: String| {
             Err(format!(
                 "{why}\n--- fio verify ---\n{stderr}\n--- write phase ---\n{write_phase}"
@@ -135,7 +154,7 @@ impl FioRun {
         };
         if !unexpected.is_empty() {
             return fail(format!(
-                "fio found {} bad block(s) that fio saw written successfully, first {:?}",
+                "fio found {} bad block(s) whose writes fio saw complete successfully, first {:?}",
                 unexpected.len(),
                 unexpected[0]
             ));
@@ -146,14 +165,59 @@ impl FioRun {
                 out.status
             ));
         }
-        let mut s = summarize(&stdout);
+        let mut s = format!(
+            "{} writes completed; {}",
+            completed.len(),
+            summarize(&stdout)
+        );
         if !bad.is_empty() {
             s.push_str(&format!(
-                "; {} block(s) of writes that failed at the crash did not land (allowed)",
+                "; {} block(s) of writes never acknowledged (failed or in flight at the crash) did not land (allowed)",
                 bad.len()
             ));
         }
         Ok(s)
+    }
+
+    /// (file, offset) of every write the write phase completed
+    /// successfully, from `<job>_clat.<n>.log` (fio 3.x: `time, value,
+    /// ddir, bs, offset[, prio]`; ddir 1 = write).
+    fn completed_writes(&self) -> Result<std::collections::HashSet<(String, u64)>, String> {
+        let mut set = std::collections::HashSet::new();
+        for (job, file) in [("rand4k", &self.rand), ("seq1m", &self.seq)] {
+            let logs: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+                .map_err(|e| e.to_string())?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    let n = p
+                        .file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .into_owned();
+                    n.starts_with(&format!("{job}_clat.")) && n.ends_with(".log")
+                })
+                .collect();
+            if logs.is_empty() {
+                return Err(format!(
+                    "fio left no completion log for {job} in {}",
+                    self.dir.display()
+                ));
+            }
+            for p in logs {
+                let text = std::fs::read_to_string(&p).map_err(|e| e.to_string())?;
+                for line in text.lines() {
+                    let f: Vec<&str> = line.split(',').map(str::trim).collect();
+                    if f.len() >= 5 && f[2] == "1" {
+                        let off = f[4]
+                            .parse()
+                            .map_err(|_| format!("{}: bad line {line:?}", p.display()))?;
+                        set.insert((file.display().to_string(), off));
+                    }
+                }
+            }
+        }
+        Ok(set)
     }
 
     /// Remove both files from the mount (volume removal).
@@ -181,28 +245,6 @@ fn summarize(stdout: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// (file, offset) of every write fio reported as failed:
-/// `fio: io_u error on file F: MESSAGE: write offset=O, buflen=L`.
-fn failed_write_offsets(text: &str) -> std::collections::HashSet<(String, u64)> {
-    let mut set = std::collections::HashSet::new();
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix("fio: io_u error on file ") else {
-            continue;
-        };
-        let Some((file, tail)) = rest.split_once(": ") else {
-            continue;
-        };
-        if let Some(off) = tail
-            .rsplit_once("write offset=")
-            .and_then(|(_, o)| o.split(',').next())
-            .and_then(|o| o.trim().parse().ok())
-        {
-            set.insert((file.to_string(), off));
-        }
-    }
-    set
 }
 
 /// (file, offset of the write) of every bad block fio's verify reported:

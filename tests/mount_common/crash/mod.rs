@@ -545,7 +545,7 @@ fn mount_and_verify(
                 return Err(format!("fio left no verify state in {}", f.dir.display()));
             }
         } else {
-            let s = f.verify()?;
+            let s = f.verify(p.early)?;
             eprintln!("crash harness:   fio: {s}");
             out.fio_verified += 1;
         }
