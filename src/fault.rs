@@ -157,6 +157,27 @@ impl Faults {
     }
 }
 
+/// A named pause for crash tests: `STRATA_TEST_PAUSE=NAME=MS[,NAME=MS…]`
+/// makes the code sleep MS milliseconds when it reaches `pause_point(NAME)`,
+/// so a test can kill the process exactly there. Unset: no cost beyond one
+/// cached lookup.
+pub fn pause_point(name: &str) {
+    static RULES: std::sync::OnceLock<Vec<(String, u64)>> = std::sync::OnceLock::new();
+    let rules = RULES.get_or_init(|| {
+        std::env::var("STRATA_TEST_PAUSE")
+            .map(|s| {
+                s.split(',')
+                    .filter_map(|r| r.split_once('=').and_then(|(n, ms)| Some((n.trim().to_string(), ms.trim().parse().ok()?))))
+                    .collect()
+            })
+            .unwrap_or_default()
+    });
+    if let Some((_, ms)) = rules.iter().find(|(n, _)| n == name) {
+        tracing::warn!(point = name, ms, "test pause");
+        std::thread::sleep(std::time::Duration::from_millis(*ms));
+    }
+}
+
 /// `pwrite` through the seam.
 pub fn write_at(faults: &Faults, point: Point, file: &File, buf: &[u8], off: u64) -> io::Result<()> {
     match faults.hit(point) {

@@ -28,6 +28,7 @@
 
 pub mod catalog;
 pub mod chain;
+pub mod cli;
 pub mod control;
 pub mod fault;
 pub mod format;

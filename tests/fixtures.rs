@@ -75,10 +75,7 @@ fn damage(kind: &str, dir: &Path) {
             let len = std::fs::metadata(m).unwrap().len();
             std::fs::OpenOptions::new().write(true).open(m).unwrap().set_len(len - 9).unwrap();
         }
-        "corrupt-catalogue-row" => {
-            let c = rusqlite_free_sql(dir);
-            drop(c);
-        }
+        "corrupt-catalogue-row" => rusqlite_free_sql(dir),
         "flipped-table-byte" => {
             let p = dir.join("chunks.tbl");
             let mut b = std::fs::read(&p).unwrap();

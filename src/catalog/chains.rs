@@ -48,6 +48,33 @@ fn children_of(c: &Connection, layer: Guid) -> Inner<Vec<VolumeRow>> {
         .collect()
 }
 
+/// Freeze `old` (INTERNAL, generation + 1) and insert a new empty COW leaf
+/// of `capacity` whose parent is `parent`, in the caller's transaction. The
+/// demotion comes first: the one-LEAF-per-disk index must hold after every
+/// statement, not only at commit.
+pub(super) fn freeze_and_stack(c: &Connection, disk: Guid, old: Guid, parent: Guid, capacity: u64, legality: Legality, now: i64) -> Inner<VolumeRow> {
+    c.execute(
+        "UPDATE volumes SET voltype = 'INTERNAL', generation = generation + 1, mtime = ?1 WHERE guid = ?2",
+        params![now, old.to_string()],
+    )?;
+    let new = VolumeRow {
+        guid: Guid::new_random(),
+        disk,
+        parent,
+        voltype: VolType::Leaf,
+        format: VolFormat::Cow,
+        allocation: Allocation::Sparse,
+        capacity,
+        legality,
+        generation: 0,
+        created_unix: now,
+        modified_unix: now,
+        description: String::new(),
+    };
+    insert_volume(c, &new, capacity_to_sql(capacity)?)?;
+    Ok(new)
+}
+
 fn bump(c: &Connection, layer: Guid) -> Inner<()> {
     c.execute(
         "UPDATE volumes SET legality = 'LEGAL', generation = generation + 1, mtime = ?1 WHERE guid = ?2",
@@ -79,25 +106,7 @@ impl Catalog {
                 params![old.guid.to_string(), disk.to_string(), name, now],
             )
             .map_err(|e| snapshot_conflict(e, name))?;
-            c.execute(
-                "UPDATE volumes SET voltype = 'INTERNAL', generation = generation + 1, mtime = ?1 WHERE guid = ?2",
-                params![now, old.guid.to_string()],
-            )?;
-            let new = VolumeRow {
-                guid: Guid::new_random(),
-                disk,
-                parent: old.guid,
-                voltype: VolType::Leaf,
-                format: VolFormat::Cow,
-                allocation: Allocation::Sparse,
-                capacity: old.capacity,
-                legality: Legality::Legal,
-                generation: 0,
-                created_unix: now,
-                modified_unix: now,
-                description: String::new(),
-            };
-            insert_volume(c, &new, capacity_to_sql(old.capacity)?)?;
+            let new = freeze_and_stack(c, disk, old.guid, old.guid, old.capacity, Legality::Legal, now)?;
             Ok((SnapshotRow { guid: old.guid, disk, name: name.to_owned(), created_unix: now }, new))
         })
     }
@@ -200,25 +209,7 @@ impl Catalog {
                 )
                 .map_err(|e| snapshot_conflict(e, n))?;
             }
-            c.execute(
-                "UPDATE volumes SET voltype = 'INTERNAL', generation = generation + 1, mtime = ?1 WHERE guid = ?2",
-                params![now, old.guid.to_string()],
-            )?;
-            let new = VolumeRow {
-                guid: Guid::new_random(),
-                disk,
-                parent: snap.guid,
-                voltype: VolType::Leaf,
-                format: VolFormat::Cow,
-                allocation: Allocation::Sparse,
-                capacity: snap.capacity,
-                legality: Legality::Legal,
-                generation: 0,
-                created_unix: now,
-                modified_unix: now,
-                description: String::new(),
-            };
-            insert_volume(c, &new, capacity_to_sql(snap.capacity)?)?;
+            let new = freeze_and_stack(c, disk, old.guid, snap.guid, snap.capacity, Legality::Legal, now)?;
             Ok((new, old))
         })
     }

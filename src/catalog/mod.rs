@@ -25,8 +25,10 @@
 
 mod chains;
 mod schema;
+mod replica;
 
 pub use chains::SnapshotRow;
+pub use replica::PeerRow;
 
 use crate::guid::Guid;
 use rusqlite::types::Value;
@@ -443,28 +445,7 @@ impl Catalog {
             require_disk(c, disk)?;
             let old = the_leaf(c, disk)?;
             let now = now_unix();
-            // Demote first: the one-LEAF-per-disk index must hold after every
-            // statement, not only at commit.
-            c.execute(
-                "UPDATE volumes SET voltype = 'INTERNAL', generation = generation + 1, mtime = ?1
-                 WHERE guid = ?2",
-                params![now, old.guid.to_string()],
-            )?;
-            let new = VolumeRow {
-                guid: Guid::new_random(),
-                disk,
-                parent: old.guid,
-                voltype: VolType::Leaf,
-                format: VolFormat::Cow,
-                allocation: Allocation::Sparse,
-                capacity: old.capacity,
-                legality,
-                generation: 0,
-                created_unix: now,
-                modified_unix: now,
-                description: String::new(),
-            };
-            insert_volume(c, &new, capacity_to_sql(old.capacity)?)?;
+            let new = chains::freeze_and_stack(c, disk, old.guid, old.guid, old.capacity, legality, now)?;
             Ok(new)
         })
     }

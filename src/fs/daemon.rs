@@ -277,6 +277,13 @@ fn serve(cfg: &MountConfig, control: ControlHandler, ready: &mut Ready) -> anyho
     if !opts.read_only {
         remove_leftover_unlinked(&engine);
     }
+    // Replication hook (issue 6): a peer configured with `peer add` runs
+    // as named threads of this daemon; stopped before the store closes.
+    let replication = if opts.read_only {
+        None
+    } else {
+        crate::replica::node::start_configured(&engine).map_err(|e| anyhow!("replication: {e}"))?
+    };
 
     let n_threads = opts.threads.unwrap_or_else(|| {
         options::default_threads(
@@ -358,6 +365,9 @@ fn serve(cfg: &MountConfig, control: ControlHandler, ready: &mut Ready) -> anyho
     tracing::info!(mountpoint = %mountpoint.display(), "unmounted; closing the store");
     signals.stop();
     server.stop();
+    if let Some(r) = replication {
+        r.stop();
+    }
     let closed = engine
         .close()
         .with_context(|| format!("closing store {}", store.display()));

@@ -104,6 +104,10 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.w.is_empty()
     }
+    /// The encoded entries (replication decodes them with [`decode_payload`]).
+    pub fn payload(&self) -> &[u8] {
+        &self.w.buf
+    }
     pub fn chunk_put(&mut self, p: &ChunkPut) -> &mut Self {
         self.w.u8(TAG_CHUNK_PUT).u64(p.chunk_id).u32(p.pack_id).u64(p.offset).u32(p.stored_len).u64(p.murmur);
         self

@@ -20,7 +20,14 @@
 //! status.rs    DRBD state names, ReplicaStatus, the events2-style lines
 //! protocol.rs  the state machine: step(event) -> actions
 //! sim.rs       in-memory engine model + seeded network, for tests
+//! state.rs     STORE/replica.state: persisted state + activity log
+//! node.rs      the driver: core + engine + TCP, named threads (issue 6)
+//! transport.rs TCP listener, dialer, frame reader/writer threads
 //! ```
+//!
+//! The first six files are the pure core and depend on nothing outside
+//! this module; `state`, `node` and `transport` wire it to the engine
+//! (`volume::replication`) and to sockets.
 //!
 //! Depends on: `format` (byte readers), `guid`. Nothing here depends on
 //! `volume`, `store` or `catalog`; the engine adapts to these types.
@@ -116,9 +123,12 @@
 pub mod auth;
 pub mod dirty;
 pub mod gi;
+pub mod node;
 pub mod protocol;
 pub mod sim;
+pub mod state;
 pub mod status;
+pub mod transport;
 pub mod wire;
 
 pub use crate::guid::Guid;

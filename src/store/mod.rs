@@ -26,8 +26,10 @@
 //! of layers or volumes. Lock order: active pack → packs map; index shards
 //! and table segments are leaf locks.
 
+pub mod index;
 pub mod pack;
 pub mod table;
+pub mod replica;
 
 use crate::fault::{self, Faults, Point};
 use crate::format::{self, BLOCK_SIZE};
@@ -52,7 +54,6 @@ pub const PACK_TARGET_BYTES: u64 = 128 << 20;
 /// level 1 gives 443 MB/s per core at ratio 1.84, level 3 370 MB/s at 1.86
 /// (BENCHMARKS.md); levels ≥ 9 cost 5–50× CPU for a few percent.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
-const INDEX_SHARDS: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -194,7 +195,7 @@ pub struct ChunkStore {
     /// Packs written since the last sync (including the active one).
     unsynced: Mutex<Vec<(u32, Arc<File>)>>,
     table: ChunkTable,
-    index: Vec<Mutex<HashMap<u64, u64>>>,
+    index: index::DedupIndex,
     faults: Arc<Faults>,
     /// Refcounts are being rebuilt: counts are deltas until it finishes.
     recovering: AtomicBool,
@@ -224,7 +225,9 @@ impl ChunkStore {
     /// The highest-numbered pack becomes the active one; its length is
     /// truncated back to `committed_end` when the caller knows it (bytes past
     /// the last referenced record are an unfinished append).
-    pub fn open(dir: &Path, store_uuid: Guid, image: table::TableImage, level: i32, faults: Arc<Faults>) -> Result<ChunkStore> {
+    /// `index_max_entries`: 0 = unbounded dedup index, else a window of
+    /// about that many newest entries (see `index`).
+    pub fn open(dir: &Path, store_uuid: Guid, image: table::TableImage, level: i32, index_max_entries: u64, faults: Arc<Faults>) -> Result<ChunkStore> {
         let mut packs = HashMap::new();
         let mut max_id = 0u32;
         let rd = std::fs::read_dir(dir).map_err(|e| classify(format!("reading {}", dir.display()), e))?;
@@ -260,7 +263,7 @@ impl ChunkStore {
             active: Mutex::new(ActivePack { id: max_id, file: active_file, len }),
             unsynced: Mutex::new(Vec::new()),
             table: ChunkTable::default(),
-            index: (0..INDEX_SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            index: index::DedupIndex::new(index_max_entries),
             faults,
             recovering: AtomicBool::new(false),
             next_id: AtomicU64::new(image.next_id.max(FIRST_CHUNK_ID)),
@@ -291,18 +294,11 @@ impl ChunkStore {
         self.table.remove(chunk_id);
     }
 
-    fn shard(&self, murmur: u64) -> &Mutex<HashMap<u64, u64>> {
-        &self.index[(murmur >> 58) as usize % INDEX_SHARDS]
-    }
-
-    /// (Re)build the dedup index from the chunk table.
+    /// (Re)build the dedup index from the chunk table (oldest first, so a
+    /// bounded index keeps the newest).
     pub fn rebuild_index(&self) {
-        for s in &self.index {
-            s.lock().unwrap_or_else(|p| p.into_inner()).clear();
-        }
-        self.table.for_each(|id, loc, _| {
-            self.shard(loc.murmur).lock().unwrap_or_else(|p| p.into_inner()).insert(loc.murmur, id);
-        });
+        self.index.clear();
+        self.table.for_each(|id, loc, _| self.index.insert(loc.murmur, id));
     }
 
     /// Current usage, from the table: one pass over every chunk.
@@ -322,13 +318,12 @@ impl ChunkStore {
     }
 
     pub fn index_entries(&self) -> u64 {
-        self.index.iter().map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len() as u64).sum()
+        self.index.entries()
     }
 
-    /// Bytes of RAM the dedup index holds (table capacity × slot size).
+    /// Bytes of RAM the dedup index holds.
     pub fn index_memory_bytes(&self) -> u64 {
-        // hashbrown: 16-byte (key, value) slot + 1 control byte per bucket.
-        self.index.iter().map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).capacity() as u64 * 17).sum()
+        self.index.memory_bytes()
     }
 
     fn pack_file(&self, id: u32) -> Option<Arc<File>> {
@@ -372,7 +367,7 @@ impl ChunkStore {
 
     /// Try to share an existing chunk with this content.
     fn dedup(&self, murmur: u64, content: &blake3::Hash) -> Result<Option<u64>> {
-        let Some(cand) = self.shard(murmur).lock().unwrap_or_else(|p| p.into_inner()).get(&murmur).copied() else {
+        let Some(cand) = self.index.get(murmur) else {
             return Ok(None);
         };
         let Some(loc) = self.table.get(cand) else { return Ok(None) };
@@ -464,7 +459,7 @@ impl ChunkStore {
     pub fn publish(&self, puts: &[Put]) {
         for p in puts {
             if let Put::New(c) = p {
-                self.shard(c.murmur).lock().unwrap_or_else(|p| p.into_inner()).insert(c.murmur, c.chunk_id);
+                self.index.insert(c.murmur, c.chunk_id);
             }
         }
     }
@@ -672,10 +667,7 @@ impl ChunkStore {
             return false;
         }
         if let Some(loc) = self.table.get(id) {
-            let mut shard = self.shard(loc.murmur).lock().unwrap_or_else(|p| p.into_inner());
-            if shard.get(&loc.murmur) == Some(&id) {
-                shard.remove(&loc.murmur);
-            }
+            self.index.remove(loc.murmur, id);
         }
         self.table.remove(id);
         true
@@ -732,7 +724,7 @@ mod tests {
     fn new_store(dir: &Path) -> ChunkStore {
         let u = Guid([1; 16]);
         ChunkStore::create(dir, u).unwrap();
-        ChunkStore::open(dir, u, table::TableImage { stamp_seq: 0, next_id: FIRST_CHUNK_ID, entries: vec![] }, 3, Faults::new()).unwrap()
+        ChunkStore::open(dir, u, table::TableImage { stamp_seq: 0, next_id: FIRST_CHUNK_ID, entries: vec![] }, 3, 0, Faults::new()).unwrap()
     }
 
     fn block(seed: u8) -> Vec<u8> {
@@ -767,7 +759,7 @@ mod tests {
         s.publish(&r);
         // Forge the index: make b's signature point at a's chunk.
         let mb = murmur64(&b);
-        s.shard(mb).lock().unwrap().insert(mb, r[0].chunk_id().unwrap());
+        s.index.insert(mb, r[0].chunk_id().unwrap());
         let r2 = s.put_blocks(&[&b]).unwrap();
         assert!(matches!(r2[0], Put::New(_)), "unequal data must never be shared");
         let mut out = vec![0u8; BLOCK_SIZE];

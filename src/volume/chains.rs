@@ -321,8 +321,10 @@ impl Engine {
                 }
                 batch.map_run(dst.guid, start, &run);
             }
-            self.journal.append(&batch).map_err(|e| self.on_write_error(e.into()))?;
-            for (b, e) in todo {
+            // Replication hooks around the append (see replication.rs).
+            let ticket = self.repl_will_write(dst.guid, todo.iter().map(|(b, _)| *b));
+            let seq = self.journal.append(&batch).map_err(|e| self.on_write_error(e.into()))?;
+            for &(b, e) in &todo {
                 if chain::is_chunk(e) {
                     self.store.incref(e)?;
                 }
@@ -333,6 +335,8 @@ impl Engine {
                 moved += 1;
             }
             dst.dirty.store(true, Ordering::Release);
+            drop(map);
+            self.repl_journaled(seq, &batch, ticket);
         }
         Ok(moved)
     }
@@ -394,6 +398,7 @@ impl Engine {
                 let c = self.layer(*k)?;
                 moved += self.copy_entries(&c, &l, false)?;
             }
+            crate::fault::pause_point("merge-before-finish");
             self.durable_now()?;
             self.catalog.finish_pull_up(job.layer, id)?;
             let mut touched = job.into.clone();

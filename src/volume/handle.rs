@@ -342,6 +342,9 @@ impl Volume {
                 }
                 batch.map_run(leaf_guid, start, &run);
             }
+            // Replication hook: the activity log marks these blocks dirty
+            // before the record can reach the disk.
+            let ticket = self.engine.repl_will_write(leaf_guid, part.iter().map(|u| u.0));
             let seq = match self.engine.journal.append(&batch) {
                 Ok(s) => s,
                 Err(e) => {
@@ -369,6 +372,10 @@ impl Volume {
                 }
             }
             leaf.dirty.store(true, Ordering::Release);
+            drop(map);
+            // Replication hook: ship the record (after the maps changed,
+            // under the state lock so one block's records stay in order).
+            self.engine.repl_journaled(seq, &batch, ticket);
         }
         self.engine.store.publish(puts);
         for old in olds {
@@ -378,6 +385,8 @@ impl Volume {
         }
         if self.engine.sync_writes.load(Ordering::Acquire) {
             self.engine.make_durable(last_seq)?;
+            // Replication hook: a sync write is a flush (protocol C).
+            self.engine.repl_flush()?;
         }
         self.engine.maybe_checkpoint();
         Ok(())

@@ -17,6 +17,8 @@ mod gc;
 mod handle;
 mod images;
 mod policy;
+/// Replication hooks and queries (issue 6); see the file's docs.
+pub mod replication;
 mod superblock;
 #[cfg(test)]
 mod tests;
@@ -241,6 +243,8 @@ pub struct Engine {
     read_only_reason: Mutex<Option<String>>,
     closed: AtomicBool,
     worker: Mutex<Option<(crossbeam_channel::Sender<Kick>, std::thread::JoinHandle<()>)>>,
+    /// Replication hooks (replication.rs); inert until a driver attaches.
+    pub(crate) repl: replication::Hooks,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -381,6 +385,7 @@ impl Engine {
             mode: Mode::Normal,
             zstd_level: store::DEFAULT_ZSTD_LEVEL,
             checkpoint_seq: 0,
+            index_max_entries: 0,
         };
         sb.write(&path.join(Paths::SUPERBLOCK)).map_err(store_err("writing the superblock"))?;
         format::fsync_dir(path).map_err(store_err("syncing the store directory"))?;
@@ -411,7 +416,7 @@ impl Engine {
         let tbl_bytes = std::fs::read(path.join(Paths::CHUNKS)).map_err(store_err("reading chunks.tbl"))?;
         let image = store::table::decode(&tbl_bytes, sb.store_uuid).map_err(|d| corrupt_store(path, "chunks.tbl", d))?;
         let table_stamp = image.stamp_seq;
-        let store = ChunkStore::open(&path.join(Paths::PACKS), sb.store_uuid, image, sb.zstd_level, faults.clone())?;
+        let store = ChunkStore::open(&path.join(Paths::PACKS), sb.store_uuid, image, sb.zstd_level, sb.index_max_entries, faults.clone())?;
 
         // Layer maps of every layer the catalogue knows; the catalogue is
         // the truth about which layers exist.
@@ -538,6 +543,7 @@ impl Engine {
             read_only_reason: Mutex::new(persisted_ro.then(|| "the store was left read-only by an earlier fatal error; run `strata check --repair`".to_string())),
             closed: AtomicBool::new(false),
             worker: Mutex::new(None),
+            repl: replication::Hooks::default(),
         });
         if !engine.read_only && !persisted_ro {
             // Fold the replayed journal into a checkpoint so old journal
@@ -830,6 +836,19 @@ impl Engine {
         Ok(eff)
     }
 
+    /// Cap the dedup index at about `max_entries` entries (0 = unbounded);
+    /// takes effect at the next open (`strata config set index-max-entries`).
+    pub fn set_index_max_entries(&self, max_entries: u64) -> Result<()> {
+        self.check_writable()?;
+        let mut sb = lock(&self.sb);
+        sb.index_max_entries = max_entries;
+        sb.write(&self.path.join(Paths::SUPERBLOCK)).map_err(store_err("writing the superblock"))
+    }
+
+    pub fn index_max_entries(&self) -> u64 {
+        lock(&self.sb).index_max_entries
+    }
+
     pub(crate) fn check_writable(&self) -> Result<()> {
         if self.read_only {
             return Err(Error::ReadOnly(format!("store {} is open read-only", self.path.display())));
@@ -838,7 +857,8 @@ impl Engine {
             let why = lock(&self.read_only_reason).clone().unwrap_or_else(|| "a fatal error".into());
             return Err(Error::ReadOnly(format!("store {} is in read-only mode: {why}", self.path.display())));
         }
-        Ok(())
+        // Replication hook: a Secondary takes writes only from its peer.
+        self.repl_check_writable()
     }
 
     /// A fatal metadata or device error: stop taking writes, and remember
@@ -1166,9 +1186,10 @@ impl Engine {
         self.info_for(&self.catalog.disk(disk.guid)?)
     }
 
-    /// Export a volume to a raw file, sparse where the volume has zeros.
+    /// Export a volume, or a snapshot as `VOL@SNAP`, to a raw file, sparse
+    /// where it has zeros.
     pub fn export_raw(&self, name_or_guid: &str, file: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
-        let v = self.open_volume(name_or_guid)?;
+        let v = self.open_for_export(name_or_guid)?;
         let cap = v.capacity();
         let out = std::fs::OpenOptions::new()
             .write(true)
@@ -1263,7 +1284,9 @@ impl Engine {
         if self.read_only || self.effective_write_policy() == WritePolicy::AsyncUnsafe {
             return Ok(());
         }
-        self.make_durable(self.journal.last_seq())
+        self.make_durable(self.journal.last_seq())?;
+        // Replication hook (protocol C): wait for the peer's durable ack.
+        self.repl_flush()
     }
 }
 

@@ -14,7 +14,8 @@
 //!  46  zstd_level     i8
 //!  47  reserved       u8
 //!  48  checkpoint_seq u64  journal seq of the last complete checkpoint
-//!  56  reserved       [4036]
+//!  56  index_max      u64  dedup index entries cap (0 = unbounded)
+//!  64  reserved       [4028]
 //! 4092 checksum       u32  checksum32(bytes 0..4092)
 //! ```
 //!
@@ -42,6 +43,8 @@ pub struct Superblock {
     pub mode: Mode,
     pub zstd_level: i32,
     pub checkpoint_seq: u64,
+    /// Cap on dedup index entries; 0 = unbounded (a dedup window otherwise).
+    pub index_max_entries: u64,
 }
 
 fn policy_code(p: WritePolicy) -> u8 {
@@ -74,7 +77,8 @@ impl Superblock {
             .u8(mode_code(self.mode))
             .u8(self.zstd_level as i8 as u8)
             .u8(0)
-            .u64(self.checkpoint_seq);
+            .u64(self.checkpoint_seq)
+            .u64(self.index_max_entries);
         w.zeros(LEN - 4 - w.len());
         let c = checksum32(&w.buf);
         w.u32(c);
@@ -125,7 +129,8 @@ impl Superblock {
         let zstd_level = r.u8().map_err(|e| e.to_string())? as i8 as i32;
         r.u8().map_err(|e| e.to_string())?;
         let checkpoint_seq = r.u64().map_err(|e| e.to_string())?;
-        Ok(Superblock { format_version, clean: flags & FLAG_CLEAN != 0, store_uuid, created_unix, write_policy, mode, zstd_level, checkpoint_seq })
+        let index_max_entries = r.u64().map_err(|e| e.to_string())?;
+        Ok(Superblock { format_version, clean: flags & FLAG_CLEAN != 0, store_uuid, created_unix, write_policy, mode, zstd_level, checkpoint_seq, index_max_entries })
     }
 
     pub fn read(path: &Path) -> Result<Superblock, String> {
@@ -152,6 +157,7 @@ mod tests {
             mode: Mode::Normal,
             zstd_level: 3,
             checkpoint_seq: 42,
+            index_max_entries: 0,
         }
     }
 

@@ -315,10 +315,9 @@ fn checkpoint_then_crash_then_reopen_keeps_everything() {
     assert_eq!(x, a);
     v.read_at(&mut x, 100_000).unwrap();
     assert_eq!(x, b);
-    let s = e.status().unwrap();
     wait_normal(&e);
-    let s = e.status().unwrap();
-    assert_eq!(s.logical_bytes_used, Some(v.allocated_bytes()));
+    let st = e.status().unwrap();
+    assert_eq!(st.logical_bytes_used, Some(v.allocated_bytes()));
 }
 
 #[derive(Debug, Clone)]
