@@ -105,7 +105,7 @@ impl Outcome {
     pub fn summary(&self, plan: &Plan) -> String {
         format!(
             "policy {}: {} iterations, {} kills ({} early), {} failures; {} acknowledged writes, {} completed fsyncs; \
-             {} block checks against acknowledged writes, {} against flushed writes; {} unacknowledged writes of which {} landed; \
+             {} block checks against acknowledged writes, {} against flushed writes; {} unacknowledged writes, {} of their blocks landed; \
              {} fio verify passes, {} clean checks, {} checkpoints/GCs during load, slowest return to normal {} ms",
             plan.policy.as_str(),
             self.iterations,

@@ -235,7 +235,7 @@ impl Verdict {
 
     pub fn summary(&self) -> String {
         format!(
-            "{} blocks: {} ops ({} acknowledged, {} unacknowledged of which {} landed), {} fsyncs completed; \
+            "{} blocks: {} ops ({} acknowledged, {} unacknowledged, {} of their blocks landed), {} fsyncs completed; \
              {} blocks constrained by acknowledged writes, {} by flushed writes; {} torn/unknown, {} acknowledged writes lost, {} flushed writes lost",
             self.blocks,
             self.ops,
