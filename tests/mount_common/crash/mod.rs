@@ -700,6 +700,12 @@ fn iteration(
         Duration::from_millis(rng.below(100))
     } else {
         wait_for_first_fsync(&log, &mut writer)?;
+        // fio starts slower than the writer on a loaded machine: arm the
+        // kill only once both of its volumes hold data, so every
+        // iteration has fio writes to verify.
+        if let Some(f) = &fio_run {
+            wait_for_data(&[&f.rand, &f.seq])?;
+        }
         let (lo, hi) = plan.kill_after_ms;
         Duration::from_millis(lo + rng.below(hi - lo + 1))
     };
@@ -773,6 +779,20 @@ fn wait_for_first_fsync(log: &Path, writer: &mut ChildGuard) -> Result<(), Strin
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Wait until every file has allocated blocks (`st_blocks` is the
+/// volume's data; the kernel caches attributes for 1 s).
+fn wait_for_data(files: &[&Path]) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let t0 = Instant::now();
+    while !files.iter().all(|f| std::fs::metadata(f).is_ok_and(|m| m.blocks() > 0)) {
+        if t0.elapsed() > Duration::from_secs(120) {
+            return Err(format!("fio wrote nothing to {files:?} within 120 s"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 /// After the last iteration on a store: recover, verify, unmount cleanly,
