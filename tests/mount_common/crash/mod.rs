@@ -786,7 +786,10 @@ fn wait_for_first_fsync(log: &Path, writer: &mut ChildGuard) -> Result<(), Strin
 fn wait_for_data(files: &[&Path]) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
     let t0 = Instant::now();
-    while !files.iter().all(|f| std::fs::metadata(f).is_ok_and(|m| m.blocks() > 0)) {
+    while !files
+        .iter()
+        .all(|f| std::fs::metadata(f).is_ok_and(|m| m.blocks() > 0))
+    {
         if t0.elapsed() > Duration::from_secs(120) {
             return Err(format!("fio wrote nothing to {files:?} within 120 s"));
         }

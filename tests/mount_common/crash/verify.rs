@@ -63,6 +63,8 @@ pub struct Log {
     pub ops: BTreeMap<u64, Op>,
     pub fsyncs: BTreeMap<u64, Fsync>,
     pub end: Option<String>,
+    /// errno and time of a failed open of the volume.
+    pub open_error: Option<(i32, u64)>,
     /// Time of the first acknowledgement and of the first completed fsync.
     pub first_ack_ns: Option<u64>,
     pub first_fsync_ns: Option<u64>,
@@ -72,6 +74,13 @@ impl Log {
     /// Failures (op or fsync) that happened before `t_ns`.
     pub fn errors_before(&self, t_ns: u64) -> Vec<String> {
         let mut v = Vec::new();
+        if let Some((errno, t)) = self.open_error
+            && t < t_ns
+        {
+            v.push(format!(
+                "opening the volume failed with errno {errno} before the kill"
+            ));
+        }
         for o in self.ops.values() {
             if let Some((errno, t)) = o.error
                 && t < t_ns
@@ -181,6 +190,7 @@ pub fn parse_log(text: &str) -> Result<Log, String> {
                     .ok_or("failure of an unknown fsync")?
                     .error = Some(e);
             }
+            "O" => log.open_error = Some((num(1)? as i32, num(2)?)),
             "END" => log.end = Some(f[1..].join(" ")),
             _ => return Err(format!("log line {}: unknown record {line:?}", ln + 1)),
         }

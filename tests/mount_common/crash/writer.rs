@@ -39,6 +39,7 @@
 //! S <k> <thread> <mono ns>                                            before fsync k is called
 //! D <k> <mono ns>                                                     fsync k returned 0
 //! X <k> <errno> <mono ns>                                             fsync k failed
+//! O <errno> <mono ns>                                                 opening the volume failed
 //! END <reason>                                                        the writer stopped
 //! ```
 //!
@@ -249,12 +250,6 @@ pub fn run_writer_if_asked() {
 
 /// Write until an error, the deadline, or forever; returns an exit code.
 pub fn run_writer(cfg: &WriterConfig) -> i32 {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(if cfg.direct { libc::O_DIRECT } else { 0 })
-        .open(&cfg.file)
-        .unwrap_or_else(|e| panic!("writer: opening {}: {e}", cfg.file.display()));
     let log = Arc::new(Log {
         file: Mutex::new(
             std::fs::OpenOptions::new()
@@ -264,6 +259,23 @@ pub fn run_writer(cfg: &WriterConfig) -> i32 {
                 .expect("opening the crash log"),
         ),
     });
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(if cfg.direct { libc::O_DIRECT } else { 0 })
+        .open(&cfg.file)
+    {
+        Ok(f) => f,
+        Err(e) => {
+            // An early kill can land before the open: the verifier judges
+            // the time (after the kill: nothing was written, so every
+            // block must be unchanged; before it: a failure).
+            log.line(format!("O {} {}\n", errno_of(&e), mono_ns()));
+            log.line("END open failed\n".into());
+            log.sync();
+            return 0;
+        }
+    };
     let file = Arc::new(file);
     let next_op = Arc::new(AtomicU64::new(cfg.first_op));
     let next_sync = Arc::new(AtomicU64::new(1));
