@@ -200,13 +200,19 @@ impl ChunkTable {
         }
     }
 
-    /// Encode the checkpoint file.
+    /// Encode the checkpoint file. The header's `next_id` is raised past
+    /// every id written: writers allocate an id and insert its entry
+    /// without the checkpoint's cut lock, so an entry can appear after the
+    /// caller read its `next_id` (a crash after such a checkpoint left a
+    /// table `decode` refuses, and a store that did not open).
     pub fn encode(&self, store_uuid: Guid, stamp_seq: u64, next_id: u64) -> Vec<u8> {
         let mut body = Writer::default();
         let mut count = 0u64;
+        let mut next_id = next_id;
         self.for_each(|id, loc, _| {
             body.u64(id).u32(loc.pack_id).u32(loc.stored_len).u64(loc.offset).u64(loc.murmur);
             count += 1;
+            next_id = next_id.max(id + 1);
         });
         let mut w = Writer::with_capacity(64 + body.len());
         w.bytes(TABLE_MAGIC)
@@ -295,6 +301,22 @@ mod tests {
         assert_eq!(img.stamp_seq, 9);
         assert_eq!(img.next_id, 70001);
         assert_eq!(img.entries, vec![(16, loc), (70000, ChunkLoc { offset: 2000, ..loc })]);
+    }
+
+    #[test]
+    fn an_entry_added_after_next_id_was_read_still_encodes_a_readable_table() {
+        // A checkpoint reads next_id, then a concurrent write allocates
+        // ids 30 and 31 and inserts them before the table is encoded.
+        let t = ChunkTable::default();
+        let loc = ChunkLoc { pack_id: 1, offset: 64, stored_len: 100, murmur: 1 };
+        t.insert(16, loc);
+        let next_id_read_early = 30;
+        t.insert(30, ChunkLoc { offset: 200, ..loc });
+        t.insert(31, ChunkLoc { offset: 400, ..loc });
+        let u = Guid::new_random();
+        let img = decode(&t.encode(u, 5, next_id_read_early), u).expect("a readable table");
+        assert_eq!(img.next_id, 32);
+        assert_eq!(img.entries.len(), 3);
     }
 
     #[test]

@@ -125,8 +125,11 @@ fn scan_pack(
                 resyncing = false;
                 let end = pos + RECORD_HEADER_LEN + h.stored_len as usize;
                 if end > bytes.len() {
-                    rep.add("error", &obj, format!("record of chunk {} at offset {pos} runs past the end of the file", h.chunk_id));
+                    // A kill during the append leaves this (FORMAT.md, crash
+                    // after step 3); it is damage only if the table uses it.
+                    rep.add("error", &obj, format!("record of chunk {} at offset {pos} runs past the end of the file (an unfinished append)", h.chunk_id));
                     rep.bad_records += 1;
+                    bad.push((rep.findings.len() - 1, h.chunk_id, id, pos as u64));
                     break;
                 }
                 rep.records += 1;
@@ -412,7 +415,11 @@ pub fn check(path: &Path, opts: &CheckOptions, progress: &mut dyn FnMut(u64, u64
         if !table.get(id).is_some_and(|l| l.pack_id == *pack_id && l.offset == *off) {
             let f = &mut rep.findings[*i];
             f.severity = "warning".into();
-            f.detail.push_str(" (unused; `strata gc` drops it)");
+            f.detail.push_str(if f.detail.ends_with("(an unfinished append)") {
+                " (unused; the next open cuts it off)"
+            } else {
+                " (unused; `strata gc` drops it)"
+            });
             rep.bad_records -= 1;
         }
     }

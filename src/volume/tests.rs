@@ -1040,6 +1040,32 @@ mod checking {
     }
 
     #[test]
+    fn a_record_cut_short_by_a_kill_is_a_warning_unless_the_table_uses_it() {
+        let (_d, p) = store_with_data();
+        let mut packs: Vec<PathBuf> = std::fs::read_dir(p.join("packs")).unwrap().map(|e| e.unwrap().path()).collect();
+        packs.sort();
+        let active = packs.last().unwrap().clone();
+        let bytes = std::fs::read(&active).unwrap();
+        let len = bytes.len();
+        // kill -9 inside the append's pwrite: a whole record header, then
+        // only part of its payload (the crash harness saw this).
+        let first = store::pack::PACK_HEADER_LEN as usize;
+        let torn = bytes[first..first + store::pack::RECORD_HEADER_LEN + 10].to_vec();
+        std::io::Write::write_all(&mut std::fs::OpenOptions::new().append(true).open(&active).unwrap(), &torn).unwrap();
+        let r = run(&p, false);
+        assert!(r.clean, "{}", check::render(&r));
+        assert!(r.findings.iter().any(|f| f.severity == "warning" && f.detail.contains("unfinished append")), "{}", check::render(&r));
+        // The next open cuts it off.
+        open(&p).close().unwrap();
+        assert_eq!(std::fs::metadata(&active).unwrap().len(), len as u64);
+        assert!(run(&p, false).findings.iter().all(|f| f.severity == "info"));
+        // A record the table uses, cut short, is lost data: an error.
+        std::fs::OpenOptions::new().write(true).open(&active).unwrap().set_len(len as u64 - 10).unwrap();
+        let r = run(&p, false);
+        assert!(!r.clean && r.findings.iter().any(|f| f.severity == "error" && f.detail.contains("runs past the end")), "{}", check::render(&r));
+    }
+
+    #[test]
     fn a_flipped_pack_byte_is_reported_by_volume_and_offset_and_repaired_to_zeros() {
         let (_d, p) = store_with_data();
         let pack = p.join("packs").join(crate::store::pack::pack_file_name(1));

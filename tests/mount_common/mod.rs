@@ -105,7 +105,9 @@ fn engine_works() -> Result<(), String> {
 
 /// A tiny command language for the control socket tests, standing in for
 /// the CLI: `create NAME SIZE`, `remove NAME`, `rename A B`, `resize NAME SIZE`,
-/// `snapshot VOL SNAP`, `revert VOL SNAP`, `unsnap VOL SNAP`, `names`.
+/// `snapshot VOL SNAP`, `revert VOL SNAP`, `unsnap VOL SNAP`, `names`;
+/// and for the crash harness `status` (the `StoreStatus` as JSON),
+/// `checkpoint` and `gc`.
 pub fn test_handler() -> ControlHandler {
     Arc::new(|engine: &Engine, argv: &[String]| {
         let a: Vec<&str> = argv.iter().map(String::as_str).collect();
@@ -126,6 +128,11 @@ pub fn test_handler() -> ControlHandler {
             ["names"] => engine
                 .list_volumes()
                 .map(|v| v.into_iter().map(|i| i.name + "\n").collect()),
+            ["status"] => engine
+                .status()
+                .map(|s| serde_json::to_string(&s).unwrap_or_default() + "\n"),
+            ["checkpoint"] => engine.checkpoint().map(|_| String::new()),
+            ["gc"] => engine.gc(&mut |_, _| {}).map(|r| format!("{r:?}\n")),
             _ => return (String::new(), format!("unknown test command {a:?}\n"), 2),
         };
         match r {
@@ -181,6 +188,19 @@ pub fn run_daemon_if_asked() {
     std::process::exit(code);
 }
 
+/// The command that runs this test executable as the mount daemon of
+/// `store` on `mnt` (its `daemon_entry` test); hand it to
+/// `strata::fs::spawn_daemon`.
+pub fn daemon_command(store: &Path, mnt: &Path, options: &str) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().expect("test exe"));
+    cmd.args(["--exact", "daemon_entry", "--nocapture", "--test-threads=1"])
+        .env(ENV_DAEMON, "1")
+        .env(ENV_STORE, store)
+        .env(ENV_MNT, mnt)
+        .env(ENV_OPTS, options);
+    cmd
+}
+
 /// A store and a live mount of it, cleaned up on drop.
 pub struct Mounted {
     pub dir: tempfile::TempDir,
@@ -233,12 +253,7 @@ impl Mounted {
             options: vec![],
             threads: None,
         };
-        let mut cmd = Command::new(std::env::current_exe().expect("test exe"));
-        cmd.args(["--exact", "daemon_entry", "--nocapture", "--test-threads=1"])
-            .env(ENV_DAEMON, "1")
-            .env(ENV_STORE, &self.store)
-            .env(ENV_MNT, &self.mnt)
-            .env(ENV_OPTS, &self.options);
+        let cmd = daemon_command(&self.store, &self.mnt, &self.options);
         match strata::fs::spawn_daemon(&cfg, cmd) {
             Ok(child) => self.child = Some(child),
             Err(e) => panic!("mount failed: {e:#}\n--- daemon log ---\n{}", self.log()),
