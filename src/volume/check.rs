@@ -344,6 +344,19 @@ pub fn check(path: &Path, opts: &CheckOptions, progress: &mut dyn FnMut(u64, u64
     }
     let jdir = path.join(Paths::JOURNAL);
     let replay = journal::replay(&jdir, uuid, |seq, entries| {
+        // As `Engine::open` does: a record placing a chunk whose pack bytes
+        // never landed (power loss under async) ends the replay before it;
+        // that write was never acknowledged as durable.
+        for e in &entries {
+            if let Entry::ChunkPut(p) = e
+                && seq > table_stamp
+                && !found.get(&p.chunk_id).is_some_and(|v| {
+                    v.iter().any(|s| s.ok && s.loc.pack_id == p.pack_id && s.loc.offset == p.offset && s.loc.stored_len == p.stored_len)
+                })
+            {
+                return Ok(journal::Replay::StopBefore);
+            }
+        }
         for e in entries {
             match e {
                 Entry::ChunkPut(p) if seq > table_stamp => {

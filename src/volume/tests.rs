@@ -1143,3 +1143,109 @@ mod checking {
         assert_eq!(open(&p).mode(), Mode::Normal);
     }
 }
+
+mod more_faults {
+    use super::*;
+    use crate::fault::{Fault, Faults, Point};
+    use crate::volume::check::{self, CheckOptions};
+
+    fn open_with(p: &Path, f: &Arc<Faults>) -> Arc<Engine> {
+        Engine::open(p, &OpenOptions { read_only: false, faults: Some(f.clone()) }).unwrap()
+    }
+
+    /// After any fault, a crash and a reopen: the data written before the
+    /// fault is intact and `check` is clean.
+    fn survives(p: &Path, before: &[u8]) {
+        let e = open(p);
+        let mut b = vec![0u8; before.len()];
+        e.open_volume("v").unwrap().read_at(&mut b, 0).unwrap();
+        assert!(b == before, "data written before the fault changed");
+        drop(e);
+        let r = check::check(p, &CheckOptions::default(), &mut |_, _| {}).unwrap();
+        assert!(r.errors() == 0, "{}", check::render(&r));
+    }
+
+    fn fault_case(point: Point, fault: Fault, expect_read_only: bool) {
+        let (_d, p) = new_store(WritePolicy::Async);
+        let f = Faults::new();
+        let before = pattern(16384, 90);
+        {
+            let e = open_with(&p, &f);
+            e.create_volume("v", 1 << 20).unwrap();
+            let v = e.open_volume("v").unwrap();
+            v.write_at(&before, 0).unwrap();
+            v.flush().unwrap();
+            f.arm(point, fault, 0, Some(1));
+            let r = v.write_at(&pattern(8192, 91), 65536);
+            assert!(r.is_err(), "{point:?}/{fault:?}: the write did not fail");
+            if fault == Fault::Enospc {
+                assert!(matches!(r, Err(Error::NoSpace(_))), "{r:?}");
+            }
+            assert_eq!(e.mode() == Mode::ReadOnly, expect_read_only, "{point:?}/{fault:?}: mode {:?}", e.mode());
+            e.simulate_crash();
+        }
+        survives(&p, &before);
+        let e = open(&p);
+        assert_eq!(e.mode() == Mode::ReadOnly, expect_read_only);
+    }
+
+    #[test]
+    fn eio_on_a_pack_write_fails_the_write_and_makes_the_store_read_only() {
+        fault_case(Point::PackWrite, Fault::Eio, true);
+    }
+
+    #[test]
+    fn a_torn_pack_write_is_cut_off_and_makes_the_store_read_only() {
+        fault_case(Point::PackWrite, Fault::Torn, true);
+    }
+
+    #[test]
+    fn enospc_on_a_journal_write_fails_that_write_only() {
+        fault_case(Point::JournalWrite, Fault::Enospc, false);
+    }
+
+    #[test]
+    fn eio_on_a_journal_write_makes_the_store_read_only() {
+        fault_case(Point::JournalWrite, Fault::Eio, true);
+    }
+
+    #[test]
+    fn eio_writing_a_checkpoint_makes_the_store_read_only_and_loses_nothing() {
+        let (_d, p) = new_store(WritePolicy::Async);
+        let f = Faults::new();
+        let before = pattern(16384, 92);
+        {
+            let e = open_with(&p, &f);
+            e.create_volume("v", 1 << 20).unwrap();
+            let v = e.open_volume("v").unwrap();
+            v.write_at(&before, 0).unwrap();
+            v.flush().unwrap();
+            f.arm(Point::MetaWrite, Fault::Eio, 0, Some(1));
+            assert!(e.checkpoint().is_err());
+            assert_eq!(e.mode(), Mode::ReadOnly);
+            e.simulate_crash();
+        }
+        survives(&p, &before);
+    }
+
+    #[test]
+    fn check_ends_its_replay_before_a_record_whose_chunk_data_never_landed() {
+        let (_d, p) = new_store(WritePolicy::Async);
+        let flushed_len;
+        {
+            let e = open(&p);
+            e.create_volume("v", 1 << 20).unwrap();
+            let v = e.open_volume("v").unwrap();
+            v.write_at(&pattern(8192, 93), 0).unwrap();
+            v.flush().unwrap();
+            flushed_len = std::fs::metadata(p.join("packs").join(crate::store::pack::pack_file_name(1))).unwrap().len();
+            v.write_at(&pattern(8192, 94), 8192).unwrap();
+            e.simulate_crash();
+        }
+        // Power loss: the journal record is there, the pack bytes are not.
+        let pack = p.join("packs").join(crate::store::pack::pack_file_name(1));
+        std::fs::OpenOptions::new().write(true).open(&pack).unwrap().set_len(flushed_len).unwrap();
+        let r = check::check(&p, &CheckOptions::default(), &mut |_, _| {}).unwrap();
+        assert!(r.errors() == 0, "{}", check::render(&r));
+    }
+}
