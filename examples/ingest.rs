@@ -56,5 +56,10 @@ fn main() {
         println!("{name:<9} {mib} MiB in {s:.2} s = {:.0} MB/s ({threads} threads)", (mib << 20) as f64 / s / 1e6);
     }
     let st = e.status().unwrap();
-    println!("stored {} bytes of payload, compression {:.2}x, dedup {:.2}x", st.data_bytes_stored.unwrap_or(0), st.compression_ratio.unwrap_or(0.0), st.dedup_ratio.unwrap_or(0.0));
+    println!(
+        "stored {} bytes of payload, compression {:.2}x, dedup {:.2}x",
+        st.data_bytes_stored.unwrap_or(0),
+        st.compression_ratio.unwrap_or(0.0),
+        st.dedup_ratio.unwrap_or(0.0)
+    );
 }

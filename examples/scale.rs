@@ -12,7 +12,9 @@ use strata::volume::{Engine, InitOptions, OpenOptions, WritePolicy};
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -30,7 +32,8 @@ fn main() {
                 let e = Engine::open(&p, &OpenOptions::default()).unwrap();
                 e.create_volume("big", cap).unwrap();
                 let v = e.open_volume("big").unwrap();
-                let bufs: Vec<Vec<u8>> = (0..16u8).map(|k| (0..1usize << 20).map(|i| (i as u8).wrapping_mul(k | 1) ^ k).collect()).collect();
+                let bufs: Vec<Vec<u8>> =
+                    (0..16u8).map(|k| (0..1usize << 20).map(|i| (i as u8).wrapping_mul(k | 1) ^ k).collect()).collect();
                 let t = Instant::now();
                 let n = gib * 1024;
                 let stride = cap / n;
@@ -42,7 +45,10 @@ fn main() {
                 println!("wrote {gib} GiB into a 2 TiB volume in {:.1} s", t.elapsed().as_secs_f64());
                 let t = Instant::now();
                 e.snapshot_create("big", "s1").unwrap();
-                println!("snapshot create: {:.1} ms (2 TiB volume, {gib} GiB written)", t.elapsed().as_secs_f64() * 1e3);
+                println!(
+                    "snapshot create: {:.1} ms (2 TiB volume, {gib} GiB written)",
+                    t.elapsed().as_secs_f64() * 1e3
+                );
                 drop(v);
                 e.close().unwrap();
             }
@@ -69,7 +75,10 @@ fn main() {
                 let off = ((i * 7919 % n) * stride) & !((1 << 20) - 1);
                 v.read_at(&mut b, off).unwrap();
             }
-            println!("10000 random 4 KiB reads of written blocks through the engine: {:.1} µs each", t.elapsed().as_secs_f64() * 1e6 / 10_000.0);
+            println!(
+                "10000 random 4 KiB reads of written blocks through the engine: {:.1} µs each",
+                t.elapsed().as_secs_f64() * 1e6 / 10_000.0
+            );
         }
         "many" => {
             let n: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1000);
@@ -92,7 +101,11 @@ fn main() {
             drop(e);
             let t = Instant::now();
             let e = Engine::open(&p, &OpenOptions::default()).unwrap();
-            println!("store open with {} layers: {:.0} ms", e.status().unwrap().layers, t.elapsed().as_secs_f64() * 1e3);
+            println!(
+                "store open with {} layers: {:.0} ms",
+                e.status().unwrap().layers,
+                t.elapsed().as_secs_f64() * 1e3
+            );
         }
         _ => eprintln!("usage: scale big|many [N]"),
     }

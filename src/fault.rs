@@ -99,7 +99,8 @@ impl Faults {
     pub fn parse(spec: &str) -> Result<Arc<Faults>, String> {
         let f = Faults::new();
         for rule in spec.split(',').map(str::trim).filter(|r| !r.is_empty()) {
-            let (point, rest) = rule.split_once('=').ok_or_else(|| format!("fault rule {rule:?}: expected POINT=FAULT"))?;
+            let (point, rest) =
+                rule.split_once('=').ok_or_else(|| format!("fault rule {rule:?}: expected POINT=FAULT"))?;
             let point = Point::parse(point).ok_or_else(|| format!("fault rule {rule:?}: unknown point {point:?}"))?;
             let (rest, times) = match rest.split_once('x') {
                 Some((r, t)) => (r, Some(t.parse::<u64>().map_err(|e| format!("fault rule {rule:?}: {e}"))?)),
@@ -167,7 +168,9 @@ pub fn pause_point(name: &str) {
         std::env::var("STRATA_TEST_PAUSE")
             .map(|s| {
                 s.split(',')
-                    .filter_map(|r| r.split_once('=').and_then(|(n, ms)| Some((n.trim().to_string(), ms.trim().parse().ok()?))))
+                    .filter_map(|r| {
+                        r.split_once('=').and_then(|(n, ms)| Some((n.trim().to_string(), ms.trim().parse().ok()?)))
+                    })
                     .collect()
             })
             .unwrap_or_default()

@@ -42,12 +42,9 @@ impl fmt::Debug for Guid {
 impl FromStr for Guid {
     type Err = String;
     fn from_str(s: &str) -> Result<Guid, String> {
-        uuid::Uuid::parse_str(s)
-            .map(|u| Guid(*u.as_bytes()))
-            .map_err(|e| format!("not a GUID: {s:?} ({e})"))
+        uuid::Uuid::parse_str(s).map(|u| Guid(*u.as_bytes())).map_err(|e| format!("not a GUID: {s:?} ({e})"))
     }
 }
-
 
 impl serde::Serialize for Guid {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

@@ -35,8 +35,8 @@ pub mod format;
 pub mod fs;
 pub mod guid;
 pub mod journal;
-pub mod replica;
 pub mod qcow2;
+pub mod replica;
 pub mod store;
 pub mod volume;
 

@@ -28,12 +28,7 @@ fn check_reports_damage_with_exit_7_and_repair_makes_it_clean() {
 
     // Flip bytes inside the first pack's records.
     let packs = s.path.join("packs");
-    let pack = std::fs::read_dir(&packs)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let pack = std::fs::read_dir(&packs).unwrap().next().unwrap().unwrap().path();
     let mut bytes = std::fs::read(&pack).unwrap();
     for b in &mut bytes[5000..5004] {
         *b ^= 0xFF;
@@ -41,11 +36,7 @@ fn check_reports_damage_with_exit_7_and_repair_makes_it_clean() {
     std::fs::write(&pack, bytes).unwrap();
 
     let r = s.run(&["check"]).expect(7);
-    assert!(
-        r.stdout.contains("vm1") && r.stdout.contains("PROBLEMS FOUND"),
-        "{}",
-        r.stdout
-    );
+    assert!(r.stdout.contains("vm1") && r.stdout.contains("PROBLEMS FOUND"), "{}", r.stdout);
     let r = s.run(&["check", "--format", "json"]).expect(7);
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(v["clean"], false);

@@ -12,13 +12,7 @@ fn argv(args: &[&str]) -> Vec<String> {
 fn engine() -> (tempfile::TempDir, std::sync::Arc<Engine>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store");
-    Engine::init(
-        &path,
-        &InitOptions {
-            write_policy: WritePolicy::Async,
-        },
-    )
-    .unwrap();
+    Engine::init(&path, &InitOptions { write_policy: WritePolicy::Async }).unwrap();
     let engine = Engine::open(&path, &Default::default()).unwrap();
     (dir, engine)
 }
@@ -54,11 +48,7 @@ fn execute_reports_usage_errors_and_refuses_daemon_only_commands() {
     assert_eq!(code, 0);
     assert!(out.contains("Usage"), "{out}");
 
-    for cmd in [
-        &["init", "/tmp/x"][..],
-        &["mount", "/tmp/x", "/mnt"],
-        &["umount", "/mnt"],
-    ] {
+    for cmd in [&["init", "/tmp/x"][..], &["mount", "/tmp/x", "/mnt"], &["umount", "/mnt"]] {
         let (_, err, code) = execute(&engine, &argv(cmd));
         assert_eq!(code, 2, "{cmd:?}: {err}");
         assert!(err.contains("run them directly"), "{err}");

@@ -11,20 +11,13 @@ use std::path::{Path, PathBuf};
 fn can_mount() -> bool {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    let fuse = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/fuse")
-        .is_ok();
+    let fuse = std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse").is_ok();
     let why = match (root, fuse) {
         (true, true) => return true,
         (false, _) => "needs root",
         (true, false) => "/dev/fuse is missing or not usable",
     };
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI is set, so this test may not skip: {why}"
-    );
+    assert!(std::env::var_os("CI").is_none(), "CI is set, so this test may not skip: {why}");
     eprintln!("skipped: {why}");
     false
 }
@@ -55,10 +48,7 @@ impl Drop for Mounted {
             let _ = strata(&["umount", self.mnt.to_str().unwrap()]);
         }
         if is_mounted(&self.mnt) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.mnt)
-                .status();
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.mnt).status();
         }
     }
 }
@@ -85,23 +75,17 @@ fn commands_go_through_the_daemon_while_mounted() {
     assert_eq!(std::fs::metadata(&file).unwrap().len(), 16 << 20);
 
     // Errors keep their exit codes and messages through the socket.
-    let r = m
-        .run(&["volume", "create", "vm1", "--size", "1M"])
-        .expect(4);
+    let r = m.run(&["volume", "create", "vm1", "--size", "1M"]).expect(4);
     assert!(r.stderr.contains("already exists"), "{}", r.stderr);
     m.run(&["volume", "show", "ghost"]).expect(3);
-    m.run(&["volume", "create", "x", "--size", "junk"])
-        .expect(5);
+    m.run(&["volume", "create", "x", "--size", "junk"]).expect(5);
 
     // Data written through the file is what export reads; a relative
     // export path is the caller's, not the daemon's.
     let data: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
     std::fs::write(&file, &data).unwrap();
     let mut cmd = cli_support::command();
-    cmd.current_dir(m.store.scratch())
-        .arg("--store")
-        .arg(&m.store.path)
-        .args(["export", "vm1", "out.raw"]);
+    cmd.current_dir(m.store.scratch()).arg("--store").arg(&m.store.path).args(["export", "vm1", "out.raw"]);
     cli_support::run_cmd(cmd).ok();
     let back = std::fs::read(m.store.scratch().join("out.raw")).unwrap();
     assert!(back[..data.len()] == data[..] && back[data.len()..].iter().all(|&b| b == 0));
@@ -120,19 +104,9 @@ fn commands_go_through_the_daemon_while_mounted() {
 #[test]
 fn mount_refuses_a_missing_store_or_mountpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let r = strata(&[
-        "mount",
-        dir.path().join("nostore").to_str().unwrap(),
-        dir.path().to_str().unwrap(),
-    ])
-    .expect(3);
+    let r = strata(&["mount", dir.path().join("nostore").to_str().unwrap(), dir.path().to_str().unwrap()]).expect(3);
     assert!(r.stderr.contains("strata init"), "{}", r.stderr);
     let store = Store::new();
-    let r = strata(&[
-        "mount",
-        store.path.to_str().unwrap(),
-        dir.path().join("nodir").to_str().unwrap(),
-    ])
-    .expect(3);
+    let r = strata(&["mount", store.path.to_str().unwrap(), dir.path().join("nodir").to_str().unwrap()]).expect(3);
     assert!(r.stderr.contains("mkdir -p"), "{}", r.stderr);
 }

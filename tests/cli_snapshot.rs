@@ -20,19 +20,10 @@ fn snapshots_grow_the_chain_and_removal_merges_them_out() {
     assert!(r.stderr.contains("s1"), "{}", r.stderr);
 
     let list = json(&s.run(&["snapshot", "list", "vm1", "--format", "json"]).ok());
-    let names: Vec<_> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x["name"].as_str().unwrap().to_string())
-        .collect();
+    let names: Vec<_> = list.as_array().unwrap().iter().map(|x| x["name"].as_str().unwrap().to_string()).collect();
     assert_eq!(names, ["s1", "s2"]);
     let r = s.run(&["snapshot", "list", "vm1"]).ok();
-    assert!(
-        r.stdout.contains("s1") && r.stdout.contains("s2"),
-        "{}",
-        r.stdout
-    );
+    assert!(r.stdout.contains("s1") && r.stdout.contains("s2"), "{}", r.stdout);
 
     let v = json(&s.run(&["volume", "show", "vm1", "--format", "json"]).ok());
     assert_eq!(v["depth"], 3);
@@ -58,10 +49,7 @@ fn revert_and_clone_see_the_data_of_the_snapshot() {
     s.run(&["clone", "vm1@before", "c1"]).ok();
     let out = s.scratch().join("c1.raw");
     s.run(&["export", "c1", out.to_str().unwrap()]).ok();
-    assert!(
-        std::fs::read(&out).unwrap() == data,
-        "clone reads differently from its snapshot"
-    );
+    assert!(std::fs::read(&out).unwrap() == data, "clone reads differently from its snapshot");
     let c = json(&s.run(&["volume", "show", "c1", "--format", "json"]).ok());
     assert!(c["properties"]["cloned-from"].is_string(), "{c}");
 
@@ -73,31 +61,12 @@ fn revert_and_clone_see_the_data_of_the_snapshot() {
     assert_eq!(c["depth"], 1);
     std::fs::remove_file(&out).unwrap();
     s.run(&["export", "c1", out.to_str().unwrap()]).ok();
-    assert!(
-        std::fs::read(&out).unwrap() == data,
-        "flattening changed the clone's bytes"
-    );
+    assert!(std::fs::read(&out).unwrap() == data, "flattening changed the clone's bytes");
 
-    s.run(&[
-        "snapshot",
-        "revert",
-        "vm1",
-        "before",
-        "--keep-old-as",
-        "old",
-    ])
-    .ok();
+    s.run(&["snapshot", "revert", "vm1", "before", "--keep-old-as", "old"]).ok();
     let list = json(&s.run(&["snapshot", "list", "vm1", "--format", "json"]).ok());
-    let names: Vec<_> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x["name"].as_str().unwrap().to_string())
-        .collect();
-    assert!(
-        names.contains(&"old".to_string()) && names.contains(&"before".to_string()),
-        "{names:?}"
-    );
+    let names: Vec<_> = list.as_array().unwrap().iter().map(|x| x["name"].as_str().unwrap().to_string()).collect();
+    assert!(names.contains(&"old".to_string()) && names.contains(&"before".to_string()), "{names:?}");
 
     s.run(&["clone", "vm1", "c2"]).expect(5);
     s.run(&["clone", "vm1@nope", "c2"]).expect(3);
@@ -121,9 +90,7 @@ fn chain_dump_lists_every_layer_base_first() {
 
     let r = s.run(&["chain", "dump", "vm1"]).ok();
     assert!(
-        r.stdout.contains("INTERNAL")
-            && r.stdout.contains("LEAF")
-            && r.stdout.contains("snapshot \"s1\""),
+        r.stdout.contains("INTERNAL") && r.stdout.contains("LEAF") && r.stdout.contains("snapshot \"s1\""),
         "{}",
         r.stdout
     );

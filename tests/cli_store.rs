@@ -17,23 +17,14 @@ fn a_missing_store_exits_3_and_says_to_run_init() {
     let missing = dir.path().join("nowhere");
     let r = strata(&["--store", missing.to_str().unwrap(), "volume", "list"]).expect(3);
     assert!(r.stderr.contains("no store at"), "{}", r.stderr);
-    assert!(
-        r.stderr
-            .contains(&format!("strata init {}", missing.display())),
-        "{}",
-        r.stderr
-    );
+    assert!(r.stderr.contains(&format!("strata init {}", missing.display())), "{}", r.stderr);
 }
 
 #[test]
 fn init_refuses_an_existing_store() {
     let store = Store::new();
     let r = strata(&["init", store.path.to_str().unwrap()]).expect(4);
-    assert!(
-        r.stderr.contains(&store.path.display().to_string()),
-        "{}",
-        r.stderr
-    );
+    assert!(r.stderr.contains(&store.path.display().to_string()), "{}", r.stderr);
 }
 
 #[test]
@@ -48,20 +39,15 @@ fn init_takes_the_store_from_the_store_flag_too() {
 fn strata_store_environment_variable_is_honoured() {
     let store = Store::new();
     let mut cmd = command();
-    cmd.env("STRATA_STORE", &store.path)
-        .args(["volume", "create", "envvol", "--size", "1M"]);
+    cmd.env("STRATA_STORE", &store.path).args(["volume", "create", "envvol", "--size", "1M"]);
     run_cmd(cmd).ok();
     // The flag wins over the environment variable.
     let mut cmd = command();
-    cmd.env("STRATA_STORE", "/nonexistent/strata")
-        .arg("--store")
-        .arg(&store.path)
-        .args(["volume", "list"]);
+    cmd.env("STRATA_STORE", "/nonexistent/strata").arg("--store").arg(&store.path).args(["volume", "list"]);
     let r = run_cmd(cmd).ok();
     assert!(r.stdout.contains("envvol"), "{}", r.stdout);
     let mut cmd = command();
-    cmd.env("STRATA_STORE", "/nonexistent/strata")
-        .args(["volume", "list"]);
+    cmd.env("STRATA_STORE", "/nonexistent/strata").args(["volume", "list"]);
     run_cmd(cmd).expect(3);
 }
 
@@ -82,11 +68,7 @@ fn status_prints_the_vdostats_style_fields() {
         "chunk count",
         "index memory",
     ] {
-        assert!(
-            r.stdout.contains(field),
-            "missing {field:?} in\n{}",
-            r.stdout
-        );
+        assert!(r.stdout.contains(field), "missing {field:?} in\n{}", r.stdout);
     }
     assert!(r.stdout.contains("async"), "{}", r.stdout);
 }
@@ -95,17 +77,10 @@ fn status_prints_the_vdostats_style_fields() {
 fn status_json_has_exact_numbers_and_stable_names() {
     let store = Store::new();
     let r = store.run(&["status", "--format", "json"]).ok();
-    let v: serde_json::Value =
-        serde_json::from_str(&r.stdout).expect("status --format json is JSON");
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("status --format json is JSON");
     assert_eq!(v["operating_mode"], "normal");
     assert_eq!(v["write_policy"], "async");
-    for key in [
-        "logical_bytes_used",
-        "physical_bytes_used",
-        "metadata_bytes",
-        "chunk_count",
-        "index_memory_bytes",
-    ] {
+    for key in ["logical_bytes_used", "physical_bytes_used", "metadata_bytes", "chunk_count", "index_memory_bytes"] {
         assert!(v[key].is_u64(), "{key} in {v}");
     }
 }
@@ -115,14 +90,9 @@ fn a_store_held_by_a_process_without_a_daemon_exits_6() {
     let store = Store::new();
     // This test process holds the store lock the way a daemon would, but
     // answers on no control socket.
-    let engine =
-        strata::volume::Engine::open(&store.path, &Default::default()).expect("open store");
+    let engine = strata::volume::Engine::open(&store.path, &Default::default()).expect("open store");
     let r = store.run(&["volume", "list"]).expect(6);
-    assert!(
-        r.stderr.contains("in use by another strata process"),
-        "{}",
-        r.stderr
-    );
+    assert!(r.stderr.contains("in use by another strata process"), "{}", r.stderr);
     engine.close().unwrap();
     drop(engine);
     store.run(&["volume", "list"]).ok();

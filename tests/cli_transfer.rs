@@ -22,14 +22,8 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 fn a_missing_import_file_exits_3_and_names_it() {
     let s = Store::new();
     let missing = s.scratch().join("no-such.raw");
-    let r = s
-        .run(&["import", missing.to_str().unwrap(), "vm1"])
-        .expect(3);
-    assert!(
-        r.stderr.contains("no-such.raw") && r.stderr.contains("no such file"),
-        "{}",
-        r.stderr
-    );
+    let r = s.run(&["import", missing.to_str().unwrap(), "vm1"]).expect(3);
+    assert!(r.stderr.contains("no-such.raw") && r.stderr.contains("no such file"), "{}", r.stderr);
     // Nothing was created.
     s.run(&["volume", "show", "vm1"]).expect(3);
 }
@@ -55,10 +49,7 @@ fn import_then_export_gives_the_same_bytes_as_a_sparse_file() {
 
     let back = std::fs::read(&dst).unwrap();
     assert_eq!(back.len(), image.len(), "exported size");
-    assert!(
-        back == image,
-        "exported bytes differ from the imported file"
-    );
+    assert!(back == image, "exported bytes differ from the imported file");
 
     // Sparse: the 6 MiB of zeros (and the zero tail) are holes, so the file
     // holds little more than its ~2.1 MiB of data.
@@ -72,8 +63,7 @@ fn import_then_export_gives_the_same_bytes_as_a_sparse_file() {
     // Exporting over an existing file needs --force.
     let r = s.run(&["export", "vm1", dst.to_str().unwrap()]).expect(4);
     assert!(r.stderr.contains("--force"), "{}", r.stderr);
-    s.run(&["export", "--force", "vm1", dst.to_str().unwrap()])
-        .ok();
+    s.run(&["export", "--force", "vm1", dst.to_str().unwrap()]).ok();
     assert!(std::fs::read(&dst).unwrap() == image);
 }
 
@@ -95,39 +85,23 @@ fn gc_gives_back_the_space_of_a_removed_volume() {
     s.run(&["volume", "remove", "vm1"]).ok();
     let r = s.run(&["gc", "--format", "json"]).ok();
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
-    let (before, after) = (
-        v["bytes_before"].as_u64().unwrap(),
-        v["bytes_after"].as_u64().unwrap(),
-    );
+    let (before, after) = (v["bytes_before"].as_u64().unwrap(), v["bytes_after"].as_u64().unwrap());
     assert!(before >= 2 << 20 && after < 1 << 20, "{v}");
 }
 
 /// qemu-img is needed to make and compare qcow2 files; CI installs it.
 fn have_qemu_img() -> bool {
-    let ok = std::process::Command::new("qemu-img")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let ok = std::process::Command::new("qemu-img").arg("--version").output().is_ok_and(|o| o.status.success());
     if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set, so this test may not skip: qemu-img is not installed"
-        );
+        assert!(std::env::var_os("CI").is_none(), "CI is set, so this test may not skip: qemu-img is not installed");
         eprintln!("skipped: qemu-img is not installed (apt-get install qemu-utils)");
     }
     ok
 }
 
 fn qemu_img(args: &[&str]) {
-    let out = std::process::Command::new("qemu-img")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "qemu-img {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = std::process::Command::new("qemu-img").args(args).output().unwrap();
+    assert!(out.status.success(), "qemu-img {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
@@ -142,42 +116,20 @@ fn a_qcow2_chain_imports_as_a_chain_and_exports_identical() {
     base[1 << 20..].fill(0);
     std::fs::write(dir.join("base.raw"), &base).unwrap();
     qemu_img(&["convert", "-O", "qcow2", &p("base.raw"), &p("base.qcow2")]);
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "base.qcow2",
-        "-F",
-        "qcow2",
-        &p("top.qcow2"),
-    ]);
+    qemu_img(&["create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", &p("top.qcow2")]);
 
     let r = s.run(&["import", &p("top.qcow2"), "vm1"]).ok();
     assert!(r.stdout.contains("2 layer(s)"), "{}", r.stdout);
     let r = s.run(&["snapshot", "list", "vm1"]).ok();
     assert!(r.stdout.contains("base.qcow2"), "{}", r.stdout);
 
-    s.run(&["export", "vm1", &p("out.qcow2"), "--format", "qcow2"])
-        .ok();
+    s.run(&["export", "vm1", &p("out.qcow2"), "--format", "qcow2"]).ok();
     qemu_img(&["compare", &p("top.qcow2"), &p("out.qcow2")]);
     qemu_img(&["check", &p("out.qcow2")]);
-    s.run(&[
-        "export",
-        "vm1@base.qcow2",
-        &p("snap.qcow2"),
-        "--format",
-        "qcow2",
-    ])
-    .ok();
+    s.run(&["export", "vm1@base.qcow2", &p("snap.qcow2"), "--format", "qcow2"]).ok();
     qemu_img(&["compare", &p("base.qcow2"), &p("snap.qcow2")]);
-    s.run(&["export", "vm1", &p("chain"), "--format", "qcow2", "--chain"])
-        .ok();
-    let mut files: Vec<_> = std::fs::read_dir(dir.join("chain"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    s.run(&["export", "vm1", &p("chain"), "--format", "qcow2", "--chain"]).ok();
+    let mut files: Vec<_> = std::fs::read_dir(dir.join("chain")).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     assert_eq!(files.len(), 2, "{files:?}");
     qemu_img(&["compare", &p("top.qcow2"), files[1].to_str().unwrap()]);

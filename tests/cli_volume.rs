@@ -16,15 +16,7 @@ fn create_list_show_rename_resize_remove() {
     }
 
     let r = s.run(&["volume", "show", "vm1"]).ok();
-    for text in [
-        "vm1",
-        "LEAF",
-        "RAW",
-        "SPARSE",
-        "LEGAL",
-        "21474836480 bytes",
-        "pending jobs",
-    ] {
+    for text in ["vm1", "LEAF", "RAW", "SPARSE", "LEGAL", "21474836480 bytes", "pending jobs"] {
         assert!(r.stdout.contains(text), "missing {text:?} in\n{}", r.stdout);
     }
 
@@ -49,9 +41,7 @@ fn create_list_show_rename_resize_remove() {
 fn a_duplicate_name_exits_4_and_says_what_to_do() {
     let s = Store::new();
     s.run(&["volume", "create", "vm1", "--size", "1G"]).ok();
-    let r = s
-        .run(&["volume", "create", "vm1", "--size", "1G"])
-        .expect(4);
+    let r = s.run(&["volume", "create", "vm1", "--size", "1G"]).expect(4);
     assert!(r.stderr.contains("\"vm1\" already exists"), "{}", r.stderr);
     assert!(r.stderr.contains("choose another name"), "{}", r.stderr);
     s.run(&["volume", "create", "vm2", "--size", "1G"]).ok();
@@ -70,11 +60,7 @@ fn an_unknown_volume_exits_3_everywhere() {
         &["volume", "prop", "set", "ghost", "k", "v"],
     ] {
         let r = s.run(args).expect(3);
-        assert!(
-            r.stderr.contains("ghost") && r.stderr.contains("strata volume list"),
-            "{args:?}: {}",
-            r.stderr
-        );
+        assert!(r.stderr.contains("ghost") && r.stderr.contains("strata volume list"), "{args:?}: {}", r.stderr);
     }
 }
 
@@ -82,9 +68,7 @@ fn an_unknown_volume_exits_3_everywhere() {
 fn bad_sizes_exit_5_with_an_example() {
     let s = Store::new();
     for bad in ["twenty", "1X", "-1G", "1.1K", "0"] {
-        let r = s
-            .run(&["volume", "create", "vm1", &format!("--size={bad}")])
-            .expect(5);
+        let r = s.run(&["volume", "create", "vm1", &format!("--size={bad}")]).expect(5);
         assert!(r.stderr.contains("20G"), "{bad}: {}", r.stderr);
     }
     s.run(&["volume", "create", "vm1", "--size", "4096"]).ok();
@@ -97,8 +81,7 @@ fn shrinking_needs_allow_shrink() {
     s.run(&["volume", "create", "vm1", "--size", "2G"]).ok();
     let r = s.run(&["volume", "resize", "vm1", "1G"]).expect(5);
     assert!(r.stderr.contains("--allow-shrink"), "{}", r.stderr);
-    s.run(&["volume", "resize", "vm1", "1G", "--allow-shrink"])
-        .ok();
+    s.run(&["volume", "resize", "vm1", "1G", "--allow-shrink"]).ok();
     let r = s.run(&["volume", "show", "vm1", "--format", "json"]).ok();
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(v["capacity"], 1u64 << 30);
@@ -108,28 +91,18 @@ fn shrinking_needs_allow_shrink() {
 fn properties_get_set_unset_list_and_show_in_listings() {
     let s = Store::new();
     s.run(&["volume", "create", "vm1", "--size", "1G"]).ok();
-    s.run(&["volume", "prop", "set", "vm1", "owner", "alice"])
-        .ok();
-    s.run(&["volume", "prop", "set", "vm1", "tier", "gold"])
-        .ok();
+    s.run(&["volume", "prop", "set", "vm1", "owner", "alice"]).ok();
+    s.run(&["volume", "prop", "set", "vm1", "tier", "gold"]).ok();
     let r = s.run(&["volume", "prop", "get", "vm1", "owner"]).ok();
     assert_eq!(r.stdout, "alice\n");
 
-    let r = s
-        .run(&["volume", "prop", "list", "vm1", "--format", "json"])
-        .ok();
+    let r = s.run(&["volume", "prop", "list", "vm1", "--format", "json"]).ok();
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(v["owner"], "alice");
     assert_eq!(v["tier"], "gold");
 
-    let r = s
-        .run(&["volume", "list", "--show-props", "owner,tier"])
-        .ok();
-    assert!(
-        r.stdout.contains("owner") && r.stdout.contains("alice") && r.stdout.contains("gold"),
-        "{}",
-        r.stdout
-    );
+    let r = s.run(&["volume", "list", "--show-props", "owner,tier"]).ok();
+    assert!(r.stdout.contains("owner") && r.stdout.contains("alice") && r.stdout.contains("gold"), "{}", r.stdout);
 
     s.run(&["volume", "prop", "unset", "vm1", "owner"]).ok();
     let r = s.run(&["volume", "prop", "get", "vm1", "owner"]).expect(3);
@@ -138,11 +111,7 @@ fn properties_get_set_unset_list_and_show_in_listings() {
     s.run(&["volume", "prop", "unset", "vm1", "owner"]).ok();
 
     let r = s.run(&["volume", "show", "vm1"]).ok();
-    assert!(
-        r.stdout.contains("tier") && r.stdout.contains("gold"),
-        "{}",
-        r.stdout
-    );
+    assert!(r.stdout.contains("tier") && r.stdout.contains("gold"), "{}", r.stdout);
 }
 
 #[test]

@@ -65,13 +65,8 @@ fn run_seed() -> u64 {
 fn kill_window(default: (u64, u64)) -> (u64, u64) {
     match std::env::var("CRASH_KILL_MS") {
         Ok(v) => {
-            let (a, b) = v
-                .split_once('-')
-                .unwrap_or_else(|| panic!("CRASH_KILL_MS={v:?}: use LO-HI"));
-            let (a, b): (u64, u64) = (
-                a.parse().expect("CRASH_KILL_MS"),
-                b.parse().expect("CRASH_KILL_MS"),
-            );
+            let (a, b) = v.split_once('-').unwrap_or_else(|| panic!("CRASH_KILL_MS={v:?}: use LO-HI"));
+            let (a, b): (u64, u64) = (a.parse().expect("CRASH_KILL_MS"), b.parse().expect("CRASH_KILL_MS"));
             assert!(a <= b, "CRASH_KILL_MS: LO must be <= HI");
             (a, b)
         }
@@ -90,19 +85,9 @@ fn plan(policy: WritePolicy, iterations: u32, short: bool) -> Plan {
         kill_after_ms: kill_window(if short { (100, 1500) } else { (200, 4000) }),
         early_kill_one_in: if short { 0 } else { 10 },
         fio: Some(if short {
-            FioPlan {
-                rand_mib: 16,
-                seq_mib: 48,
-                rand_iops: 1500,
-                seq_mib_per_s: 12,
-            }
+            FioPlan { rand_mib: 16, seq_mib: 48, rand_iops: 1500, seq_mib_per_s: 12 }
         } else {
-            FioPlan {
-                rand_mib: 32,
-                seq_mib: 128,
-                rand_iops: 4000,
-                seq_mib_per_s: 32,
-            }
+            FioPlan { rand_mib: 32, seq_mib: 128, rand_iops: 4000, seq_mib_per_s: 32 }
         }),
         fresh_store_every: env_u64("CRASH_FRESH_EVERY", if short { 0 } else { 25 }) as u32,
         meta_ops: true,
@@ -112,10 +97,7 @@ fn plan(policy: WritePolicy, iterations: u32, short: bool) -> Plan {
 
 fn run_and_assert(plan: Plan) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let root = tempfile::Builder::new()
-        .prefix("strata-crash")
-        .tempdir()
-        .expect("tempdir");
+    let root = tempfile::Builder::new().prefix("strata-crash").tempdir().expect("tempdir");
     let t0 = std::time::Instant::now();
     eprintln!(
         "crash harness: policy {}, {} iterations, run seed {:#x} (replay: CRASH_SEED={:#x} CRASH_POLICIES={} CRASH_ITERATIONS=<n>)",
@@ -126,11 +108,7 @@ fn run_and_assert(plan: Plan) {
         plan.policy.as_str()
     );
     let out = crash::run(&plan, root.path());
-    eprintln!(
-        "crash harness: {} in {:.0} s",
-        out.summary(&plan),
-        t0.elapsed().as_secs_f64()
-    );
+    eprintln!("crash harness: {} in {:.0} s", out.summary(&plan), t0.elapsed().as_secs_f64());
     if !out.failures.is_empty() {
         let kept = root.keep();
         panic!(
@@ -140,15 +118,8 @@ fn run_and_assert(plan: Plan) {
             out.failures.join("\n\n")
         );
     }
-    assert_eq!(
-        out.kills, plan.iterations,
-        "every iteration kills the daemon once"
-    );
-    assert!(
-        out.acked_ops > 0 && out.constrained_ack > 0,
-        "nothing was verified: {}",
-        out.summary(&plan)
-    );
+    assert_eq!(out.kills, plan.iterations, "every iteration kills the daemon once");
+    assert!(out.acked_ops > 0 && out.constrained_ack > 0, "nothing was verified: {}", out.summary(&plan));
 }
 
 #[test]
@@ -156,11 +127,7 @@ fn short_run_sync() {
     if !mount_common::ready(&["fio"]) {
         return;
     }
-    run_and_assert(plan(
-        WritePolicy::Sync,
-        env_u64("CRASH_ITERATIONS", 3) as u32,
-        true,
-    ));
+    run_and_assert(plan(WritePolicy::Sync, env_u64("CRASH_ITERATIONS", 3) as u32, true));
 }
 
 #[test]
@@ -168,11 +135,7 @@ fn short_run_async() {
     if !mount_common::ready(&["fio"]) {
         return;
     }
-    run_and_assert(plan(
-        WritePolicy::Async,
-        env_u64("CRASH_ITERATIONS", 3) as u32,
-        true,
-    ));
+    run_and_assert(plan(WritePolicy::Async, env_u64("CRASH_ITERATIONS", 3) as u32, true));
 }
 
 #[test]
@@ -182,8 +145,7 @@ fn long_run() {
         return;
     }
     let n = env_u64("CRASH_ITERATIONS", 100) as u32;
-    let policies =
-        std::env::var("CRASH_POLICIES").unwrap_or_else(|_| "sync,async,async-unsafe".into());
+    let policies = std::env::var("CRASH_POLICIES").unwrap_or_else(|_| "sync,async,async-unsafe".into());
     for p in policies.split(',') {
         let policy: WritePolicy = p.trim().parse().expect("CRASH_POLICIES");
         run_and_assert(plan(policy, n, false));
@@ -197,10 +159,7 @@ fn verifier_catches_lost_torn_misplaced_and_unknown_blocks() {
     let d = tempfile::tempdir().unwrap();
     let file = d.path().join("vol.raw");
     let blocks = 2048u64;
-    std::fs::File::create(&file)
-        .unwrap()
-        .set_len(blocks * BLOCK as u64)
-        .unwrap();
+    std::fs::File::create(&file).unwrap().set_len(blocks * BLOCK as u64).unwrap();
     let log_path = d.path().join("writer.log");
     let cfg = WriterConfig {
         file: file.clone(),
@@ -219,22 +178,11 @@ fn verifier_catches_lost_torn_misplaced_and_unknown_blocks() {
     let base = vec![Content::Zero; blocks as usize];
     let good = std::fs::read(&file).unwrap();
     let v = verify::verify(&log, &base, &good);
-    assert!(
-        v.holds(Promise::Acknowledged),
-        "{}\n{:?}",
-        v.summary(),
-        v.problems
-    );
-    assert!(
-        v.constrained_ack > 100 && v.constrained_flush > 100 && v.fsyncs_completed > 0,
-        "{}",
-        v.summary()
-    );
+    assert!(v.holds(Promise::Acknowledged), "{}\n{:?}", v.summary(), v.problems);
+    assert!(v.constrained_ack > 100 && v.constrained_flush > 100 && v.fsyncs_completed > 0, "{}", v.summary());
 
     // Pick a block whose last op was an acknowledged unique write.
-    let b = (0..blocks as usize)
-        .find(|&b| matches!(v.now[b], Content::Unique(_)))
-        .expect("a unique block");
+    let b = (0..blocks as usize).find(|&b| matches!(v.now[b], Content::Unique(_))).expect("a unique block");
     let at = |b: usize| b * BLOCK..(b + 1) * BLOCK;
     let judge = |data: &[u8]| verify::verify(&log, &base, data);
 
@@ -242,11 +190,7 @@ fn verifier_catches_lost_torn_misplaced_and_unknown_blocks() {
     let mut lost = good.clone();
     lost[at(b)].fill(0);
     let r = judge(&lost);
-    assert!(
-        !r.holds(Promise::Acknowledged) && r.ack_losses == 1,
-        "{}",
-        r.summary()
-    );
+    assert!(!r.holds(Promise::Acknowledged) && r.ack_losses == 1, "{}", r.summary());
     assert!(r.holds(Promise::Intact));
 
     // A torn block: half new, half old.
@@ -262,36 +206,23 @@ fn verifier_catches_lost_torn_misplaced_and_unknown_blocks() {
     assert_eq!(judge(&flipped).bad_blocks, 1);
 
     // Another block's data in this block (a misdirected write).
-    let c = (0..blocks as usize)
-        .find(|&c| c != b && matches!(v.now[c], Content::Unique(_)))
-        .unwrap();
+    let c = (0..blocks as usize).find(|&c| c != b && matches!(v.now[c], Content::Unique(_))).unwrap();
     let mut misplaced = good.clone();
     let other = good[at(c)].to_vec();
     misplaced[at(b)].copy_from_slice(&other);
     let r = judge(&misplaced);
-    assert!(
-        r.bad_blocks == 1 && r.problems[0].contains("misplaced"),
-        "{:?}",
-        r.problems
-    );
+    assert!(r.bad_blocks == 1 && r.problems[0].contains("misplaced"), "{:?}", r.problems);
 
     // A valid block of an op that never wrote here (stale data from
     // elsewhere, or a replay of the wrong record).
     let mut unknown = good.clone();
     writer::fill(b as u64, Content::Unique(999), &mut unknown[at(b)]);
     let r = judge(&unknown);
-    assert!(
-        r.bad_blocks == 1 && r.problems[0].contains("never written"),
-        "{:?}",
-        r.problems
-    );
+    assert!(r.bad_blocks == 1 && r.problems[0].contains("never written"), "{:?}", r.problems);
 
     // An older generation of the block: the previous op that wrote it.
-    let ops: Vec<&verify::Op> = log
-        .ops
-        .values()
-        .filter(|o| (o.first..o.first + o.blocks).contains(&(b as u64)))
-        .collect();
+    let ops: Vec<&verify::Op> =
+        log.ops.values().filter(|o| (o.first..o.first + o.blocks).contains(&(b as u64))).collect();
     if ops.len() >= 2 {
         let older = ops[ops.len() - 2].content();
         if older != v.now[b] {
@@ -305,23 +236,12 @@ fn verifier_catches_lost_torn_misplaced_and_unknown_blocks() {
     // A flush loss is only ever charged to a block with a write
     // acknowledged before a completed fsync.
     let r = judge(&lost);
-    let flushed_before = log
-        .ops
-        .values()
-        .filter(|o| (o.first..o.first + o.blocks).contains(&(b as u64)))
-        .any(|o| {
-            o.ack_line.is_some_and(|l| {
-                log.fsyncs
-                    .values()
-                    .any(|f| f.done_line.is_some() && l < f.start_line)
-            })
+    let flushed_before =
+        log.ops.values().filter(|o| (o.first..o.first + o.blocks).contains(&(b as u64))).any(|o| {
+            o.ack_line.is_some_and(|l| log.fsyncs.values().any(|f| f.done_line.is_some() && l < f.start_line))
         });
     if r.flush_losses > 0 {
-        assert!(
-            flushed_before,
-            "a flush loss without a flushed write: {}",
-            r.summary()
-        );
+        assert!(flushed_before, "a flush loss without a flushed write: {}", r.summary());
     }
 }
 
@@ -342,10 +262,7 @@ fn inspect() {
     match strata::volume::Engine::open(&p, &Default::default()) {
         Ok(e) => {
             eprintln!("opened: mode {:?}", e.mode());
-            eprintln!(
-                "{}",
-                serde_json::to_string_pretty(&e.status().expect("status")).unwrap()
-            );
+            eprintln!("{}", serde_json::to_string_pretty(&e.status().expect("status")).unwrap());
         }
         Err(e) => eprintln!("open failed: {e}"),
     }

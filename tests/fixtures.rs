@@ -69,7 +69,8 @@ fn damage(kind: &str, dir: &Path) {
             std::fs::write(&p, b).unwrap();
         }
         "truncated-map" => {
-            let mut maps: Vec<PathBuf> = std::fs::read_dir(dir.join("maps")).unwrap().flatten().map(|e| e.path()).collect();
+            let mut maps: Vec<PathBuf> =
+                std::fs::read_dir(dir.join("maps")).unwrap().flatten().map(|e| e.path()).collect();
             maps.sort();
             let m = &maps[0];
             let len = std::fs::metadata(m).unwrap().len();

@@ -18,7 +18,12 @@ fn have_qemu() -> bool {
 
 fn sh(args: &[&str], dir: &Path) -> String {
     let o = Command::new(args[0]).args(&args[1..]).current_dir(dir).output().unwrap();
-    assert!(o.status.success(), "{args:?}: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{args:?}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -29,9 +34,26 @@ fn make_chain(dir: &Path) {
     // mid: written as raw deltas then converted with compression onto base.
     sh(&["qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "mid0.qcow2"], dir);
     sh(&["qemu-io", "-f", "qcow2", "-c", "write -P 0x21 512k 1M", "-c", "write -P 0x22 6M 64k", "mid0.qcow2"], dir);
-    sh(&["qemu-img", "convert", "-c", "-O", "qcow2", "-B", "base.qcow2", "-F", "qcow2", "mid0.qcow2", "mid.qcow2"], dir);
+    sh(
+        &["qemu-img", "convert", "-c", "-O", "qcow2", "-B", "base.qcow2", "-F", "qcow2", "mid0.qcow2", "mid.qcow2"],
+        dir,
+    );
     sh(&["qemu-img", "create", "-q", "-f", "qcow2", "-b", "mid.qcow2", "-F", "qcow2", "top.qcow2"], dir);
-    sh(&["qemu-io", "-f", "qcow2", "-c", "write -z 0 64k", "-c", "write -P 0x33 4096 100k", "-c", "write -z 6M 64k", "top.qcow2"], dir);
+    sh(
+        &[
+            "qemu-io",
+            "-f",
+            "qcow2",
+            "-c",
+            "write -z 0 64k",
+            "-c",
+            "write -P 0x33 4096 100k",
+            "-c",
+            "write -z 6M 64k",
+            "top.qcow2",
+        ],
+        dir,
+    );
 }
 
 #[test]

@@ -41,10 +41,8 @@ fn errno_of<T>(r: std::io::Result<T>) -> i32 {
 }
 
 fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     v.sort();
     v
 }
@@ -52,36 +50,20 @@ fn names(dir: &Path) -> Vec<String> {
 fn lseek(f: &File, off: i64, whence: i32) -> Result<i64, i32> {
     // SAFETY: lseek on an open fd.
     let r = unsafe { libc::lseek(f.as_raw_fd(), off, whence) };
-    if r < 0 {
-        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(-1))
-    } else {
-        Ok(r)
-    }
+    if r < 0 { Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)) } else { Ok(r) }
 }
 
 fn fallocate(f: &File, mode: i32, off: i64, len: i64) -> Result<(), i32> {
     // SAFETY: fallocate on an open fd.
     let r = unsafe { libc::fallocate(f.as_raw_fd(), mode, off, len) };
-    if r < 0 {
-        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(-1))
-    } else {
-        Ok(())
-    }
+    if r < 0 { Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)) } else { Ok(()) }
 }
 
 fn setxattr(p: &Path, name: &str, value: &[u8]) {
     let cp = CString::new(p.as_os_str().as_bytes()).unwrap();
     let cn = CString::new(name).unwrap();
     // SAFETY: valid C strings and buffer.
-    let r = unsafe {
-        libc::setxattr(
-            cp.as_ptr(),
-            cn.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
+    let r = unsafe { libc::setxattr(cp.as_ptr(), cn.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
     assert_eq!(r, 0, "setxattr {name}: {}", std::io::Error::last_os_error());
 }
 
@@ -105,10 +87,7 @@ fn listxattr(p: &Path) -> Vec<String> {
     let r = unsafe { libc::listxattr(cp.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     assert!(r >= 0, "listxattr: {}", std::io::Error::last_os_error());
     buf.truncate(r as usize);
-    buf.split(|&b| b == 0)
-        .filter(|s| !s.is_empty())
-        .map(|s| String::from_utf8_lossy(s).into_owned())
-        .collect()
+    buf.split(|&b| b == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect()
 }
 
 #[test]
@@ -117,10 +96,7 @@ fn layout_has_volume_files_snapshots_folder_and_by_guid_view() {
         return;
     }
     let m = Mounted::new();
-    File::create(m.path("vm1.img"))
-        .unwrap()
-        .set_len(10 * MIB)
-        .unwrap();
+    File::create(m.path("vm1.img")).unwrap().set_len(10 * MIB).unwrap();
     assert_eq!(names(&m.mnt), vec![".snapshots", "images", "vm1.img"]);
 
     let top = stat(&m.path("vm1.img"));
@@ -135,11 +111,7 @@ fn layout_has_volume_files_snapshots_folder_and_by_guid_view() {
     let leaves = names(&m.path("images").join(&groups[0]));
     assert_eq!(leaves.len(), 1);
     let by_guid = stat(&m.path("images").join(&groups[0]).join(&leaves[0]));
-    assert_eq!(
-        by_guid.ino(),
-        top.ino(),
-        "the by-GUID file is the same inode"
-    );
+    assert_eq!(by_guid.ino(), top.ino(), "the by-GUID file is the same inode");
 
     let snaps = m.path(".snapshots");
     assert!(stat(&snaps).is_dir());
@@ -148,20 +120,9 @@ fn layout_has_volume_files_snapshots_folder_and_by_guid_view() {
 
     // Views are read-only namespaces; the top level has no folders.
     assert_eq!(errno_of(std::fs::create_dir(m.path("dir"))), libc::EPERM);
-    assert_eq!(
-        errno_of(File::create(m.path("images").join("x"))),
-        libc::EPERM
-    );
-    assert_eq!(
-        errno_of(File::create(m.path(".snapshots/vm1.img/x"))),
-        libc::EPERM
-    );
-    assert_eq!(
-        errno_of(std::fs::remove_file(
-            m.path("images").join(&groups[0]).join(&leaves[0])
-        )),
-        libc::EPERM
-    );
+    assert_eq!(errno_of(File::create(m.path("images").join("x"))), libc::EPERM);
+    assert_eq!(errno_of(File::create(m.path(".snapshots/vm1.img/x"))), libc::EPERM);
+    assert_eq!(errno_of(std::fs::remove_file(m.path("images").join(&groups[0]).join(&leaves[0]))), libc::EPERM);
 }
 
 #[test]
@@ -173,11 +134,7 @@ fn data_written_reads_back_and_reads_stop_at_eof() {
     let p = m.path("data.raw");
     let data = pattern(3 * MIB as usize + 123, 1);
     std::fs::write(&p, &data).unwrap();
-    assert_eq!(
-        stat(&p).len(),
-        data.len() as u64,
-        "writes past EOF grow the file"
-    );
+    assert_eq!(stat(&p).len(), data.len() as u64, "writes past EOF grow the file");
     assert_eq!(std::fs::read(&p).unwrap(), data);
 
     // A read across EOF returns only what exists.
@@ -188,12 +145,7 @@ fn data_written_reads_back_and_reads_stop_at_eof() {
     assert_eq!(f.read(&mut buf).unwrap(), 0);
 
     // O_DIRECT with aligned buffers (qemu cache=none).
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(&p)
-        .unwrap();
+    let mut f = OpenOptions::new().read(true).write(true).custom_flags(libc::O_DIRECT).open(&p).unwrap();
     let layout = std::alloc::Layout::from_size_align(MIB as usize, 4096).unwrap();
     // SAFETY: allocation of a non-zero, aligned layout; freed below.
     let ptr = unsafe { std::alloc::alloc(layout) };
@@ -226,14 +178,8 @@ fn truncate_shrinks_and_grows_and_the_tail_reads_as_zeros() {
     f.set_len(2 * MIB).unwrap();
     drop(f);
     let back = std::fs::read(&p).unwrap();
-    assert_eq!(
-        &back[..MIB as usize],
-        &pattern(2 * MIB as usize, 3)[..MIB as usize]
-    );
-    assert!(
-        back[MIB as usize..].iter().all(|&b| b == 0),
-        "data past a shrink must not come back"
-    );
+    assert_eq!(&back[..MIB as usize], &pattern(2 * MIB as usize, 3)[..MIB as usize]);
+    assert!(back[MIB as usize..].iter().all(|&b| b == 0), "data past a shrink must not come back");
     // O_TRUNC on open.
     File::create(&p).unwrap();
     assert_eq!(stat(&p).len(), 0);
@@ -253,11 +199,7 @@ fn unlink_and_rename_change_volumes_and_rename_replaces_like_rename2() {
 
     std::fs::rename(m.path("c"), m.path("b")).unwrap();
     assert_eq!(std::fs::read(m.path("b")).unwrap(), b"alpha");
-    assert_eq!(
-        m.control(&["names"]).0,
-        "b\n",
-        "the replaced volume is gone"
-    );
+    assert_eq!(m.control(&["names"]).0, "b\n", "the replaced volume is gone");
 
     std::fs::remove_file(m.path("b")).unwrap();
     assert_eq!(m.control(&["names"]).0, "");
@@ -265,10 +207,7 @@ fn unlink_and_rename_change_volumes_and_rename_replaces_like_rename2() {
 
     // Bad names.
     assert_eq!(errno_of(File::create(m.path("images"))), libc::EISDIR);
-    assert_eq!(
-        errno_of(File::create(m.path(&"x".repeat(256)))),
-        libc::ENAMETOOLONG
-    );
+    assert_eq!(errno_of(File::create(m.path(&"x".repeat(256)))), libc::ENAMETOOLONG);
 }
 
 #[test]
@@ -307,12 +246,7 @@ fn chmod_chown_times_and_xattrs_survive_a_remount() {
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::os::unix::fs::chown(&p, Some(107), Some(108)).unwrap();
     let mtime = std::time::UNIX_EPOCH + Duration::new(1_600_000_000, 123_456_789);
-    File::options()
-        .write(true)
-        .open(&p)
-        .unwrap()
-        .set_modified(mtime)
-        .unwrap();
+    File::options().write(true).open(&p).unwrap().set_modified(mtime).unwrap();
     let binary: Vec<u8> = (0..=255u8).collect();
     setxattr(&p, "user.binary", &binary);
     setxattr(&p, "trusted.libvirt.security.dac", b"+107:+108");
@@ -326,10 +260,7 @@ fn chmod_chown_times_and_xattrs_survive_a_remount() {
     assert_eq!(after.modified().unwrap(), mtime);
     assert_eq!(after.mtime(), before.mtime(), "mtime is stable, not 'now'");
     assert_eq!(getxattr(&p, "user.binary"), Some(binary));
-    assert_eq!(
-        getxattr(&p, "trusted.libvirt.security.dac").as_deref(),
-        Some(&b"+107:+108"[..])
-    );
+    assert_eq!(getxattr(&p, "trusted.libvirt.security.dac").as_deref(), Some(&b"+107:+108"[..]));
     let mut listed = listxattr(&p);
     listed.sort();
     assert_eq!(listed, vec!["trusted.libvirt.security.dac", "user.binary"]);
@@ -349,12 +280,7 @@ fn writes_update_the_modification_time_and_it_persists() {
     let p = m.path("w.raw");
     File::create(&p).unwrap().set_len(MIB).unwrap();
     let old = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
-    File::options()
-        .write(true)
-        .open(&p)
-        .unwrap()
-        .set_modified(old)
-        .unwrap();
+    File::options().write(true).open(&p).unwrap().set_modified(old).unwrap();
     let mut f = File::options().write(true).open(&p).unwrap();
     f.write_all(b"x").unwrap();
     drop(f);
@@ -371,13 +297,7 @@ fn seek_data_and_seek_hole_follow_the_written_blocks() {
     }
     let m = Mounted::new();
     let p = m.path("sparse.raw");
-    let mut f = File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&p)
-        .unwrap();
+    let mut f = File::options().read(true).write(true).create(true).truncate(true).open(&p).unwrap();
     f.set_len(16 * MIB).unwrap();
     f.seek(SeekFrom::Start(MIB)).unwrap();
     f.write_all(&pattern(4096, 4)).unwrap();
@@ -386,31 +306,13 @@ fn seek_data_and_seek_hole_follow_the_written_blocks() {
     f.sync_all().unwrap();
 
     assert_eq!(lseek(&f, 0, libc::SEEK_DATA), Ok(MIB as i64));
-    assert_eq!(
-        lseek(&f, MIB as i64, libc::SEEK_HOLE),
-        Ok(MIB as i64 + 4096)
-    );
-    assert_eq!(
-        lseek(&f, MIB as i64 + 4096, libc::SEEK_DATA),
-        Ok(8 * MIB as i64)
-    );
-    assert_eq!(
-        lseek(&f, 8 * MIB as i64, libc::SEEK_HOLE),
-        Ok(8 * MIB as i64 + 8192)
-    );
-    assert_eq!(
-        lseek(&f, 8 * MIB as i64 + 8192, libc::SEEK_DATA),
-        Err(libc::ENXIO)
-    );
+    assert_eq!(lseek(&f, MIB as i64, libc::SEEK_HOLE), Ok(MIB as i64 + 4096));
+    assert_eq!(lseek(&f, MIB as i64 + 4096, libc::SEEK_DATA), Ok(8 * MIB as i64));
+    assert_eq!(lseek(&f, 8 * MIB as i64, libc::SEEK_HOLE), Ok(8 * MIB as i64 + 8192));
+    assert_eq!(lseek(&f, 8 * MIB as i64 + 8192, libc::SEEK_DATA), Err(libc::ENXIO));
     assert_eq!(lseek(&f, 0, libc::SEEK_HOLE), Ok(0));
-    assert_eq!(
-        lseek(&f, 16 * MIB as i64, libc::SEEK_DATA),
-        Err(libc::ENXIO)
-    );
-    assert_eq!(
-        lseek(&f, 16 * MIB as i64, libc::SEEK_HOLE),
-        Err(libc::ENXIO)
-    );
+    assert_eq!(lseek(&f, 16 * MIB as i64, libc::SEEK_DATA), Err(libc::ENXIO));
+    assert_eq!(lseek(&f, 16 * MIB as i64, libc::SEEK_HOLE), Err(libc::ENXIO));
 }
 
 #[test]
@@ -424,51 +326,22 @@ fn punch_hole_and_zero_range_free_blocks_and_read_as_zeros() {
     let f = File::options().read(true).write(true).open(&p).unwrap();
     f.sync_all().unwrap();
     let full = f.metadata().unwrap().blocks();
-    assert!(
-        full >= 8 * MIB / 512,
-        "st_blocks {full} should count 8 MiB of data"
-    );
+    assert!(full >= 8 * MIB / 512, "st_blocks {full} should count 8 MiB of data");
 
-    fallocate(
-        &f,
-        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-        0,
-        4 * MIB as i64,
-    )
-    .unwrap();
-    fallocate(
-        &f,
-        libc::FALLOC_FL_ZERO_RANGE,
-        4 * MIB as i64,
-        2 * MIB as i64,
-    )
-    .unwrap();
+    fallocate(&f, libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, 0, 4 * MIB as i64).unwrap();
+    fallocate(&f, libc::FALLOC_FL_ZERO_RANGE, 4 * MIB as i64, 2 * MIB as i64).unwrap();
     f.sync_all().unwrap();
     let after = f.metadata().unwrap();
-    assert_eq!(
-        after.len(),
-        8 * MIB,
-        "KEEP_SIZE / inside the file: size unchanged"
-    );
-    assert!(
-        after.blocks() <= full - 6 * MIB / 512,
-        "st_blocks {} should drop by 6 MiB from {full}",
-        after.blocks()
-    );
+    assert_eq!(after.len(), 8 * MIB, "KEEP_SIZE / inside the file: size unchanged");
+    assert!(after.blocks() <= full - 6 * MIB / 512, "st_blocks {} should drop by 6 MiB from {full}", after.blocks());
     let back = std::fs::read(&p).unwrap();
     assert!(back[..6 * MIB as usize].iter().all(|&b| b == 0));
-    assert_eq!(
-        &back[6 * MIB as usize..],
-        &pattern(8 * MIB as usize, 6)[6 * MIB as usize..]
-    );
+    assert_eq!(&back[6 * MIB as usize..], &pattern(8 * MIB as usize, 6)[6 * MIB as usize..]);
 
     // Mode 0 past EOF grows; unsupported modes are refused.
     fallocate(&f, 0, 8 * MIB as i64, MIB as i64).unwrap();
     assert_eq!(f.metadata().unwrap().len(), 9 * MIB);
-    assert_eq!(
-        fallocate(&f, libc::FALLOC_FL_COLLAPSE_RANGE, 0, 4096),
-        Err(libc::EOPNOTSUPP)
-    );
+    assert_eq!(fallocate(&f, libc::FALLOC_FL_COLLAPSE_RANGE, 0, 4096), Err(libc::EOPNOTSUPP));
 }
 
 #[test]
@@ -520,10 +393,7 @@ fn umount_flushes_and_the_daemon_exits_zero_and_removes_its_pidfile() {
     let mut m = Mounted::new();
     let pidfile = m.store.join(strata::fs::PIDFILE_NAME);
     let text = std::fs::read_to_string(&pidfile).unwrap();
-    assert_eq!(
-        text.lines().next().unwrap().parse::<u32>().unwrap(),
-        m.pid().unwrap()
-    );
+    assert_eq!(text.lines().next().unwrap().parse::<u32>().unwrap(), m.pid().unwrap());
     assert!(m.store.join("control.sock").exists());
     std::fs::write(m.path("keep.raw"), pattern(MIB as usize, 7)).unwrap();
 
@@ -539,16 +409,9 @@ fn umount_flushes_and_the_daemon_exits_zero_and_removes_its_pidfile() {
     assert!(!m.is_mounted());
     assert!(!pidfile.exists());
     assert!(!m.store.join("control.sock").exists());
-    assert!(
-        strata::control::call(&m.store, &["names".into()])
-            .unwrap()
-            .is_none()
-    );
+    assert!(strata::control::call(&m.store, &["names".into()]).unwrap().is_none());
     m.mount();
-    assert_eq!(
-        std::fs::read(m.path("keep.raw")).unwrap(),
-        pattern(MIB as usize, 7)
-    );
+    assert_eq!(std::fs::read(m.path("keep.raw")).unwrap(), pattern(MIB as usize, 7));
 }
 
 #[test]
@@ -562,16 +425,11 @@ fn sigterm_unmounts_cleanly_and_keeps_flushed_data() {
     f.sync_all().unwrap();
     drop(f);
     m.signal(libc::SIGTERM);
-    let st = m
-        .wait_child(Duration::from_secs(60))
-        .expect("daemon exits on SIGTERM");
+    let st = m.wait_child(Duration::from_secs(60)).expect("daemon exits on SIGTERM");
     assert!(st.success(), "{st}\n{}", m.log());
     assert!(!m.is_mounted());
     m.mount();
-    assert_eq!(
-        std::fs::read(m.path("s.raw")).unwrap(),
-        pattern(MIB as usize, 8)
-    );
+    assert_eq!(std::fs::read(m.path("s.raw")).unwrap(), pattern(MIB as usize, 8));
 }
 
 #[test]
@@ -613,10 +471,7 @@ fn snapshots_appear_read_only_in_both_views_and_revert_shows_at_once() {
     assert_eq!(st.len(), 2 * MIB);
     assert_eq!(st.mode() & 0o222, 0, "snapshots are read-only");
     assert_eq!(std::fs::read(&snap).unwrap(), pattern(2 * MIB as usize, 10));
-    assert_eq!(
-        errno_of(File::options().write(true).open(&snap)),
-        libc::EROFS
-    );
+    assert_eq!(errno_of(File::options().write(true).open(&snap)), libc::EROFS);
     assert_eq!(errno_of(std::fs::remove_file(&snap)), libc::EPERM);
 
     // images/<volume>/ holds the leaf and the snapshot layer; the snapshot
@@ -625,16 +480,9 @@ fn snapshots_appear_read_only_in_both_views_and_revert_shows_at_once() {
     let layers = names(&group);
     assert_eq!(layers.len(), 2);
     let inos: Vec<u64> = layers.iter().map(|l| stat(&group.join(l)).ino()).collect();
-    assert!(
-        inos.contains(&ino),
-        "the new leaf is still the volume's inode"
-    );
+    assert!(inos.contains(&ino), "the new leaf is still the volume's inode");
     assert!(inos.contains(&st.ino()));
-    assert_eq!(
-        stat(&p).ino(),
-        ino,
-        "a snapshot does not change the file's inode"
-    );
+    assert_eq!(stat(&p).ino(), ino, "a snapshot does not change the file's inode");
 
     let (_, err, code) = m.control(&["revert", "vm.img", "before"]);
     assert_eq!(code, 0, "{err}");

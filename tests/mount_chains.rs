@@ -11,7 +11,12 @@ daemon_entry!();
 
 fn run(cmd: &mut Command) -> String {
     let o = cmd.output().expect("spawn");
-    assert!(o.status.success(), "{cmd:?}: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -37,7 +42,17 @@ fn ext4_snapshotted_during_fio_writes_checks_clean() {
     run(Command::new("mount").args(["-o", "loop"]).arg(&img).arg(&ext));
     let guard = LoopMount(ext.clone());
     let mut fio = Command::new("fio")
-        .args(["--name=w", "--rw=randwrite", "--bs=4k", "--size=24M", "--numjobs=2", "--time_based", "--runtime=4", "--fsync=16", "--ioengine=psync"])
+        .args([
+            "--name=w",
+            "--rw=randwrite",
+            "--bs=4k",
+            "--size=24M",
+            "--numjobs=2",
+            "--time_based",
+            "--runtime=4",
+            "--fsync=16",
+            "--ioengine=psync",
+        ])
         .arg(format!("--directory={}", ext.display()))
         .stdout(Stdio::null())
         .spawn()
@@ -53,7 +68,12 @@ fn ext4_snapshotted_during_fio_writes_checks_clean() {
     // The snapshot is a read-only file in .snapshots/<vol>/.
     let snap = m.path(".snapshots/vm/during-fio");
     let out = Command::new("e2fsck").arg("-fn").arg(&snap).output().unwrap();
-    assert!(out.status.success(), "e2fsck -fn on the snapshot: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "e2fsck -fn on the snapshot: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     // And the live volume too, after fio finished and ext4 was unmounted.
     let out = Command::new("e2fsck").arg("-fn").arg(&img).output().unwrap();
     assert!(out.status.success(), "e2fsck -fn on the volume: {}", String::from_utf8_lossy(&out.stdout));
@@ -69,10 +89,31 @@ fn a_merge_while_fio_writes_and_verifies_loses_nothing() {
     run(Command::new("truncate").arg("-s").arg("64M").arg(&img));
     // Fill it, so the snapshots hold data the merges must keep.
     run(Command::new("fio")
-        .args(["--name=fill", "--rw=write", "--bs=1M", "--size=64M", "--direct=1", "--ioengine=libaio", "--verify=crc32c", "--do_verify=0"])
+        .args([
+            "--name=fill",
+            "--rw=write",
+            "--bs=1M",
+            "--size=64M",
+            "--direct=1",
+            "--ioengine=libaio",
+            "--verify=crc32c",
+            "--do_verify=0",
+        ])
         .arg(format!("--filename={}", img.display())));
     let mut fio = Command::new("fio")
-        .args(["--name=w", "--rw=randwrite", "--bs=4k", "--size=64M", "--direct=1", "--ioengine=libaio", "--iodepth=8", "--verify=crc32c", "--verify_backlog=64", "--time_based", "--runtime=4"])
+        .args([
+            "--name=w",
+            "--rw=randwrite",
+            "--bs=4k",
+            "--size=64M",
+            "--direct=1",
+            "--ioengine=libaio",
+            "--iodepth=8",
+            "--verify=crc32c",
+            "--verify_backlog=64",
+            "--time_based",
+            "--runtime=4",
+        ])
         .arg(format!("--filename={}", img.display()))
         .stdout(Stdio::null())
         .spawn()
@@ -91,7 +132,17 @@ fn a_merge_while_fio_writes_and_verifies_loses_nothing() {
     let (_, err, code) = m.control(&["unsnap", "live", "s11"]);
     assert_eq!(code, 0, "{err}");
     let st = run(Command::new("fio")
-        .args(["--name=check", "--rw=randwrite", "--bs=4k", "--size=64M", "--direct=1", "--ioengine=libaio", "--verify=crc32c", "--verify_only", "--time_based=0"])
+        .args([
+            "--name=check",
+            "--rw=randwrite",
+            "--bs=4k",
+            "--size=64M",
+            "--direct=1",
+            "--ioengine=libaio",
+            "--verify=crc32c",
+            "--verify_only",
+            "--time_based=0",
+        ])
         .arg(format!("--filename={}", img.display())));
     let _ = st;
 }

@@ -29,12 +29,7 @@ fn make_tree(root: &Path) {
         let len = (next() % (160 * 1024)) as usize + 1024;
         let data: Vec<u8> = match i % 10 {
             0 => vec![0; len],
-            1 => b"the same block again "
-                .iter()
-                .cycle()
-                .take(len)
-                .copied()
-                .collect(),
+            1 => b"the same block again ".iter().cycle().take(len).copied().collect(),
             _ => (0..len).map(|_| next() as u8).collect(),
         };
         std::fs::write(dir.join(format!("f{i}.bin")), data).unwrap();
@@ -42,10 +37,7 @@ fn make_tree(root: &Path) {
 }
 
 fn checksums(root: &Path) -> String {
-    sh(&format!(
-        "cd {} && find . -type f -print0 | sort -z | xargs -0 sha256sum",
-        root.display()
-    ))
+    sh(&format!("cd {} && find . -type f -print0 | sort -z | xargs -0 sha256sum", root.display()))
 }
 
 #[test]
@@ -64,11 +56,7 @@ fn ext4_in_a_volume_survives_fsck_and_a_remount_byte_for_byte() {
     let lo = m.dir.path().join("lo");
     {
         let l = LoopMount::new(&image, &lo);
-        sh(&format!(
-            "cp -a {}/. {}/ && sync",
-            src.display(),
-            l.dir.display()
-        ));
+        sh(&format!("cp -a {}/. {}/ && sync", src.display(), l.dir.display()));
         assert_eq!(checksums(&l.dir), want);
     }
     run(Command::new("e2fsck").args(["-f", "-n"]).arg(&image));
@@ -76,9 +64,5 @@ fn ext4_in_a_volume_survives_fsck_and_a_remount_byte_for_byte() {
     m.remount();
     run(Command::new("e2fsck").args(["-f", "-n"]).arg(&image));
     let l = LoopMount::new(&image, &lo);
-    assert_eq!(
-        checksums(&l.dir),
-        want,
-        "the tree changed across a strata remount"
-    );
+    assert_eq!(checksums(&l.dir), want, "the tree changed across a strata remount");
 }

@@ -29,11 +29,7 @@ impl Drop for Cleanup {
         let pid = std::fs::read_to_string(self.store.join(strata::fs::PIDFILE_NAME))
             .ok()
             .and_then(|t| t.lines().next().and_then(|l| l.parse::<i32>().ok()));
-        if strata::fs::daemon::find_mount(&self.mnt)
-            .ok()
-            .flatten()
-            .is_some()
-        {
+        if strata::fs::daemon::find_mount(&self.mnt).ok().flatten().is_some() {
             let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
         }
         if let Some(pid) = pid {
@@ -60,19 +56,13 @@ fn the_mount_helper_drops_fstab_options_and_mounts_a_live_store() {
     if !ready(&["sh"]) {
         return;
     }
-    let dir = tempfile::Builder::new()
-        .prefix("strata-helper")
-        .tempdir()
-        .unwrap();
+    let dir = tempfile::Builder::new().prefix("strata-helper").tempdir().unwrap();
     let store = dir.path().join("store");
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     Engine::init(&store, &InitOptions::default()).unwrap();
     let mnt = mnt.canonicalize().unwrap();
-    let _cleanup = Cleanup {
-        store: store.clone(),
-        mnt: mnt.clone(),
-    };
+    let _cleanup = Cleanup { store: store.clone(), mnt: mnt.clone() };
 
     let args_file = dir.path().join("args");
     let fake = dir.path().join("strata");
@@ -98,30 +88,14 @@ fn the_mount_helper_drops_fstab_options_and_mounts_a_live_store() {
         .arg(helper())
         .arg(&store)
         .arg(&mnt)
-        .args([
-            "-n",
-            "-o",
-            "defaults,allow_other,_netdev,nofail,x-systemd.automount,noatime",
-        ])
+        .args(["-n", "-o", "defaults,allow_other,_netdev,nofail,x-systemd.automount,noatime"])
         .env("STRATA_BIN", &fake));
     let args = std::fs::read_to_string(&args_file).unwrap();
-    assert_eq!(
-        args.trim(),
-        format!(
-            "mount {} {} -o allow_other,noatime",
-            store.display(),
-            mnt.display()
-        )
-    );
+    assert_eq!(args.trim(), format!("mount {} {} -o allow_other,noatime", store.display(), mnt.display()));
 
-    let entry = strata::fs::daemon::find_mount(&mnt)
-        .unwrap()
-        .expect("mounted when the helper returns");
+    let entry = strata::fs::daemon::find_mount(&mnt).unwrap().expect("mounted when the helper returns");
     assert_eq!(entry.fstype, "fuse.strata");
-    assert_eq!(
-        entry.source,
-        store.canonicalize().unwrap().display().to_string()
-    );
+    assert_eq!(entry.source, store.canonicalize().unwrap().display().to_string());
     std::fs::write(mnt.join("disk.raw"), b"hello").unwrap();
     assert_eq!(std::fs::read(mnt.join("disk.raw")).unwrap(), b"hello");
 
@@ -131,14 +105,8 @@ fn the_mount_helper_drops_fstab_options_and_mounts_a_live_store() {
     assert!(!store.join(strata::fs::PIDFILE_NAME).exists());
 
     // -f (fake) prints what it would run and mounts nothing.
-    let out = Command::new("sh")
-        .arg(helper())
-        .arg(&store)
-        .arg(&mnt)
-        .arg("-f")
-        .env("STRATA_BIN", &fake)
-        .output()
-        .unwrap();
+    let out =
+        Command::new("sh").arg(helper()).arg(&store).arg(&mnt).arg("-f").env("STRATA_BIN", &fake).output().unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("mount"));
     assert!(strata::fs::daemon::find_mount(&mnt).unwrap().is_none());

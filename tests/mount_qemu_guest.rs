@@ -41,10 +41,7 @@ fn find_kernel() -> Option<(PathBuf, String)> {
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
             let ver = name.strip_prefix("vmlinuz-")?.to_string();
-            Path::new("/lib/modules")
-                .join(&ver)
-                .is_dir()
-                .then(|| (e.path(), ver))
+            Path::new("/lib/modules").join(&ver).is_dir().then(|| (e.path(), ver))
         })
         .collect();
     found.sort();
@@ -54,8 +51,7 @@ fn find_kernel() -> Option<(PathBuf, String)> {
 fn static_busybox() -> Option<PathBuf> {
     for p in ["/bin/busybox", "/usr/bin/busybox"] {
         let out = Command::new("ldd").arg(p).output().ok()?;
-        let text = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
         if Path::new(p).exists() && text.contains("not a dynamic executable") {
             return Some(PathBuf::from(p));
         }
@@ -70,8 +66,7 @@ fn guest_tools() -> Result<(PathBuf, String, PathBuf), String> {
             return Err(format!("{t} is not installed ({APT_HINT})"));
         }
     }
-    let (kernel, ver) =
-        find_kernel().ok_or(format!("no /boot/vmlinuz-* with modules ({APT_HINT})"))?;
+    let (kernel, ver) = find_kernel().ok_or(format!("no /boot/vmlinuz-* with modules ({APT_HINT})"))?;
     let busybox = static_busybox().ok_or(format!("no static busybox ({APT_HINT})"))?;
     Ok((kernel, ver, busybox))
 }
@@ -149,16 +144,9 @@ fn build_initramfs(dir: &Path, busybox: &Path, modules: &[PathBuf]) -> PathBuf {
     std::fs::write(root.join("modules.list"), list).unwrap();
     std::fs::write(root.join("pattern"), pattern(MIB)).unwrap();
     std::fs::write(root.join("init"), GUEST_INIT).unwrap();
-    sh(&format!(
-        "chmod 755 {r}/init {r}/bin/busybox",
-        r = root.display()
-    ));
+    sh(&format!("chmod 755 {r}/init {r}/bin/busybox", r = root.display()));
     let out = dir.join("initramfs.cpio.gz");
-    sh(&format!(
-        "cd {} && find . | cpio -o -H newc --quiet | gzip -1 > {}",
-        root.display(),
-        out.display()
-    ));
+    sh(&format!("cd {} && find . | cpio -o -H newc --quiet | gzip -1 > {}", root.display(), out.display()));
     out
 }
 
@@ -183,28 +171,14 @@ fn a_qemu_guest_writes_flushes_and_trims_a_volume_with_cache_none() {
 
     let console = m.dir.path().join("console.log");
     let mut qemu = Command::new("qemu-system-x86_64")
-        .args([
-            "-accel",
-            "tcg",
-            "-m",
-            "256",
-            "-smp",
-            "1",
-            "-nographic",
-            "-no-reboot",
-            "-nic",
-            "none",
-        ])
+        .args(["-accel", "tcg", "-m", "256", "-smp", "1", "-nographic", "-no-reboot", "-nic", "none"])
         .arg("-kernel")
         .arg(&kernel)
         .arg("-initrd")
         .arg(&initrd)
         .args(["-append", "console=ttyS0 panic=-1 rdinit=/init quiet"])
         .arg("-drive")
-        .arg(format!(
-            "file={},format=raw,if=virtio,cache=none,aio=native,discard=unmap",
-            disk.display()
-        ))
+        .arg(format!("file={},format=raw,if=virtio,cache=none,aio=native,discard=unmap", disk.display()))
         .stdin(std::process::Stdio::null())
         .stdout(std::fs::File::create(&console).unwrap())
         .stderr(std::process::Stdio::inherit())
@@ -235,48 +209,25 @@ fn a_qemu_guest_writes_flushes_and_trims_a_volume_with_cache_none() {
         .collect();
     let guest: Vec<&str> = log.lines().filter(|l| l.contains("GUEST-")).collect();
     eprintln!("guest said:\n{}", guest.join("\n"));
-    assert!(
-        status.success(),
-        "qemu exited with {status}; console:\n{log}"
-    );
-    assert!(
-        log.contains("GUEST-DONE"),
-        "guest did not finish; console:\n{log}"
-    );
-    assert!(
-        !log.contains("GUEST-ERROR") && !log.contains(" BAD"),
-        "guest reported errors:\n{}",
-        guest.join("\n")
-    );
-    assert!(
-        log.contains(&format!("GUEST-SIZE {}", 64 * MIB / 512)),
-        "{}",
-        guest.join("\n")
-    );
+    assert!(status.success(), "qemu exited with {status}; console:\n{log}");
+    assert!(log.contains("GUEST-DONE"), "guest did not finish; console:\n{log}");
+    assert!(!log.contains("GUEST-ERROR") && !log.contains(" BAD"), "guest reported errors:\n{}", guest.join("\n"));
+    assert!(log.contains(&format!("GUEST-SIZE {}", 64 * MIB / 512)), "{}", guest.join("\n"));
 
     let check = |m: &Mounted| {
         let data = std::fs::read(m.path("guest.raw")).unwrap();
         let p = pattern(MIB);
         assert_eq!(data.len(), 64 * MIB);
         for n in [0usize, 2, 3, 32] {
-            assert!(
-                data[n * MIB..(n + 1) * MIB] == p[..],
-                "MiB {n} differs from what the guest wrote"
-            );
+            assert!(data[n * MIB..(n + 1) * MIB] == p[..], "MiB {n} differs from what the guest wrote");
         }
         if log.contains("GUEST-DISCARD ok") {
-            assert!(
-                data[MIB..2 * MIB].iter().all(|&b| b == 0),
-                "the guest's TRIM must read as zeros"
-            );
+            assert!(data[MIB..2 * MIB].iter().all(|&b| b == 0), "the guest's TRIM must read as zeros");
         }
     };
     check(&m);
     let blocks = stat(&disk).blocks() as usize * 512;
-    assert!(
-        (4 * MIB..=5 * MIB).contains(&blocks),
-        "allocated {blocks} bytes; expected 4 MiB of data after the TRIM"
-    );
+    assert!((4 * MIB..=5 * MIB).contains(&blocks), "allocated {blocks} bytes; expected 4 MiB of data after the TRIM");
     m.remount();
     check(&m);
 }

@@ -34,31 +34,20 @@ fn qemu_img_creates_converts_compares_and_checks_on_the_mount() {
     make_source(&src);
 
     // create -f raw makes an empty sparse volume of the size asked.
-    run(Command::new("qemu-img")
-        .args(["create", "-f", "raw"])
-        .arg(m.path("new.raw"))
-        .arg("1G"));
+    run(Command::new("qemu-img").args(["create", "-f", "raw"]).arg(m.path("new.raw")).arg("1G"));
     let st = stat(&m.path("new.raw"));
     assert_eq!(st.len(), 1 << 30);
     assert_eq!(st.blocks(), 0);
 
     // convert onto the mount, buffered and O_DIRECT (cache=none).
-    run(Command::new("qemu-img")
-        .args(["convert", "-f", "raw", "-O", "raw"])
-        .arg(&src)
-        .arg(m.path("disk.raw")));
+    run(Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "raw"]).arg(&src).arg(m.path("disk.raw")));
     run(Command::new("qemu-img")
         .args(["convert", "-t", "none", "-f", "raw", "-O", "raw"])
         .arg(&src)
         .arg(m.path("direct.raw")));
     for name in ["disk.raw", "direct.raw"] {
-        run(Command::new("qemu-img")
-            .args(["compare", "-f", "raw", "-F", "raw"])
-            .arg(&src)
-            .arg(m.path(name)));
-        let info = run(Command::new("qemu-img")
-            .args(["info", "--output=json"])
-            .arg(m.path(name)));
+        run(Command::new("qemu-img").args(["compare", "-f", "raw", "-F", "raw"]).arg(&src).arg(m.path(name)));
+        let info = run(Command::new("qemu-img").args(["info", "--output=json"]).arg(m.path(name)));
         assert!(info.contains("\"virtual-size\": 67108864"), "{info}");
         assert!(info.contains("\"format\": \"raw\""), "{info}");
     }
@@ -66,11 +55,7 @@ fn qemu_img_creates_converts_compares_and_checks_on_the_mount() {
     assert!(stat(&m.path("disk.raw")).blocks() * 512 < 40 * MIB);
 
     // qemu-img check has nothing to check on raw; it says so.
-    let out = Command::new("qemu-img")
-        .args(["check", "-f", "raw"])
-        .arg(m.path("disk.raw"))
-        .output()
-        .unwrap();
+    let out = Command::new("qemu-img").args(["check", "-f", "raw"]).arg(m.path("disk.raw")).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not support checks"));
 
@@ -79,33 +64,20 @@ fn qemu_img_creates_converts_compares_and_checks_on_the_mount() {
         .args(["convert", "-f", "raw", "-O", "qcow2"])
         .arg(m.path("disk.raw"))
         .arg(m.path("disk.qcow2")));
-    run(Command::new("qemu-img")
-        .args(["check", "-f", "qcow2"])
-        .arg(m.path("disk.qcow2")));
-    run(Command::new("qemu-img")
-        .args(["compare", "-f", "raw", "-F", "qcow2"])
-        .arg(&src)
-        .arg(m.path("disk.qcow2")));
+    run(Command::new("qemu-img").args(["check", "-f", "qcow2"]).arg(m.path("disk.qcow2")));
+    run(Command::new("qemu-img").args(["compare", "-f", "raw", "-F", "qcow2"]).arg(&src).arg(m.path("disk.qcow2")));
     let out_qcow = m.dir.path().join("out.qcow2");
     run(Command::new("qemu-img")
         .args(["convert", "-T", "none", "-f", "raw", "-O", "qcow2"])
         .arg(m.path("disk.raw"))
         .arg(&out_qcow));
     run(Command::new("qemu-img").args(["check"]).arg(&out_qcow));
-    run(Command::new("qemu-img")
-        .args(["compare", "-f", "raw", "-F", "qcow2"])
-        .arg(&src)
-        .arg(&out_qcow));
+    run(Command::new("qemu-img").args(["compare", "-f", "raw", "-F", "qcow2"]).arg(&src).arg(&out_qcow));
 
     // Everything is still there after a remount.
     m.remount();
-    run(Command::new("qemu-img")
-        .args(["compare", "-f", "raw", "-F", "raw"])
-        .arg(&src)
-        .arg(m.path("disk.raw")));
-    run(Command::new("qemu-img")
-        .args(["check", "-f", "qcow2"])
-        .arg(m.path("disk.qcow2")));
+    run(Command::new("qemu-img").args(["compare", "-f", "raw", "-F", "raw"]).arg(&src).arg(m.path("disk.raw")));
+    run(Command::new("qemu-img").args(["check", "-f", "qcow2"]).arg(m.path("disk.qcow2")));
 }
 
 #[test]

@@ -84,7 +84,8 @@ fn in_sync(n: &Node) {
 /// source's after the sync and the source has heard so).
 fn same_generation(a: &Node, b: &Node) {
     let g = b.wait_status(WAIT, |s| s.disk == DiskState::UpToDate).unwrap().generation;
-    a.wait_status(WAIT, |s| s.generation == g).unwrap_or_else(|| panic!("generations differ: {:?} {:?}", a.status(), b.status()));
+    a.wait_status(WAIT, |s| s.generation == g)
+        .unwrap_or_else(|| panic!("generations differ: {:?} {:?}", a.status(), b.status()));
     std::thread::sleep(Duration::from_millis(200));
 }
 

@@ -25,12 +25,27 @@ pub struct SnapshotRow {
 }
 
 fn snapshot_from(r: &Cells) -> Result<SnapshotRow> {
-    Ok(SnapshotRow { guid: r.guid(0, "guid")?, disk: r.guid(1, "disk_guid")?, name: r.text(2, "name")?, created_unix: r.int(3, "created")? })
+    Ok(SnapshotRow {
+        guid: r.guid(0, "guid")?,
+        disk: r.guid(1, "disk_guid")?,
+        name: r.text(2, "name")?,
+        created_unix: r.int(3, "created")?,
+    })
 }
 
 fn validate_snapshot_name(name: &str) -> Result<()> {
-    if name.is_empty() || name.len() > NAME_MAX_BYTES || name.contains('/') || name.contains('\0') || name.contains('@') || name == "." || name == ".." {
-        return Err(Error::InvalidName { name: name.to_owned(), reason: "a snapshot name is 1–255 bytes without '/', '@' or NUL, and not '.' or '..'" });
+    if name.is_empty()
+        || name.len() > NAME_MAX_BYTES
+        || name.contains('/')
+        || name.contains('\0')
+        || name.contains('@')
+        || name == "."
+        || name == ".."
+    {
+        return Err(Error::InvalidName {
+            name: name.to_owned(),
+            reason: "a snapshot name is 1–255 bytes without '/', '@' or NUL, and not '.' or '..'",
+        });
     }
     Ok(())
 }
@@ -46,17 +61,30 @@ fn snapshot_conflict(e: rusqlite::Error, name: &str) -> Fail {
 }
 
 fn children_of(c: &Connection, layer: Guid) -> Inner<Vec<VolumeRow>> {
-    query_cells(c, concat!("SELECT ", volume_columns!(), " FROM volumes WHERE parent_guid = ?1 ORDER BY ctime, guid"), [layer.to_string()], "volumes")?
-        .iter()
-        .map(|r| Ok(volume_from(r)?))
-        .collect()
+    query_cells(
+        c,
+        concat!("SELECT ", volume_columns!(), " FROM volumes WHERE parent_guid = ?1 ORDER BY ctime, guid"),
+        [layer.to_string()],
+        "volumes",
+    )?
+    .iter()
+    .map(|r| Ok(volume_from(r)?))
+    .collect()
 }
 
 /// Freeze `old` (INTERNAL, generation + 1) and insert a new empty COW leaf
 /// of `capacity` whose parent is `parent`, in the caller's transaction. The
 /// demotion comes first: the one-LEAF-per-disk index must hold after every
 /// statement, not only at commit.
-pub(super) fn freeze_and_stack(c: &Connection, disk: Guid, old: Guid, parent: Guid, capacity: u64, legality: Legality, now: i64) -> Inner<VolumeRow> {
+pub(super) fn freeze_and_stack(
+    c: &Connection,
+    disk: Guid,
+    old: Guid,
+    parent: Guid,
+    capacity: u64,
+    legality: Legality,
+    now: i64,
+) -> Inner<VolumeRow> {
     c.execute(
         "UPDATE volumes SET voltype = 'INTERNAL', generation = generation + 1, mtime = ?1 WHERE guid = ?2",
         params![now, old.to_string()],
@@ -118,19 +146,29 @@ impl Catalog {
     /// Snapshots of a disk, oldest first.
     pub fn snapshots(&self, disk: Guid) -> Result<Vec<SnapshotRow>> {
         self.read(|c| {
-            query_cells(c, "SELECT guid, disk_guid, name, created FROM snapshots WHERE disk_guid = ?1 ORDER BY created, name", [disk.to_string()], "snapshots")?
-                .iter()
-                .map(|r| Ok(snapshot_from(r)?))
-                .collect()
+            query_cells(
+                c,
+                "SELECT guid, disk_guid, name, created FROM snapshots WHERE disk_guid = ?1 ORDER BY created, name",
+                [disk.to_string()],
+                "snapshots",
+            )?
+            .iter()
+            .map(|r| Ok(snapshot_from(r)?))
+            .collect()
         })
     }
 
     pub fn all_snapshots(&self) -> Result<Vec<SnapshotRow>> {
         self.read(|c| {
-            query_cells(c, "SELECT guid, disk_guid, name, created FROM snapshots ORDER BY disk_guid, created, name", [], "snapshots")?
-                .iter()
-                .map(|r| Ok(snapshot_from(r)?))
-                .collect()
+            query_cells(
+                c,
+                "SELECT guid, disk_guid, name, created FROM snapshots ORDER BY disk_guid, created, name",
+                [],
+                "snapshots",
+            )?
+            .iter()
+            .map(|r| Ok(snapshot_from(r)?))
+            .collect()
         })
     }
 
@@ -151,10 +189,15 @@ impl Catalog {
     /// The snapshot naming `layer`, if any.
     pub fn snapshot_of_layer(&self, layer: Guid) -> Result<Option<SnapshotRow>> {
         self.read(|c| {
-            Ok(query_cells(c, "SELECT guid, disk_guid, name, created FROM snapshots WHERE guid = ?1", [layer.to_string()], "snapshots")?
-                .first()
-                .map(snapshot_from)
-                .transpose()?)
+            Ok(query_cells(
+                c,
+                "SELECT guid, disk_guid, name, created FROM snapshots WHERE guid = ?1",
+                [layer.to_string()],
+                "snapshots",
+            )?
+            .first()
+            .map(snapshot_from)
+            .transpose()?)
         })
     }
 
@@ -166,10 +209,15 @@ impl Catalog {
     /// Every layer recorded for a disk, on the active chain or not.
     pub fn disk_layers(&self, disk: Guid) -> Result<Vec<VolumeRow>> {
         self.read(|c| {
-            query_cells(c, concat!("SELECT ", volume_columns!(), " FROM volumes WHERE disk_guid = ?1 ORDER BY ctime, guid"), [disk.to_string()], "volumes")?
-                .iter()
-                .map(|r| Ok(volume_from(r)?))
-                .collect()
+            query_cells(
+                c,
+                concat!("SELECT ", volume_columns!(), " FROM volumes WHERE disk_guid = ?1 ORDER BY ctime, guid"),
+                [disk.to_string()],
+                "volumes",
+            )?
+            .iter()
+            .map(|r| Ok(volume_from(r)?))
+            .collect()
         })
     }
 
@@ -187,7 +235,10 @@ impl Catalog {
                 if !seen.insert(p) {
                     return Err(Error::Corrupt(format!("chain below layer {layer} loops at {p}")).into());
                 }
-                out.push(load_volume(c, p).map_err(|_| Error::Corrupt(format!("chain below layer {layer}: parent {p} does not exist")))?);
+                out.push(
+                    load_volume(c, p)
+                        .map_err(|_| Error::Corrupt(format!("chain below layer {layer}: parent {p} does not exist")))?,
+                );
             }
             out.reverse();
             Ok(out)
@@ -223,7 +274,11 @@ impl Catalog {
         self.write(|c| {
             let kids = children_of(c, layer)?;
             if !kids.is_empty() {
-                return Err(Error::HasDependents { disk: load_volume(c, layer)?.disk, dependents: kids.iter().map(|k| k.guid).collect() }.into());
+                return Err(Error::HasDependents {
+                    disk: load_volume(c, layer)?.disk,
+                    dependents: kids.iter().map(|k| k.guid).collect(),
+                }
+                .into());
             }
             delete_layer(c, layer)
         })
@@ -236,7 +291,14 @@ impl Catalog {
         self.write(|c| {
             let parent = load_volume(c, parent_layer)?;
             let now = now_unix();
-            let disk = DiskRow { guid: Guid::new_random(), name: name.to_owned(), leaf: Guid::new_random(), capacity: parent.capacity, created_unix: now, description: String::new() };
+            let disk = DiskRow {
+                guid: Guid::new_random(),
+                name: name.to_owned(),
+                leaf: Guid::new_random(),
+                capacity: parent.capacity,
+                created_unix: now,
+                description: String::new(),
+            };
             let leaf = VolumeRow {
                 guid: disk.leaf,
                 disk: disk.guid,
@@ -251,11 +313,20 @@ impl Catalog {
                 modified_unix: now,
                 description: String::new(),
             };
-            c.execute("INSERT INTO disks (guid, created, description) VALUES (?1, ?2, ?3)", params![disk.guid.to_string(), now, disk.description])?;
+            c.execute(
+                "INSERT INTO disks (guid, created, description) VALUES (?1, ?2, ?3)",
+                params![disk.guid.to_string(), now, disk.description],
+            )?;
             insert_volume(c, &leaf, capacity_to_sql(parent.capacity)?)?;
-            c.execute("INSERT INTO properties (object, key, value) VALUES (?1, ?2, ?3)", params![disk.guid.to_string(), NAME_KEY, name])
-                .map_err(|e| name_conflict(e, name))?;
-            c.execute("INSERT INTO properties (object, key, value) VALUES (?1, 'cloned-from', ?2)", params![disk.guid.to_string(), cloned_from])?;
+            c.execute(
+                "INSERT INTO properties (object, key, value) VALUES (?1, ?2, ?3)",
+                params![disk.guid.to_string(), NAME_KEY, name],
+            )
+            .map_err(|e| name_conflict(e, name))?;
+            c.execute(
+                "INSERT INTO properties (object, key, value) VALUES (?1, 'cloned-from', ?2)",
+                params![disk.guid.to_string(), cloned_from],
+            )?;
             Ok((disk, leaf))
         })
     }
@@ -270,7 +341,10 @@ impl Catalog {
             )?;
             let id = c.last_insert_rowid();
             for g in illegal {
-                c.execute("UPDATE volumes SET legality = 'ILLEGAL', mtime = ?1 WHERE guid = ?2", params![now, g.to_string()])?;
+                c.execute(
+                    "UPDATE volumes SET legality = 'ILLEGAL', mtime = ?1 WHERE guid = ?2",
+                    params![now, g.to_string()],
+                )?;
             }
             Ok(id)
         })
@@ -285,7 +359,10 @@ impl Catalog {
             let r = load_volume(c, removed)?;
             let kids = children_of(c, removed)?;
             for k in &kids {
-                c.execute("UPDATE volumes SET parent_guid = ?1 WHERE guid = ?2", params![r.parent.to_string(), k.guid.to_string()])?;
+                c.execute(
+                    "UPDATE volumes SET parent_guid = ?1 WHERE guid = ?2",
+                    params![r.parent.to_string(), k.guid.to_string()],
+                )?;
                 bump(c, k.guid)?;
             }
             delete_layer(c, removed)?;
@@ -323,7 +400,10 @@ impl Catalog {
     /// deleted with the last layer.
     pub fn finish_flatten(&self, layer: Guid, job: Option<i64>) -> Result<()> {
         self.write(|c| {
-            c.execute("UPDATE volumes SET parent_guid = ?1, format = 'RAW' WHERE guid = ?2", params![Guid::BLANK.to_string(), layer.to_string()])?;
+            c.execute(
+                "UPDATE volumes SET parent_guid = ?1, format = 'RAW' WHERE guid = ?2",
+                params![Guid::BLANK.to_string(), layer.to_string()],
+            )?;
             bump(c, layer)?;
             if let Some(job) = job {
                 c.execute("DELETE FROM jobs WHERE id = ?1", [job])?;
@@ -354,7 +434,10 @@ impl Catalog {
                         )?;
                     }
                     None => {
-                        c.execute("DELETE FROM properties WHERE object = ?1 AND key = ?2", params![object.to_string(), k])?;
+                        c.execute(
+                            "DELETE FROM properties WHERE object = ?1 AND key = ?2",
+                            params![object.to_string(), k],
+                        )?;
                     }
                 }
             }
@@ -376,7 +459,14 @@ impl Catalog {
                 }
             }
             let mut st = c.prepare("PRAGMA foreign_key_check")?;
-            let rows = st.query_map([], |r| Ok(format!("table {} row {} violates a foreign key to {}", r.get::<_, String>(0)?, r.get::<_, i64>(1).unwrap_or(-1), r.get::<_, String>(2)?)))?;
+            let rows = st.query_map([], |r| {
+                Ok(format!(
+                    "table {} row {} violates a foreign key to {}",
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1).unwrap_or(-1),
+                    r.get::<_, String>(2)?
+                ))
+            })?;
             for r in rows {
                 out.push(r?);
             }
@@ -388,7 +478,8 @@ impl Catalog {
     /// (rowid, problem) — found without failing on them.
     pub fn bad_volume_rows(&self) -> Result<Vec<String>> {
         self.read(|c| {
-            let cells = query_cells(c, concat!("SELECT ", volume_columns!(), " FROM volumes ORDER BY guid"), [], "volumes")?;
+            let cells =
+                query_cells(c, concat!("SELECT ", volume_columns!(), " FROM volumes ORDER BY guid"), [], "volumes")?;
             Ok(cells.iter().filter_map(|r| volume_from(r).err().map(|e| e.to_string())).collect())
         })
     }

@@ -24,8 +24,8 @@
 //! calling out).
 
 mod chains;
-mod schema;
 mod replica;
+mod schema;
 
 pub use chains::SnapshotRow;
 pub use replica::PeerRow;
@@ -48,9 +48,7 @@ pub enum Error {
         #[source]
         source: rusqlite::Error,
     },
-    #[error(
-        "catalogue schema version {found} is newer than this strata understands ({supported}); upgrade strata"
-    )]
+    #[error("catalogue schema version {found} is newer than this strata understands ({supported}); upgrade strata")]
     TooNew { found: i64, supported: i64 },
     #[error("a volume named {0:?} already exists")]
     NameExists(String),
@@ -224,42 +222,26 @@ impl Catalog {
             .write(true)
             .create_new(true)
             .open(path)
-            .map_err(|source| Error::Io {
-                path: path.display().to_string(),
-                source,
-            })?;
+            .map_err(|source| Error::Io { path: path.display().to_string(), source })?;
         Self::open(path)
     }
 
     /// Open an existing catalogue, applying forward migrations.
     pub fn open(path: &Path) -> Result<Catalog> {
         let shown = path.display().to_string();
-        let sql = |source| Error::Sqlite {
-            path: shown.clone(),
-            source,
-        };
+        let sql = |source| Error::Sqlite { path: shown.clone(), source };
         // No SQLITE_OPEN_CREATE: a mistyped store path must not silently
         // grow an empty catalogue.
-        let mut conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(sql)?;
+        let mut conn =
+            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+                .map_err(sql)?;
         configure(&mut conn).map_err(|f| flatten(f, &shown))?;
-        Ok(Catalog {
-            conn: Mutex::new(conn),
-            path: shown,
-        })
+        Ok(Catalog { conn: Mutex::new(conn), path: shown })
     }
 
     /// Insert a disk, its base layer (LEAF, RAW, SPARSE, `legality`) and its
     /// `name` property in one transaction. Fails with `NameExists`.
-    pub fn create_disk(
-        &self,
-        name: &str,
-        capacity: u64,
-        legality: Legality,
-    ) -> Result<(DiskRow, VolumeRow)> {
+    pub fn create_disk(&self, name: &str, capacity: u64, legality: Legality) -> Result<(DiskRow, VolumeRow)> {
         validate_name(name)?;
         let capacity_sql = capacity_to_sql(capacity)?;
         self.write(|c| {
@@ -313,15 +295,13 @@ impl Catalog {
                 .optional()?;
             if let Some(owner) = owner {
                 let disk = value_guid(&owner).ok_or_else(|| {
-                    Error::Corrupt(format!(
-                        "name {name_or_guid:?} belongs to {owner:?}, which is not a GUID"
-                    ))
+                    Error::Corrupt(format!("name {name_or_guid:?} belongs to {owner:?}, which is not a GUID"))
                 })?;
                 return match load_disk(c, disk) {
-                    Err(Fail::Cat(Error::NotFound(_))) => Err(Error::Corrupt(format!(
-                        "name {name_or_guid:?} belongs to {disk}, which is not a disk"
-                    ))
-                    .into()),
+                    Err(Fail::Cat(Error::NotFound(_))) => {
+                        Err(Error::Corrupt(format!("name {name_or_guid:?} belongs to {disk}, which is not a disk"))
+                            .into())
+                    }
                     other => other,
                 };
             }
@@ -333,9 +313,7 @@ impl Catalog {
             }
             match load_volume(c, guid) {
                 Ok(layer) => load_disk(c, layer.disk),
-                Err(Fail::Cat(Error::NotFound(_))) => {
-                    Err(Error::NotFound(name_or_guid.to_owned()).into())
-                }
+                Err(Fail::Cat(Error::NotFound(_))) => Err(Error::NotFound(name_or_guid.to_owned()).into()),
                 Err(other) => Err(other),
             }
         })
@@ -357,9 +335,7 @@ impl Catalog {
                 [],
                 "disks",
             )?;
-            rows.iter()
-                .map(|r| load_disk(c, r.guid(0, "guid")?))
-                .collect()
+            rows.iter().map(|r| load_disk(c, r.guid(0, "guid")?)).collect()
         })
     }
 
@@ -373,11 +349,7 @@ impl Catalog {
         self.read(|c| {
             query_cells(
                 c,
-                concat!(
-                    "SELECT ",
-                    volume_columns!(),
-                    " FROM volumes ORDER BY disk_guid, ctime, guid"
-                ),
+                concat!("SELECT ", volume_columns!(), " FROM volumes ORDER BY disk_guid, ctime, guid"),
                 [],
                 "volumes",
             )?
@@ -474,15 +446,11 @@ impl Catalog {
             if !dependents.is_empty() {
                 return Err(Error::HasDependents { disk, dependents }.into());
             }
-            let layers = query_cells(
-                c,
-                "SELECT guid FROM volumes WHERE disk_guid = ?1 ORDER BY guid",
-                [&d],
-                "volumes",
-            )?
-            .iter()
-            .map(|r| r.guid(0, "guid"))
-            .collect::<Result<Vec<_>>>()?;
+            let layers =
+                query_cells(c, "SELECT guid FROM volumes WHERE disk_guid = ?1 ORDER BY guid", [&d], "volumes")?
+                    .iter()
+                    .map(|r| r.guid(0, "guid"))
+                    .collect::<Result<Vec<_>>>()?;
             // Children before parents, for the foreign keys.
             for sql in [
                 "DELETE FROM properties WHERE object = ?1
@@ -512,10 +480,10 @@ impl Catalog {
             match value {
                 None => Ok(None),
                 Some(Value::Text(v)) => Ok(Some(v)),
-                Some(other) => Err(Error::Corrupt(format!(
-                    "properties row ({object}, {key:?}): value is {other:?}, not text"
-                ))
-                .into()),
+                Some(other) => {
+                    Err(Error::Corrupt(format!("properties row ({object}, {key:?}): value is {other:?}, not text"))
+                        .into())
+                }
             }
         })
     }
@@ -541,10 +509,8 @@ impl Catalog {
     pub fn prop_unset(&self, object: Guid, key: &str) -> Result<bool> {
         refuse_reserved(key)?;
         self.write(|c| {
-            let n = c.execute(
-                "DELETE FROM properties WHERE object = ?1 AND key = ?2",
-                params![object.to_string(), key],
-            )?;
+            let n =
+                c.execute("DELETE FROM properties WHERE object = ?1 AND key = ?2", params![object.to_string(), key])?;
             Ok(n > 0)
         })
     }
@@ -606,11 +572,7 @@ impl Catalog {
         self.read(|c| {
             query_cells(
                 c,
-                concat!(
-                    "SELECT ",
-                    job_columns!(),
-                    " FROM jobs WHERE object = ?1 ORDER BY id"
-                ),
+                concat!("SELECT ", job_columns!(), " FROM jobs WHERE object = ?1 ORDER BY id"),
                 [object.to_string()],
                 "jobs",
             )?
@@ -622,15 +584,10 @@ impl Catalog {
 
     pub fn all_jobs(&self) -> Result<Vec<JobRow>> {
         self.read(|c| {
-            query_cells(
-                c,
-                concat!("SELECT ", job_columns!(), " FROM jobs ORDER BY id"),
-                [],
-                "jobs",
-            )?
-            .iter()
-            .map(|r| Ok(job_from(r)?))
-            .collect()
+            query_cells(c, concat!("SELECT ", job_columns!(), " FROM jobs ORDER BY id"), [], "jobs")?
+                .iter()
+                .map(|r| Ok(job_from(r)?))
+                .collect()
         })
     }
 
@@ -651,9 +608,7 @@ impl Catalog {
     fn lock(&self) -> MutexGuard<'_, Connection> {
         // A panic while the lock was held unwound through the open
         // transaction, which rolled back on drop: the connection is sound.
-        self.conn
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Run `f` in a deferred transaction, so its several SELECTs see one
@@ -686,10 +641,7 @@ impl Catalog {
 
 fn flatten(f: Fail, path: &str) -> Error {
     match f {
-        Fail::Sql(source) => Error::Sqlite {
-            path: path.to_owned(),
-            source,
-        },
+        Fail::Sql(source) => Error::Sqlite { path: path.to_owned(), source },
         Fail::Cat(e) => e,
     }
 }
@@ -729,14 +681,11 @@ fn migrate(conn: &mut Connection) -> Inner<()> {
         };
         let (from, to) = (step, step + 1);
         tx.execute_batch(schema::MIGRATIONS[step])?;
-        let dangling = tx
-            .query_row("PRAGMA foreign_key_check", [], |r| r.get::<_, String>(0))
-            .optional()?;
+        let dangling = tx.query_row("PRAGMA foreign_key_check", [], |r| r.get::<_, String>(0)).optional()?;
         if let Some(table) = dangling {
-            return Err(Error::Corrupt(format!(
-                "migration {from} -> {to} left dangling references in table {table}"
-            ))
-            .into());
+            return Err(
+                Error::Corrupt(format!("migration {from} -> {to} left dangling references in table {table}")).into()
+            );
         }
         tx.pragma_update(None, "user_version", to as i64)?;
         tx.commit()?;
@@ -752,16 +701,12 @@ fn pending_migration(c: &Connection) -> Inner<Option<usize>> {
     if version == 0 && app_id == 0 {
         // A brand-new (empty) database; anything else with tables is some
         // other program's file and must not be migrated into.
-        let objects: i64 = c.query_row(
-            "SELECT count(*) FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%'",
-            [],
-            |r| r.get(0),
-        )?;
+        let objects: i64 =
+            c.query_row("SELECT count(*) FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%'", [], |r| r.get(0))?;
         if objects > 0 {
-            return Err(Error::Corrupt(
-                "the file is a SQLite database with tables but not a strata catalogue".into(),
-            )
-            .into());
+            return Err(
+                Error::Corrupt("the file is a SQLite database with tables but not a strata catalogue".into()).into()
+            );
         }
     } else if app_id != schema::APPLICATION_ID {
         return Err(Error::Corrupt(format!(
@@ -770,11 +715,7 @@ fn pending_migration(c: &Connection) -> Inner<Option<usize>> {
         .into());
     }
     if version > SCHEMA_VERSION {
-        return Err(Error::TooNew {
-            found: version,
-            supported: SCHEMA_VERSION,
-        }
-        .into());
+        return Err(Error::TooNew { found: version, supported: SCHEMA_VERSION }.into());
     }
     let Ok(step) = usize::try_from(version) else {
         return Err(Error::Corrupt(format!("negative schema version {version}")).into());
@@ -783,10 +724,7 @@ fn pending_migration(c: &Connection) -> Inner<Option<usize>> {
 }
 
 fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)).unwrap_or(0)
 }
 
 /// SQLite integers are signed 64-bit.
@@ -817,10 +755,7 @@ fn validate_name(name: &str) -> Result<()> {
     } else {
         return Ok(());
     };
-    Err(Error::InvalidName {
-        name: name.to_owned(),
-        reason,
-    })
+    Err(Error::InvalidName { name: name.to_owned(), reason })
 }
 
 /// Only the partial UNIQUE index on names can raise SQLITE_CONSTRAINT_UNIQUE
@@ -850,12 +785,8 @@ macro_rules! job_columns {
 use job_columns;
 
 fn insert_volume(c: &Connection, v: &VolumeRow, capacity_sql: i64) -> Inner<()> {
-    let generation = i64::try_from(v.generation).map_err(|_| {
-        Error::Corrupt(format!(
-            "generation {} of layer {} overflows",
-            v.generation, v.guid
-        ))
-    })?;
+    let generation = i64::try_from(v.generation)
+        .map_err(|_| Error::Corrupt(format!("generation {} of layer {} overflows", v.generation, v.guid)))?;
     c.execute(
         concat!(
             "INSERT INTO volumes (",
@@ -902,9 +833,7 @@ impl Cells {
     }
 
     fn value(&self, i: usize, column: &str) -> Result<&Value> {
-        self.values
-            .get(i)
-            .ok_or_else(|| self.bad(column, "missing"))
+        self.values.get(i).ok_or_else(|| self.bad(column, "missing"))
     }
 
     fn text(&self, i: usize, column: &str) -> Result<String> {
@@ -937,18 +866,11 @@ impl Cells {
     }
 }
 
-fn query_cells<P: rusqlite::Params>(
-    c: &Connection,
-    sql: &str,
-    params: P,
-    table: &'static str,
-) -> Inner<Vec<Cells>> {
+fn query_cells<P: rusqlite::Params>(c: &Connection, sql: &str, params: P, table: &'static str) -> Inner<Vec<Cells>> {
     let mut stmt = c.prepare_cached(sql)?;
     let n = stmt.column_count();
     let rows = stmt.query_map(params, |row| {
-        let values = (0..n)
-            .map(|i| row.get::<_, Value>(i))
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let values = (0..n).map(|i| row.get::<_, Value>(i)).collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(Cells { table, values })
     })?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -991,43 +913,23 @@ fn job_from(r: &Cells) -> Result<JobRow> {
 }
 
 fn disk_exists(c: &Connection, guid: Guid) -> Inner<bool> {
-    let hit = c
-        .query_row(
-            "SELECT 1 FROM disks WHERE guid = ?1",
-            [guid.to_string()],
-            |_| Ok(()),
-        )
-        .optional()?;
+    let hit = c.query_row("SELECT 1 FROM disks WHERE guid = ?1", [guid.to_string()], |_| Ok(())).optional()?;
     Ok(hit.is_some())
 }
 
 fn volume_exists(c: &Connection, guid: Guid) -> Inner<bool> {
-    let hit = c
-        .query_row(
-            "SELECT 1 FROM volumes WHERE guid = ?1",
-            [guid.to_string()],
-            |_| Ok(()),
-        )
-        .optional()?;
+    let hit = c.query_row("SELECT 1 FROM volumes WHERE guid = ?1", [guid.to_string()], |_| Ok(())).optional()?;
     Ok(hit.is_some())
 }
 
 fn require_disk(c: &Connection, guid: Guid) -> Inner<()> {
-    if disk_exists(c, guid)? {
-        Ok(())
-    } else {
-        Err(Error::NotFound(guid.to_string()).into())
-    }
+    if disk_exists(c, guid)? { Ok(()) } else { Err(Error::NotFound(guid.to_string()).into()) }
 }
 
 fn load_volume(c: &Connection, guid: Guid) -> Inner<VolumeRow> {
     let rows = query_cells(
         c,
-        concat!(
-            "SELECT ",
-            volume_columns!(),
-            " FROM volumes WHERE guid = ?1"
-        ),
+        concat!("SELECT ", volume_columns!(), " FROM volumes WHERE guid = ?1"),
         [guid.to_string()],
         "volumes",
     )?;
@@ -1041,11 +943,7 @@ fn load_volume(c: &Connection, guid: Guid) -> Inner<VolumeRow> {
 fn the_leaf(c: &Connection, disk: Guid) -> Inner<VolumeRow> {
     let rows = query_cells(
         c,
-        concat!(
-            "SELECT ",
-            volume_columns!(),
-            " FROM volumes WHERE disk_guid = ?1 AND voltype = 'LEAF' ORDER BY guid"
-        ),
+        concat!("SELECT ", volume_columns!(), " FROM volumes WHERE disk_guid = ?1 AND voltype = 'LEAF' ORDER BY guid"),
         [disk.to_string()],
         "volumes",
     )?;
@@ -1065,12 +963,8 @@ fn the_leaf(c: &Connection, disk: Guid) -> Inner<VolumeRow> {
 }
 
 fn load_disk(c: &Connection, guid: Guid) -> Inner<DiskRow> {
-    let rows = query_cells(
-        c,
-        "SELECT guid, created, description FROM disks WHERE guid = ?1",
-        [guid.to_string()],
-        "disks",
-    )?;
+    let rows =
+        query_cells(c, "SELECT guid, created, description FROM disks WHERE guid = ?1", [guid.to_string()], "disks")?;
     let Some(row) = rows.first() else {
         return Err(Error::NotFound(guid.to_string()).into());
     };
@@ -1155,9 +1049,7 @@ mod tests {
     }
 
     fn pragma_int(cat: &Catalog, name: &str) -> i64 {
-        cat.lock()
-            .pragma_query_value(None, name, |r| r.get(0))
-            .unwrap()
+        cat.lock().pragma_query_value(None, name, |r| r.get(0)).unwrap()
     }
 
     #[test]
@@ -1178,13 +1070,7 @@ mod tests {
         assert!(v.parent.is_blank());
         assert_eq!(
             (v.voltype, v.format, v.allocation, v.legality, v.generation),
-            (
-                VolType::Leaf,
-                VolFormat::Raw,
-                Allocation::Sparse,
-                Legality::Legal,
-                0
-            )
+            (VolType::Leaf, VolFormat::Raw, Allocation::Sparse, Legality::Legal, 0)
         );
     }
 
@@ -1196,10 +1082,7 @@ mod tests {
         assert_eq!(pragma_int(&cat, "foreign_keys"), 1);
         assert_eq!(pragma_int(&cat, "synchronous"), 2, "FULL");
         assert_eq!(pragma_int(&cat, "busy_timeout"), 5000);
-        let mode: String = cat
-            .lock()
-            .pragma_query_value(None, "journal_mode", |r| r.get(0))
-            .unwrap();
+        let mode: String = cat.lock().pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
         assert_eq!(mode, "wal");
     }
 
@@ -1216,10 +1099,7 @@ mod tests {
     #[test]
     fn open_refuses_a_newer_schema_version() {
         let (dir, cat) = new_catalog();
-        raw(
-            &cat,
-            &format!("PRAGMA user_version = {}", SCHEMA_VERSION + 1),
-        );
+        raw(&cat, &format!("PRAGMA user_version = {}", SCHEMA_VERSION + 1));
         drop(cat);
         match Catalog::open(&dir.path().join("catalog.db")) {
             Err(Error::TooNew { found, supported }) => {
@@ -1239,35 +1119,19 @@ mod tests {
         }
         let cat = Catalog::open(&path).unwrap();
         assert_eq!(pragma_int(&cat, "user_version"), SCHEMA_VERSION);
-        for table in [
-            "disks",
-            "volumes",
-            "properties",
-            "snapshots",
-            "jobs",
-            "peers",
-            "replication_state",
-        ] {
-            let n = count(
-                &cat,
-                &format!(
-                    "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = '{table}'"
-                ),
-            );
+        for table in ["disks", "volumes", "properties", "snapshots", "jobs", "peers", "replication_state"] {
+            let n =
+                count(&cat, &format!("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = '{table}'"));
             assert_eq!(n, 1, "table {table}");
         }
-        cat.create_disk("after-migration", 4096, Legality::Legal)
-            .unwrap();
+        cat.create_disk("after-migration", 4096, Legality::Legal).unwrap();
     }
 
     #[test]
     fn open_refuses_a_sqlite_file_that_is_not_a_catalogue() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("other.db");
-        Connection::open(&path)
-            .unwrap()
-            .execute_batch("CREATE TABLE t (x)")
-            .unwrap();
+        Connection::open(&path).unwrap().execute_batch("CREATE TABLE t (x)").unwrap();
         assert!(matches!(Catalog::open(&path), Err(Error::Corrupt(_))));
     }
 
@@ -1295,10 +1159,7 @@ mod tests {
         let renamed = cat.find_disk("c").unwrap();
         assert_eq!((renamed.guid, renamed.leaf), (a.guid, a.leaf));
         assert!(matches!(cat.find_disk("a"), Err(Error::NotFound(_))));
-        assert!(matches!(
-            cat.rename_disk(Guid::new_random(), "d"),
-            Err(Error::NotFound(_))
-        ));
+        assert!(matches!(cat.rename_disk(Guid::new_random(), "d"), Err(Error::NotFound(_))));
     }
 
     #[test]
@@ -1307,13 +1168,7 @@ mod tests {
         let guid = Guid::new_random().to_string();
         let long = "x".repeat(256);
         for bad in ["", ".", "..", "a/b", "a\0b", guid.as_str(), long.as_str()] {
-            assert!(
-                matches!(
-                    cat.create_disk(bad, 4096, Legality::Legal),
-                    Err(Error::InvalidName { .. })
-                ),
-                "{bad:?}"
-            );
+            assert!(matches!(cat.create_disk(bad, 4096, Legality::Legal), Err(Error::InvalidName { .. })), "{bad:?}");
         }
         assert_eq!(count(&cat, "SELECT count(*) FROM disks"), 0);
     }
@@ -1321,10 +1176,7 @@ mod tests {
     #[test]
     fn capacity_beyond_i64_is_refused() {
         let (_dir, cat) = new_catalog();
-        assert!(matches!(
-            cat.create_disk("big", u64::MAX, Legality::Legal),
-            Err(Error::CapacityTooLarge(_))
-        ));
+        assert!(matches!(cat.create_disk("big", u64::MAX, Legality::Legal), Err(Error::CapacityTooLarge(_))));
     }
 
     #[test]
@@ -1333,21 +1185,12 @@ mod tests {
         let (disk, base) = cat.create_disk("vm1", 4096, Legality::Legal).unwrap();
         let top = cat.add_layer(disk.guid, Legality::Legal).unwrap();
         let upper = disk.guid.to_string().to_uppercase();
-        for key in [
-            "vm1".to_string(),
-            disk.guid.to_string(),
-            upper,
-            base.guid.to_string(),
-            top.guid.to_string(),
-        ] {
+        for key in ["vm1".to_string(), disk.guid.to_string(), upper, base.guid.to_string(), top.guid.to_string()] {
             let found = cat.find_disk(&key).unwrap();
             assert_eq!((found.guid, found.leaf), (disk.guid, top.guid), "{key}");
         }
         assert!(matches!(cat.find_disk("vm2"), Err(Error::NotFound(_))));
-        assert!(matches!(
-            cat.find_disk(&Guid::new_random().to_string()),
-            Err(Error::NotFound(_))
-        ));
+        assert!(matches!(cat.find_disk(&Guid::new_random().to_string()), Err(Error::NotFound(_))));
     }
 
     #[test]
@@ -1378,13 +1221,7 @@ mod tests {
         let (disk, base) = cat.create_disk("vm1", 4096, Legality::Legal).unwrap();
         cat.add_layer(disk.guid, Legality::Legal).unwrap();
         let top = cat.add_layer(disk.guid, Legality::Legal).unwrap();
-        raw(
-            &cat,
-            &format!(
-                "UPDATE volumes SET parent_guid = '{}' WHERE guid = '{}'",
-                top.guid, base.guid
-            ),
-        );
+        raw(&cat, &format!("UPDATE volumes SET parent_guid = '{}' WHERE guid = '{}'", top.guid, base.guid));
         match cat.chain(disk.guid) {
             Err(Error::Corrupt(msg)) => assert!(msg.contains("loops"), "{msg}"),
             other => panic!("expected Corrupt, got {other:?}"),
@@ -1397,13 +1234,7 @@ mod tests {
         let (disk, _) = cat.create_disk("vm1", 4096, Legality::Legal).unwrap();
         let top = cat.add_layer(disk.guid, Legality::Legal).unwrap();
         let ghost = Guid::new_random();
-        raw(
-            &cat,
-            &format!(
-                "UPDATE volumes SET parent_guid = '{ghost}' WHERE guid = '{}'",
-                top.guid
-            ),
-        );
+        raw(&cat, &format!("UPDATE volumes SET parent_guid = '{ghost}' WHERE guid = '{}'", top.guid));
         match cat.chain(disk.guid) {
             Err(Error::Corrupt(msg)) => assert!(msg.contains("does not exist"), "{msg}"),
             other => panic!("expected Corrupt, got {other:?}"),
@@ -1445,10 +1276,7 @@ mod tests {
         );
         match cat.volume(base.guid) {
             Err(Error::Corrupt(msg)) => {
-                assert!(
-                    msg.contains(&base.guid.to_string()) && msg.contains("QCOW3"),
-                    "{msg}"
-                );
+                assert!(msg.contains(&base.guid.to_string()) && msg.contains("QCOW3"), "{msg}");
             }
             other => panic!("expected Corrupt, got {other:?}"),
         }
@@ -1486,17 +1314,10 @@ mod tests {
         assert_eq!(count(&cat, "SELECT count(*) FROM disks"), 1);
         assert_eq!(count(&cat, "SELECT count(*) FROM volumes"), 1);
         assert_eq!(count(&cat, "SELECT count(*) FROM snapshots"), 0);
-        assert_eq!(
-            count(&cat, "SELECT count(*) FROM properties"),
-            2,
-            "keep's name and owner"
-        );
+        assert_eq!(count(&cat, "SELECT count(*) FROM properties"), 2, "keep's name and owner");
         let jobs = cat.all_jobs().unwrap();
         assert_eq!(jobs.iter().map(|j| j.id).collect::<Vec<_>>(), [keep_job]);
-        assert!(matches!(
-            cat.remove_disk(disk.guid),
-            Err(Error::NotFound(_))
-        ));
+        assert!(matches!(cat.remove_disk(disk.guid), Err(Error::NotFound(_))));
     }
 
     #[test]
@@ -1506,10 +1327,7 @@ mod tests {
         let (_clone, clone_base) = cat.create_disk("clone", 4096, Legality::Legal).unwrap();
         raw(
             &cat,
-            &format!(
-                "UPDATE volumes SET parent_guid = '{}' WHERE guid = '{}'",
-                origin_base.guid, clone_base.guid
-            ),
+            &format!("UPDATE volumes SET parent_guid = '{}' WHERE guid = '{}'", origin_base.guid, clone_base.guid),
         );
         match cat.remove_disk(origin.guid) {
             Err(Error::HasDependents { dependents, .. }) => {
@@ -1528,36 +1346,18 @@ mod tests {
         cat.prop_set(disk.guid, "owner", "alice").unwrap();
         cat.prop_set(disk.guid, "owner", "bob").unwrap();
         cat.prop_set(base.guid, "cloned-from", "x@s").unwrap();
-        assert_eq!(
-            cat.prop_get(disk.guid, "owner").unwrap().as_deref(),
-            Some("bob")
-        );
-        assert_eq!(
-            cat.prop_get(disk.guid, "name").unwrap().as_deref(),
-            Some("vm1")
-        );
+        assert_eq!(cat.prop_get(disk.guid, "owner").unwrap().as_deref(), Some("bob"));
+        assert_eq!(cat.prop_get(disk.guid, "name").unwrap().as_deref(), Some("vm1"));
         let all = cat.prop_list(disk.guid).unwrap();
         assert_eq!(
             all.into_iter().collect::<Vec<_>>(),
-            [
-                ("name".to_string(), "vm1".to_string()),
-                ("owner".to_string(), "bob".to_string())
-            ]
+            [("name".to_string(), "vm1".to_string()), ("owner".to_string(), "bob".to_string())]
         );
         assert!(cat.prop_unset(disk.guid, "owner").unwrap());
         assert!(!cat.prop_unset(disk.guid, "owner").unwrap());
-        assert!(matches!(
-            cat.prop_set(disk.guid, "name", "x"),
-            Err(Error::ReservedKey(_))
-        ));
-        assert!(matches!(
-            cat.prop_unset(disk.guid, "name"),
-            Err(Error::ReservedKey(_))
-        ));
-        assert!(matches!(
-            cat.prop_set(Guid::new_random(), "k", "v"),
-            Err(Error::NotFound(_))
-        ));
+        assert!(matches!(cat.prop_set(disk.guid, "name", "x"), Err(Error::ReservedKey(_))));
+        assert!(matches!(cat.prop_unset(disk.guid, "name"), Err(Error::ReservedKey(_))));
+        assert!(matches!(cat.prop_set(Guid::new_random(), "k", "v"), Err(Error::NotFound(_))));
         assert_eq!(cat.find_disk("vm1").unwrap().guid, disk.guid);
     }
 
@@ -1572,20 +1372,12 @@ mod tests {
         let for_a = cat.jobs_for(a).unwrap();
         assert_eq!(for_a.len(), 1);
         assert_eq!(
-            (
-                for_a[0].kind.as_str(),
-                for_a[0].object.clone(),
-                for_a[0].state.as_str(),
-                for_a[0].payload.as_str()
-            ),
+            (for_a[0].kind.as_str(), for_a[0].object.clone(), for_a[0].state.as_str(), for_a[0].payload.as_str()),
             ("create", a.to_string(), JOB_STATE_STARTED, "p1")
         );
         cat.update_job(j1, "copying", "p1b").unwrap();
         let updated = &cat.jobs_for(a).unwrap()[0];
-        assert_eq!(
-            (updated.state.as_str(), updated.payload.as_str()),
-            ("copying", "p1b")
-        );
+        assert_eq!((updated.state.as_str(), updated.payload.as_str()), ("copying", "p1b"));
         assert_eq!(cat.all_jobs().unwrap().len(), 2);
         cat.finish_job(j1).unwrap();
         cat.finish_job(j1).unwrap();
@@ -1605,14 +1397,8 @@ mod tests {
         assert_eq!(cat.volume(base.guid).unwrap().capacity, 4096);
         cat.set_legality(base.guid, Legality::Legal).unwrap();
         assert_eq!(cat.volume(base.guid).unwrap().legality, Legality::Legal);
-        assert!(matches!(
-            cat.set_legality(Guid::new_random(), Legality::Legal),
-            Err(Error::NotFound(_))
-        ));
-        assert!(matches!(
-            cat.set_capacity(Guid::new_random(), 1),
-            Err(Error::NotFound(_))
-        ));
+        assert!(matches!(cat.set_legality(Guid::new_random(), Legality::Legal), Err(Error::NotFound(_))));
+        assert!(matches!(cat.set_capacity(Guid::new_random(), 1), Err(Error::NotFound(_))));
     }
 
     #[test]
@@ -1621,12 +1407,7 @@ mod tests {
         for name in ["b", "c", "a"] {
             cat.create_disk(name, 4096, Legality::Legal).unwrap();
         }
-        let names: Vec<String> = cat
-            .list_disks()
-            .unwrap()
-            .into_iter()
-            .map(|d| d.name)
-            .collect();
+        let names: Vec<String> = cat.list_disks().unwrap().into_iter().map(|d| d.name).collect();
         assert_eq!(names, ["a", "b", "c"]);
     }
 

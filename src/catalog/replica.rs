@@ -79,7 +79,10 @@ impl Catalog {
                         (0..n).map(|i| r.get::<_, Value>(i).map(to_json)).collect::<rusqlite::Result<Vec<_>>>()
                     })?
                     .collect::<rusqlite::Result<Vec<_>>>()?;
-                tables.insert(t.to_string(), serde_json::Value::from(rows.into_iter().map(serde_json::Value::from).collect::<Vec<_>>()));
+                tables.insert(
+                    t.to_string(),
+                    serde_json::Value::from(rows.into_iter().map(serde_json::Value::from).collect::<Vec<_>>()),
+                );
             }
             Ok(tables)
         })?;

@@ -67,19 +67,12 @@ pub fn check_store(store: &Path, opts: &CheckOptions, progress: bool) -> Result<
 }
 
 pub fn run(store: &Path, a: &CheckArgs, out: &mut dyn Write, progress: bool) -> Result<i32> {
-    let opts = CheckOptions {
-        repair: a.repair || a.force_rebuild,
-        force_rebuild: a.force_rebuild,
-    };
+    let opts = CheckOptions { repair: a.repair || a.force_rebuild, force_rebuild: a.force_rebuild };
     let report = check_store(store, &opts, progress)?;
     if a.format.format == Format::Json {
         output::json(out, &report)?;
     } else {
         out.write_all(check::render(&report).as_bytes())?;
     }
-    Ok(if report.clean {
-        ExitCode::Ok.code()
-    } else {
-        ExitCode::ReadOnlyOrCorrupt.code()
-    })
+    Ok(if report.clean { ExitCode::Ok.code() } else { ExitCode::ReadOnlyOrCorrupt.code() })
 }

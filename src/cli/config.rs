@@ -70,34 +70,20 @@ pub fn run(engine: &Engine, cmd: &ConfigCommand, out: &mut dyn Write) -> Result<
                     format!("cannot set index-max-entries to {:?}: give a number of entries (0 = no cap)", a.value),
                 )
             })?;
-            engine
-                .set_index_max_entries(n)
-                .map_err(|e| exit::engine("cannot set index-max-entries", e))?;
+            engine.set_index_max_entries(n).map_err(|e| exit::engine("cannot set index-max-entries", e))?;
             writeln!(out, "index-max-entries is {n}; it takes effect when the store is next opened (remount)")?;
             Ok(())
         }
         ConfigCommand::Set(a) => {
             check_key(&a.key)?;
-            let policy: WritePolicy = a.value.parse().map_err(|e: String| {
-                exit::fail(
-                    ExitCode::InvalidArgument,
-                    format!("cannot set write-policy: {e}"),
-                )
-            })?;
-            let (effective, why) = engine
-                .set_write_policy(policy)
-                .map_err(|e| exit::engine("cannot set write-policy", e))?;
-            let why = if why.is_empty() {
-                String::new()
-            } else {
-                format!(" ({why})")
-            };
-            writeln!(
-                out,
-                "write-policy is {}; in effect: {}{why}",
-                policy.as_str(),
-                effective.as_str()
-            )?;
+            let policy: WritePolicy = a
+                .value
+                .parse()
+                .map_err(|e: String| exit::fail(ExitCode::InvalidArgument, format!("cannot set write-policy: {e}")))?;
+            let (effective, why) =
+                engine.set_write_policy(policy).map_err(|e| exit::engine("cannot set write-policy", e))?;
+            let why = if why.is_empty() { String::new() } else { format!(" ({why})") };
+            writeln!(out, "write-policy is {}; in effect: {}{why}", policy.as_str(), effective.as_str())?;
             Ok(())
         }
     }
@@ -107,8 +93,5 @@ fn check_key(key: &str) -> Result<()> {
     if key == "write-policy" || key == "index-max-entries" {
         return Ok(());
     }
-    Err(exit::fail(
-        ExitCode::NotFound,
-        format!("unknown setting {key:?}: the settings are {KEYS}"),
-    ))
+    Err(exit::fail(ExitCode::NotFound, format!("unknown setting {key:?}: the settings are {KEYS}")))
 }

@@ -49,26 +49,11 @@ impl ExitCode {
 /// page and README.md's table follow.
 pub const EXIT_CODES: [(ExitCode, &str); 9] = [
     (ExitCode::Ok, "success"),
-    (
-        ExitCode::Failure,
-        "generic failure (I/O error, internal error)",
-    ),
-    (
-        ExitCode::Usage,
-        "usage error (unknown command or option, missing argument)",
-    ),
-    (
-        ExitCode::NotFound,
-        "not found (store, volume, property or file)",
-    ),
-    (
-        ExitCode::AlreadyExists,
-        "already exists (store, volume or export file)",
-    ),
-    (
-        ExitCode::InvalidArgument,
-        "invalid argument (bad size, bad name, shrink without --allow-shrink, ...)",
-    ),
+    (ExitCode::Failure, "generic failure (I/O error, internal error)"),
+    (ExitCode::Usage, "usage error (unknown command or option, missing argument)"),
+    (ExitCode::NotFound, "not found (store, volume, property or file)"),
+    (ExitCode::AlreadyExists, "already exists (store, volume or export file)"),
+    (ExitCode::InvalidArgument, "invalid argument (bad size, bad name, shrink without --allow-shrink, ...)"),
     (
         ExitCode::Busy,
         "busy (the store is locked by a process that does not answer, or the volume has an unfinished operation)",
@@ -108,10 +93,7 @@ impl std::error::Error for Failure {}
 
 /// A failure with a given exit code and complete message.
 pub fn fail(code: ExitCode, message: impl Into<String>) -> anyhow::Error {
-    anyhow::Error::new(Failure {
-        code,
-        message: message.into(),
-    })
+    anyhow::Error::new(Failure { code, message: message.into() })
 }
 
 /// Word an engine error for the user: `"{what}: {engine's reason}: {advice}"`,
@@ -119,11 +101,7 @@ pub fn fail(code: ExitCode, message: impl Into<String>) -> anyhow::Error {
 pub fn engine(what: impl fmt::Display, err: volume::Error) -> anyhow::Error {
     let code = volume_code(&err);
     let advice = volume_advice(&err);
-    let message = if advice.is_empty() {
-        format!("{what}: {err}")
-    } else {
-        format!("{what}: {err}: {advice}")
-    };
+    let message = if advice.is_empty() { format!("{what}: {err}") } else { format!("{what}: {err}: {advice}") };
     fail(code, message)
 }
 
@@ -182,18 +160,14 @@ fn store_code(err: &store::Error) -> ExitCode {
     match err {
         E::Io { source, .. } => io_code(source),
         E::NoSpace { .. } => ExitCode::NoSpace,
-        E::ReadOnly { .. } | E::Corrupt { .. } | E::MissingChunk(_) | E::BadFile { .. } => {
-            ExitCode::ReadOnlyOrCorrupt
-        }
+        E::ReadOnly { .. } | E::Corrupt { .. } | E::MissingChunk(_) | E::BadFile { .. } => ExitCode::ReadOnlyOrCorrupt,
     }
 }
 
 fn journal_code(err: &journal::Error) -> ExitCode {
     match err {
         journal::Error::Io { source, .. } => io_code(source),
-        journal::Error::Corrupt { .. } | journal::Error::Fatal { .. } => {
-            ExitCode::ReadOnlyOrCorrupt
-        }
+        journal::Error::Corrupt { .. } | journal::Error::Fatal { .. } => ExitCode::ReadOnlyOrCorrupt,
     }
 }
 
@@ -205,9 +179,7 @@ fn catalog_code(err: &catalog::Error) -> ExitCode {
         E::NameExists(_) => ExitCode::AlreadyExists,
         E::NotFound(_) => ExitCode::NotFound,
         E::Corrupt(_) => ExitCode::ReadOnlyOrCorrupt,
-        E::ReservedKey(_) | E::InvalidName { .. } | E::CapacityTooLarge(_) => {
-            ExitCode::InvalidArgument
-        }
+        E::ReservedKey(_) | E::InvalidName { .. } | E::CapacityTooLarge(_) => ExitCode::InvalidArgument,
         // A refusal in the current state (clones depend on it), not a bad value,
         // but the caller can act on it like one: remove the dependents first.
         E::HasDependents { .. } => ExitCode::InvalidArgument,
@@ -251,12 +223,9 @@ fn volume_advice(err: &volume::Error) -> &'static str {
     const LIST: &str = "`strata volume list` shows the volumes";
     const EXISTS: &str = "choose another name or remove the existing one first";
     const ARGS: &str = "check the arguments (`strata help <command>`)";
-    const FULL: &str =
-        "free space in the filesystem holding the store, or remove volumes you no longer need";
-    const DAMAGED: &str =
-        "the store is damaged; `strata status` shows its mode; restore the data from a copy";
-    const DISK: &str =
-        "check that the path exists and is writable, and the system log for disk errors";
+    const FULL: &str = "free space in the filesystem holding the store, or remove volumes you no longer need";
+    const DAMAGED: &str = "the store is damaged; `strata status` shows its mode; restore the data from a copy";
+    const DISK: &str = "check that the path exists and is writable, and the system log for disk errors";
     match err {
         E::NotFound(_) | E::InvalidArgument(_) | E::Unsupported(_) => "",
         E::AlreadyExists(_) => EXISTS,
@@ -264,11 +233,7 @@ fn volume_advice(err: &volume::Error) -> &'static str {
         E::ReadOnly(_) => "the store takes no writes; `strata status` shows its operating mode",
         E::NoSpace(_) | E::Store(store::Error::NoSpace { .. }) => FULL,
         E::Corrupt { .. }
-        | E::Store(
-            store::Error::Corrupt { .. }
-            | store::Error::MissingChunk(_)
-            | store::Error::BadFile { .. },
-        )
+        | E::Store(store::Error::Corrupt { .. } | store::Error::MissingChunk(_) | store::Error::BadFile { .. })
         | E::Journal(journal::Error::Corrupt { .. } | journal::Error::Fatal { .. }) => DAMAGED,
         E::Busy { .. } | E::Incomplete(_) => "",
         E::Io { .. }
@@ -283,9 +248,7 @@ fn volume_advice(err: &volume::Error) -> &'static str {
             catalog::Error::Corrupt(_) => DAMAGED,
             catalog::Error::Io { .. } => DISK,
             // Their messages already say what to do.
-            catalog::Error::TooNew { .. }
-            | catalog::Error::HasDependents { .. }
-            | catalog::Error::NoSuchJob(_) => "",
+            catalog::Error::TooNew { .. } | catalog::Error::HasDependents { .. } | catalog::Error::NoSuchJob(_) => "",
             catalog::Error::Sqlite { .. } => {
                 "run again with RUST_LOG=debug for details; `strata status` shows the store's state"
             }
@@ -311,8 +274,7 @@ mod tests {
     fn io_errors_are_classified_by_errno_first() {
         let full = anyhow::Error::new(io::Error::from_raw_os_error(libc::ENOSPC));
         assert_eq!(exit_code(&full), ExitCode::NoSpace);
-        let missing =
-            anyhow::Error::new(io::Error::from(io::ErrorKind::NotFound)).context("opening x");
+        let missing = anyhow::Error::new(io::Error::from(io::ErrorKind::NotFound)).context("opening x");
         assert_eq!(exit_code(&missing), ExitCode::NotFound);
         assert_eq!(exit_code(&anyhow::anyhow!("other")), ExitCode::Failure);
     }

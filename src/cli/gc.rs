@@ -29,15 +29,8 @@ pub fn run(engine: &Engine, a: &GcArgs, out: &mut dyn Write, progress: bool) -> 
     let mut bar = Progress::count(progress, "compacting packs");
     let result = engine.gc(&mut |done, total| bar.update(done, total));
     bar.finish();
-    let r = result.map_err(|e| {
-        exit::engine(
-            format!(
-                "cannot collect garbage in store {}",
-                engine.path().display()
-            ),
-            e,
-        )
-    })?;
+    let r =
+        result.map_err(|e| exit::engine(format!("cannot collect garbage in store {}", engine.path().display()), e))?;
     if a.format.format == Format::Json {
         return output::json(out, &r);
     }
@@ -46,18 +39,9 @@ pub fn run(engine: &Engine, a: &GcArgs, out: &mut dyn Write, progress: bool) -> 
     l.item("packs compacted", r.packs_compacted.to_string());
     l.item("chunks freed", r.chunks_freed.to_string());
     l.item("chunks moved", r.chunks_moved.to_string());
-    l.item(
-        "pack bytes before",
-        format!("{} ({} bytes)", human(r.bytes_before), r.bytes_before),
-    );
-    l.item(
-        "pack bytes after",
-        format!("{} ({} bytes)", human(r.bytes_after), r.bytes_after),
-    );
-    l.item(
-        "reclaimed",
-        human(r.bytes_before.saturating_sub(r.bytes_after)),
-    );
+    l.item("pack bytes before", format!("{} ({} bytes)", human(r.bytes_before), r.bytes_before));
+    l.item("pack bytes after", format!("{} ({} bytes)", human(r.bytes_after), r.bytes_after));
+    l.item("reclaimed", human(r.bytes_before.saturating_sub(r.bytes_after)));
     l.item("took", format!("{:.2} s", r.seconds));
     l.write(out, 0)
 }

@@ -32,10 +32,8 @@ pub struct InitArgs {
 
 pub fn run(store: &std::path::Path, args: &InitArgs, out: &mut dyn Write) -> Result<()> {
     // The value parser only lets the four names through, so this cannot fail.
-    let write_policy: WritePolicy = args
-        .write_policy
-        .parse()
-        .map_err(|e: String| exit::fail(ExitCode::InvalidArgument, e))?;
+    let write_policy: WritePolicy =
+        args.write_policy.parse().map_err(|e: String| exit::fail(ExitCode::InvalidArgument, e))?;
     let shown = store.display();
     Engine::init(store, &InitOptions { write_policy }).map_err(|e| match e {
         volume::Error::AlreadyExists(_) => exit::fail(
@@ -44,11 +42,7 @@ pub fn run(store: &std::path::Path, args: &InitArgs, out: &mut dyn Write) -> Res
         ),
         e => exit::engine(format!("cannot create a store at {shown}"), e),
     })?;
-    writeln!(
-        out,
-        "Created store at {shown} (write policy {})",
-        write_policy.as_str()
-    )?;
+    writeln!(out, "Created store at {shown} (write policy {})", write_policy.as_str())?;
     writeln!(out, "Mount it with: strata mount {shown} /var/lib/images")?;
     Ok(())
 }

@@ -16,8 +16,7 @@ pub struct ManArgs {
 }
 
 pub fn run(a: &ManArgs, out: &mut dyn Write) -> Result<()> {
-    std::fs::create_dir_all(&a.outdir)
-        .with_context(|| format!("cannot create {}", a.outdir.display()))?;
+    std::fs::create_dir_all(&a.outdir).with_context(|| format!("cannot create {}", a.outdir.display()))?;
     // Built once so every subcommand knows its full name ("strata-volume-create")
     // and inherits the global --store.
     let mut cmd = super::Cli::command().disable_help_subcommand(true);
@@ -36,14 +35,8 @@ fn write_pages(cmd: &clap::Command, dir: &Path, source: &str) -> std::io::Result
     let top = cmd.get_bin_name() == Some("strata") || cmd.get_name() == "strata";
     // The top page gets real EXIT STATUS and ENVIRONMENT sections instead of
     // the --help epilogue, which clap_mangen would print as "EXTRA".
-    let page_cmd = if top {
-        cmd.clone().after_long_help(None::<&str>)
-    } else {
-        cmd.clone()
-    };
-    let man = clap_mangen::Man::new(page_cmd)
-        .source(source)
-        .manual("strata manual");
+    let page_cmd = if top { cmd.clone().after_long_help(None::<&str>) } else { cmd.clone() };
+    let man = clap_mangen::Man::new(page_cmd).source(source).manual("strata manual");
     let mut page = Vec::new();
     man.render(&mut page)?;
     if top {
@@ -56,11 +49,7 @@ fn write_pages(cmd: &clap::Command, dir: &Path, source: &str) -> std::io::Result
 fn top_page_sections() -> String {
     let mut roff = String::from(".SH \"EXIT STATUS\"\n");
     for (code, meaning) in super::EXIT_CODES {
-        roff.push_str(&format!(
-            ".TP\n\\fB{}\\fR\n{}\n",
-            code.code(),
-            meaning.replace('-', "\\-")
-        ));
+        roff.push_str(&format!(".TP\n\\fB{}\\fR\n{}\n", code.code(), meaning.replace('-', "\\-")));
     }
     roff.push_str(
         ".SH ENVIRONMENT\n.TP\n\\fBSTRATA_STORE\\fR\n\

@@ -146,10 +146,7 @@ pub fn run(cli: Cli, argv: Vec<OsString>) -> i32 {
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
-    err.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
-    })
+    err.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
 /// Run a command line against an engine that is already open (the mount
@@ -173,11 +170,7 @@ pub fn execute(engine: &Engine, argv: &[String]) -> (String, String, i32) {
     let stdout = String::from_utf8_lossy(&out).into_owned();
     match result {
         Ok(()) => (stdout, String::new(), 0),
-        Err(err) => (
-            stdout,
-            format!("strata: error: {err:#}\n"),
-            exit::exit_code(&err).code(),
-        ),
+        Err(err) => (stdout, format!("strata: error: {err:#}\n"), exit::exit_code(&err).code()),
     }
 }
 
@@ -214,13 +207,7 @@ fn run_local(cli: &Cli, argv: &[OsString], out: &mut dyn Write, progress: bool) 
 
 /// Open the store and run the command; if a mount daemon holds the store,
 /// pass the command to it.
-fn with_engine(
-    store: &Path,
-    cli: &Cli,
-    argv: &[OsString],
-    out: &mut dyn Write,
-    progress: bool,
-) -> Result<i32> {
+fn with_engine(store: &Path, cli: &Cli, argv: &[OsString], out: &mut dyn Write, progress: bool) -> Result<i32> {
     if !store.exists() {
         return Err(exit::no_store(store));
     }
@@ -232,30 +219,20 @@ fn with_engine(
             return Err(exit::no_store(store));
         }
         Err(e) => {
-            return Err(exit::engine(
-                format!("cannot open store {}", store.display()),
-                e,
-            ));
+            return Err(exit::engine(format!("cannot open store {}", store.display()), e));
         }
     };
     let result = dispatch(&engine, &cli.command, out, progress);
     // Close even after a failure: it flushes and marks the store clean.
     let closed = engine.close();
     result?;
-    closed
-        .map_err(|e| exit::engine(format!("cannot close store {} cleanly", store.display()), e))?;
+    closed.map_err(|e| exit::engine(format!("cannot close store {} cleanly", store.display()), e))?;
     Ok(0)
 }
 
 /// Pass the command to the daemon that has the store mounted, print what it
 /// printed and return its exit code.
-fn forward(
-    store: &Path,
-    busy: EngineError,
-    cli: &Cli,
-    argv: &[OsString],
-    out: &mut dyn Write,
-) -> Result<i32> {
+fn forward(store: &Path, busy: EngineError, cli: &Cli, argv: &[OsString], out: &mut dyn Write) -> Result<i32> {
     let argv = forwarded_argv(cli, argv)?;
     tracing::debug!(?argv, store = %store.display(), "store is locked; passing the command to the mount daemon");
     match control::call(store, &argv) {
@@ -265,10 +242,7 @@ fn forward(
             Ok(daemon_code(code))
         }
         // Locked, but not by a daemon we can talk to: the engine's message says what to do.
-        Ok(None) => Err(exit::engine(
-            format!("cannot open store {}", store.display()),
-            busy,
-        )),
+        Ok(None) => Err(exit::engine(format!("cannot open store {}", store.display()), busy)),
         Err(e) => Err(fail(
             ExitCode::Busy,
             format!(
@@ -296,7 +270,10 @@ fn forwarded_argv(cli: &Cli, argv: &[OsString]) -> Result<Vec<String>> {
     let text = |p: &Path| -> Result<String> {
         let abs = transfer::absolute(p)?;
         abs.into_os_string().into_string().map_err(|p| {
-            fail(ExitCode::InvalidArgument, format!("the path {p:?} is not UTF-8 and cannot be passed to the mount daemon: rename it"))
+            fail(
+                ExitCode::InvalidArgument,
+                format!("the path {p:?} is not UTF-8 and cannot be passed to the mount daemon: rename it"),
+            )
         })
     };
     Ok(match &cli.command {
@@ -320,7 +297,10 @@ fn forwarded_argv(cli: &Cli, argv: &[OsString]) -> Result<Vec<String>> {
             .iter()
             .map(|a| {
                 a.clone().into_string().map_err(|a| {
-                    fail(ExitCode::InvalidArgument, format!("the argument {a:?} is not UTF-8 and cannot be passed to the mount daemon"))
+                    fail(
+                        ExitCode::InvalidArgument,
+                        format!("the argument {a:?} is not UTF-8 and cannot be passed to the mount daemon"),
+                    )
                 })
             })
             .collect::<Result<_>>()?,
@@ -342,11 +322,7 @@ fn dispatch(engine: &Engine, command: &Command, out: &mut dyn Write, progress: b
         Command::Peer(c) => peer::run(engine, c, out),
         Command::Promote(a) => peer::promote(engine, a, out),
         Command::Demote(a) => peer::demote(engine, a, out),
-        Command::Init(_)
-        | Command::Mount(_)
-        | Command::Umount(_)
-        | Command::Man(_)
-        | Command::Check(_) => Err(fail(
+        Command::Init(_) | Command::Mount(_) | Command::Umount(_) | Command::Man(_) | Command::Check(_) => Err(fail(
             ExitCode::Usage,
             "init, mount, umount, check and man cannot run through the mount daemon: run them directly (check and init need the store unmounted)",
         )),
@@ -357,10 +333,7 @@ fn dispatch(engine: &Engine, command: &Command, out: &mut dyn Write, progress: b
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
 #[cfg(test)]
@@ -376,52 +349,27 @@ mod tests {
         let cwd = std::env::current_dir().unwrap();
         let cli = parse(&["import", "disk.raw", "vm1"]);
         let argv = forwarded_argv(&cli, &[]).unwrap();
-        assert_eq!(
-            argv,
-            [
-                "import",
-                "--",
-                cwd.join("disk.raw").to_str().unwrap(),
-                "vm1"
-            ]
-        );
+        assert_eq!(argv, ["import", "--", cwd.join("disk.raw").to_str().unwrap(), "vm1"]);
 
         let cli = parse(&["export", "--force", "--", "-weird", "out.raw"]);
         let argv = forwarded_argv(&cli, &[]).unwrap();
         assert_eq!(
             argv,
-            [
-                "export",
-                "--format",
-                "raw",
-                "--force",
-                "--",
-                "-weird",
-                cwd.join("out.raw").to_str().unwrap()
-            ]
+            ["export", "--format", "raw", "--force", "--", "-weird", cwd.join("out.raw").to_str().unwrap()]
         );
     }
 
     #[test]
     fn other_commands_are_forwarded_unchanged() {
-        let args: Vec<OsString> = ["volume", "list", "--show-props", "a,b"]
-            .iter()
-            .map(OsString::from)
-            .collect();
+        let args: Vec<OsString> = ["volume", "list", "--show-props", "a,b"].iter().map(OsString::from).collect();
         let cli = parse(&["volume", "list", "--show-props", "a,b"]);
-        assert_eq!(
-            forwarded_argv(&cli, &args).unwrap(),
-            ["volume", "list", "--show-props", "a,b"]
-        );
+        assert_eq!(forwarded_argv(&cli, &args).unwrap(), ["volume", "list", "--show-props", "a,b"]);
     }
 
     #[test]
     fn the_store_flag_names_the_store() {
         // The environment variable and the default are tested end to end
         // (tests/cli_store.rs), where the environment is under control.
-        assert_eq!(
-            parse(&["--store", "/s", "status"]).store_path(),
-            PathBuf::from("/s")
-        );
+        assert_eq!(parse(&["--store", "/s", "status"]).store_path(), PathBuf::from("/s"));
     }
 }

@@ -67,12 +67,7 @@ impl MountArgs {
     }
 }
 
-pub fn mount(
-    default_store: &Path,
-    a: &MountArgs,
-    out: &mut dyn Write,
-    progress: bool,
-) -> Result<()> {
+pub fn mount(default_store: &Path, a: &MountArgs, out: &mut dyn Write, progress: bool) -> Result<()> {
     let (store, mountpoint) = a.split(default_store);
     if !store.exists() {
         return Err(exit::no_store(&store));
@@ -88,10 +83,7 @@ pub fn mount(
         ));
     }
     if a.threads == Some(0) {
-        return Err(exit::fail(
-            ExitCode::InvalidArgument,
-            "--threads 0: give at least one worker thread",
-        ));
+        return Err(exit::fail(ExitCode::InvalidArgument, "--threads 0: give at least one worker thread"));
     }
     if a.force_rebuild {
         // SPEC §4: an offline rebuild before serving, which says that it may lose data.
@@ -99,10 +91,7 @@ pub fn mount(
             "strata: rebuilding the metadata of {} from its packs and maps; data already damaged is dropped and listed below",
             store.display()
         );
-        let opts = check::CheckOptions {
-            repair: true,
-            force_rebuild: true,
-        };
+        let opts = check::CheckOptions { repair: true, force_rebuild: true };
         let report = super::check::check_store(&store, &opts, progress)?;
         out.write_all(check::render(&report).as_bytes())?;
         if !report.clean {
@@ -119,23 +108,13 @@ pub fn mount(
         store: store.clone(),
         mountpoint: mountpoint.clone(),
         foreground: a.foreground,
-        options: a
-            .options
-            .iter()
-            .filter(|o| !o.is_empty())
-            .cloned()
-            .collect(),
+        options: a.options.iter().filter(|o| !o.is_empty()).cloned().collect(),
         threads: a.threads,
     };
     let handler: fs::ControlHandler = Arc::new(super::execute);
     fs::mount(&config, handler)?;
     if !a.foreground {
-        writeln!(
-            out,
-            "Mounted {} on {}",
-            store.display(),
-            mountpoint.display()
-        )?;
+        writeln!(out, "Mounted {} on {}", store.display(), mountpoint.display())?;
     }
     Ok(())
 }

@@ -47,10 +47,7 @@ pub struct Table {
 
 impl Table {
     pub fn new<S: Into<String>>(header: impl IntoIterator<Item = S>) -> Table {
-        Table {
-            header: header.into_iter().map(Into::into).collect(),
-            rows: Vec::new(),
-        }
+        Table { header: header.into_iter().map(Into::into).collect(), rows: Vec::new() }
     }
 
     pub fn row(&mut self, cells: Vec<String>) {
@@ -64,11 +61,7 @@ impl Table {
                 *w = (*w).max(cell.chars().count());
             }
         }
-        let rule: String = widths
-            .iter()
-            .map(|w| format!("+{}", "-".repeat(w + 2)))
-            .collect::<String>()
-            + "+";
+        let rule: String = widths.iter().map(|w| format!("+{}", "-".repeat(w + 2))).collect::<String>() + "+";
         let line = |cells: &[String]| -> String {
             let mut s = String::new();
             for (i, w) in widths.iter().enumerate() {
@@ -104,12 +97,7 @@ impl Listing {
     }
 
     pub fn write(&self, out: &mut dyn Write, indent: usize) -> Result<()> {
-        let width = self
-            .items
-            .iter()
-            .map(|(k, _)| k.chars().count())
-            .max()
-            .unwrap_or(0);
+        let width = self.items.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0);
         for (k, v) in &self.items {
             writeln!(out, "{:indent$}{k:<width$} : {v}", "")?;
         }
@@ -131,12 +119,7 @@ pub fn utc(unix: i64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", secs / 3600, secs / 60 % 60, secs % 60)
 }
 
 /// An optional statistic, or `n/a` when the engine does not know it.

@@ -32,24 +32,20 @@ use crate::volume::Engine;
 #[derive(clap::Subcommand, Debug)]
 pub enum PeerCommand {
     /// Configure the peer store this store replicates with (one per store).
-    #[command(
-        long_about = "Configure the peer store this store replicates with (one peer per store). \
+    #[command(long_about = "Configure the peer store this store replicates with (one peer per store). \
         ADDRESS is where the peer listens (host:port); --listen is where this host accepts the \
         peer's connection. Both stores need the same secret file (at least 16 bytes, mode 0600). \
         Works on an unmounted store; on a mounted one replication starts at once. A new pair \
-        starts Secondary on both sides: promote one with `strata promote --force`."
-    )]
+        starts Secondary on both sides: promote one with `strata promote --force`.")]
     Add(AddArgs),
     /// Remove the peer configuration (stops replication if running).
     #[command(visible_alias = "rm")]
     Remove(RemoveArgs),
     /// Show the replication state with DRBD's names.
-    #[command(
-        long_about = "Show the replication state with DRBD's names: role, disk, peer-disk, \
+    #[command(long_about = "Show the replication state with DRBD's names: role, disk, peer-disk, \
         connection, replication, out-of-sync, sent, received, done %, eta, and Ganeti's \
         degraded (not connected, or the local disk not UpToDate). Without a mount only the \
-        configuration is shown."
-    )]
+        configuration is shown.")]
     Status(StatusArgs),
     /// Print one line per state change, until interrupted (needs the store mounted).
     Events(EventsArgs),
@@ -62,21 +58,17 @@ pub enum PeerCommand {
     /// Resume a paused resync.
     ResumeSync,
     /// Compare both stores online by hashes and report the ranges that differ.
-    #[command(
-        long_about = "Compare both stores online by hashes of their block maps and report the \
+    #[command(long_about = "Compare both stores online by hashes of their block maps and report the \
         number of ranges that differ. Differences are marked out-of-sync, not repaired: a \
-        disconnect and connect resyncs them."
-    )]
+        disconnect and connect resyncs them.")]
     Verify,
     /// Limit the resync rate (bytes per second, K/M/G suffixes; 0 = unlimited).
     Rate(RateArgs),
     /// Resolve a split brain: this node drops its changes and resyncs from the peer.
-    #[command(
-        long_about = "Resolve a split brain on the node whose changes should be dropped: it \
+    #[command(long_about = "Resolve a split brain on the node whose changes should be dropped: it \
         becomes the resync target of the peer. Its divergent data is kept as snapshots named \
         split-brain-<generation> (see `strata snapshot list`). The node must be Secondary \
-        (`strata demote` first)."
-    )]
+        (`strata demote` first).")]
     Resolve(ResolveArgs),
 }
 
@@ -175,40 +167,19 @@ pub fn run(engine: &Engine, c: &PeerCommand, out: &mut dyn Write) -> Result<()> 
         PeerCommand::Connect => admin(engine, AdminCommand::Connect, "connect", out),
         PeerCommand::Disconnect => admin(engine, AdminCommand::Disconnect, "disconnect", out),
         PeerCommand::PauseSync => admin(engine, AdminCommand::PauseSync, "pause the resync", out),
-        PeerCommand::ResumeSync => {
-            admin(engine, AdminCommand::ResumeSync, "resume the resync", out)
-        }
+        PeerCommand::ResumeSync => admin(engine, AdminCommand::ResumeSync, "resume the resync", out),
         PeerCommand::Verify => verify(engine, out),
         PeerCommand::Rate(a) => {
-            let bytes = parse_size(&a.rate).map_err(|e| {
-                fail(
-                    ExitCode::InvalidArgument,
-                    format!("invalid resync rate {:?}: {e}", a.rate),
-                )
-            })?;
-            admin(
-                engine,
-                AdminCommand::SetRate { bytes_per_s: bytes },
-                "set the resync rate",
-                out,
-            )
+            let bytes = parse_size(&a.rate)
+                .map_err(|e| fail(ExitCode::InvalidArgument, format!("invalid resync rate {:?}: {e}", a.rate)))?;
+            admin(engine, AdminCommand::SetRate { bytes_per_s: bytes }, "set the resync rate", out)
         }
-        PeerCommand::Resolve(_) => admin(
-            engine,
-            AdminCommand::DiscardMyData,
-            "discard this node's data",
-            out,
-        ),
+        PeerCommand::Resolve(_) => admin(engine, AdminCommand::DiscardMyData, "discard this node's data", out),
     }
 }
 
 pub fn promote(engine: &Engine, a: &PromoteArgs, out: &mut dyn Write) -> Result<()> {
-    admin(
-        engine,
-        AdminCommand::Promote { force: a.force },
-        "promote",
-        out,
-    )
+    admin(engine, AdminCommand::Promote { force: a.force }, "promote", out)
 }
 
 pub fn demote(engine: &Engine, _a: &DemoteArgs, out: &mut dyn Write) -> Result<()> {
@@ -218,21 +189,17 @@ pub fn demote(engine: &Engine, _a: &DemoteArgs, out: &mut dyn Write) -> Result<(
 // ------------------------------------------------------------ configuration
 
 fn configured(engine: &Engine) -> Result<Option<PeerRow>> {
-    let peers = engine.catalog().peers().map_err(|e| {
-        exit::engine(
-            format!("cannot read the peers of store {}", engine.path().display()),
-            e.into(),
-        )
-    })?;
+    let peers = engine
+        .catalog()
+        .peers()
+        .map_err(|e| exit::engine(format!("cannot read the peers of store {}", engine.path().display()), e.into()))?;
     Ok(peers.into_iter().next())
 }
 
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 /// Relative paths are the client's: the daemon runs in `/`.
@@ -250,23 +217,15 @@ fn add(engine: &Engine, a: &AddArgs, out: &mut dyn Write) -> Result<()> {
     if !valid_name(&a.name) {
         return Err(fail(
             ExitCode::InvalidArgument,
-            format!(
-                "invalid peer name {:?}: use 1 to 64 letters, digits, '.', '_' or '-'",
-                a.name
-            ),
+            format!("invalid peer name {:?}: use 1 to 64 letters, digits, '.', '_' or '-'", a.name),
         ));
     }
-    let port_ok = a
-        .address
-        .rsplit_once(':')
-        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+    let port_ok =
+        a.address.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
     if !port_ok {
         return Err(fail(
             ExitCode::InvalidArgument,
-            format!(
-                "invalid peer address {:?}: give HOST:PORT, e.g. 192.0.2.7:7789",
-                a.address
-            ),
+            format!("invalid peer address {:?}: give HOST:PORT, e.g. 192.0.2.7:7789", a.address),
         ));
     }
     if let Some(l) = &a.listen
@@ -274,9 +233,7 @@ fn add(engine: &Engine, a: &AddArgs, out: &mut dyn Write) -> Result<()> {
     {
         return Err(fail(
             ExitCode::InvalidArgument,
-            format!(
-                "invalid listen address {l:?}: give ADDR:PORT with a numeric address, e.g. 0.0.0.0:7789"
-            ),
+            format!("invalid listen address {l:?}: give ADDR:PORT with a numeric address, e.g. 0.0.0.0:7789"),
         ));
     }
     let secret = client_path(&a.secret_file);
@@ -289,12 +246,8 @@ fn add(engine: &Engine, a: &AddArgs, out: &mut dyn Write) -> Result<()> {
             ),
         ));
     }
-    node::read_secret(&secret).map_err(|e| {
-        fail(
-            ExitCode::InvalidArgument,
-            format!("cannot use {}: {e}", secret.display()),
-        )
-    })?;
+    node::read_secret(&secret)
+        .map_err(|e| fail(ExitCode::InvalidArgument, format!("cannot use {}: {e}", secret.display())))?;
     if let Some(p) = configured(engine)? {
         return Err(fail(
             ExitCode::AlreadyExists,
@@ -311,42 +264,23 @@ fn add(engine: &Engine, a: &AddArgs, out: &mut dyn Write) -> Result<()> {
         name: a.name.clone(),
         address: a.address.clone(),
         secret_file: secret.to_string_lossy().into_owned(),
-        protocol: if a.protocol == ProtocolArg::A {
-            "A"
-        } else {
-            "C"
-        }
-        .to_string(),
+        protocol: if a.protocol == ProtocolArg::A { "A" } else { "C" }.to_string(),
         listen: a.listen.clone(),
         created_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0),
     };
-    engine
-        .catalog()
-        .peer_add(&row)
-        .map_err(|e| exit::engine(format!("cannot add peer {:?}", a.name), e.into()))?;
+    engine.catalog().peer_add(&row).map_err(|e| exit::engine(format!("cannot add peer {:?}", a.name), e.into()))?;
     if node::is_served(engine) {
         if let Err(e) = node::restart_served(engine) {
             // Leave no configuration the daemon could not start.
             let _ = engine.catalog().peer_remove(&a.name);
-            return Err(fail(
-                ExitCode::Failure,
-                format!("cannot start replication with peer {:?}: {e}", a.name),
-            ));
+            return Err(fail(ExitCode::Failure, format!("cannot start replication with peer {:?}: {e}", a.name)));
         }
-        writeln!(
-            out,
-            "peer {} added; replication started (see `strata peer status`)",
-            a.name
-        )?;
+        writeln!(out, "peer {} added; replication started (see `strata peer status`)", a.name)?;
     } else {
-        writeln!(
-            out,
-            "peer {} added; replication starts when the store is mounted",
-            a.name
-        )?;
+        writeln!(out, "peer {} added; replication starts when the store is mounted", a.name)?;
     }
     Ok(())
 }
@@ -370,12 +304,7 @@ fn remove(engine: &Engine, a: &RemoveArgs, out: &mut dyn Write) -> Result<()> {
         .catalog()
         .peer_remove(&a.name)
         .map_err(|e| exit::engine(format!("cannot remove peer {:?}", a.name), e.into()))?;
-    writeln!(
-        out,
-        "peer {} removed{}",
-        a.name,
-        if stopped { "; replication stopped" } else { "" }
-    )?;
+    writeln!(out, "peer {} removed{}", a.name, if stopped { "; replication stopped" } else { "" })?;
     Ok(())
 }
 
@@ -407,10 +336,7 @@ fn running(engine: &Engine) -> Result<Link> {
 fn admin(engine: &Engine, cmd: AdminCommand, what: &str, out: &mut dyn Write) -> Result<()> {
     let link = running(engine)?;
     link.admin(cmd).map_err(|reason| {
-        fail(
-            ExitCode::InvalidArgument,
-            format!("cannot {what} store {}: {reason}", engine.path().display()),
-        )
+        fail(ExitCode::InvalidArgument, format!("cannot {what} store {}: {reason}", engine.path().display()))
     })?;
     if let Some(s) = link.status() {
         writeln!(
@@ -426,10 +352,7 @@ fn verify(engine: &Engine, out: &mut dyn Write) -> Result<()> {
     let link = running(engine)?;
     let (_, from) = link.events_since(usize::MAX, Duration::ZERO);
     link.admin(AdminCommand::Verify).map_err(|reason| {
-        fail(
-            ExitCode::InvalidArgument,
-            format!("cannot verify store {}: {reason}", engine.path().display()),
-        )
+        fail(ExitCode::InvalidArgument, format!("cannot verify store {}: {reason}", engine.path().display()))
     })?;
     let end = Instant::now() + Duration::from_secs(3600);
     let mut next = from;
@@ -437,10 +360,7 @@ fn verify(engine: &Engine, out: &mut dyn Write) -> Result<()> {
         let (lines, n) = link.events_since(next, Duration::from_millis(500));
         next = n;
         if let Some(l) = lines.iter().find(|l| l.contains("verify:finished")) {
-            let mism = l
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("ov-mismatches:"))
-                .unwrap_or("?");
+            let mism = l.split_whitespace().find_map(|w| w.strip_prefix("ov-mismatches:")).unwrap_or("?");
             writeln!(out, "verify finished: {mism} ranges differ")?;
             if mism != "0" {
                 writeln!(
@@ -453,17 +373,11 @@ fn verify(engine: &Engine, out: &mut dyn Write) -> Result<()> {
         if let Some(l) = lines.iter().find(|l| l.contains("failure:")) {
             return Err(fail(
                 ExitCode::Failure,
-                format!(
-                    "verify of store {} interrupted: {l}",
-                    engine.path().display()
-                ),
+                format!("verify of store {} interrupted: {l}", engine.path().display()),
             ));
         }
     }
-    Err(fail(
-        ExitCode::Failure,
-        "verify did not finish within an hour; `strata peer events` shows its progress",
-    ))
+    Err(fail(ExitCode::Failure, "verify did not finish within an hour; `strata peer events` shows its progress"))
 }
 
 /// The JSON of `peer status`: the configuration and DRBD's names.
@@ -479,14 +393,7 @@ fn status(engine: &Engine, a: &StatusArgs, out: &mut dyn Write) -> Result<()> {
     let peer = configured(engine)?;
     let st = node::link(engine).and_then(|l| l.status());
     if a.format.format == Format::Json {
-        return output::json(
-            out,
-            &StatusJson {
-                peer: peer.as_ref(),
-                running: st.is_some(),
-                status: st.as_ref(),
-            },
-        );
+        return output::json(out, &StatusJson { peer: peer.as_ref(), running: st.is_some(), status: st.as_ref() });
     }
     let Some(p) = &peer else {
         writeln!(out, "no peer configured (add one with `strata peer add`)")?;
@@ -499,10 +406,7 @@ fn status(engine: &Engine, a: &StatusArgs, out: &mut dyn Write) -> Result<()> {
     l.item("protocol", p.protocol.as_str());
     match &st {
         None => {
-            l.item(
-                "replication",
-                "not running (the store is not mounted; replication runs in the mount daemon)",
-            );
+            l.item("replication", "not running (the store is not mounted; replication runs in the mount daemon)");
         }
         Some(s) => write_status(&mut l, s),
     }
@@ -516,27 +420,11 @@ fn write_status(l: &mut Listing, s: &ReplicaStatus) {
     l.item("peer-disk", s.peer_disk.to_string());
     l.item("connection", s.connection.to_string());
     l.item("replication", s.replication.to_string());
-    l.item(
-        "out-of-sync",
-        format!("{} ({} bytes)", human(s.out_of_sync), s.out_of_sync),
-    );
+    l.item("out-of-sync", format!("{} ({} bytes)", human(s.out_of_sync), s.out_of_sync));
     l.item("sent", format!("{} ({} bytes)", human(s.sent), s.sent));
-    l.item(
-        "received",
-        format!("{} ({} bytes)", human(s.received), s.received),
-    );
-    l.item(
-        "done",
-        s.done
-            .map(|d| format!("{d:.1}%"))
-            .unwrap_or_else(|| "-".into()),
-    );
-    l.item(
-        "eta",
-        s.eta
-            .map(|e| format!("{e} s"))
-            .unwrap_or_else(|| "-".into()),
-    );
+    l.item("received", format!("{} ({} bytes)", human(s.received), s.received));
+    l.item("done", s.done.map(|d| format!("{d:.1}%")).unwrap_or_else(|| "-".into()));
+    l.item("eta", s.eta.map(|e| format!("{e} s")).unwrap_or_else(|| "-".into()));
     l.item("degraded", if s.degraded { "yes" } else { "no" });
     if let Some(e) = &s.last_error {
         l.item("last error", e.as_str());
@@ -553,10 +441,7 @@ pub fn summary(engine: &Engine) -> String {
         return "none (no peer configured)".into();
     };
     match node::link(engine).and_then(|l| l.status()) {
-        None => format!(
-            "peer {} ({}), not running (store not mounted)",
-            p.name, p.address
-        ),
+        None => format!("peer {} ({}), not running (store not mounted)", p.name, p.address),
         Some(s) => format!(
             "peer {} ({}): {} {}, {} {}, peer-disk {}, out-of-sync {}{}",
             p.name,
@@ -603,13 +488,7 @@ pub fn events_client(store: &Path, a: &EventsArgs, out: &mut dyn Write) -> Resul
             if a.once { "0".into() } else { "1000".into() },
         ];
         let answer = crate::control::call(store, &argv).map_err(|e| {
-            fail(
-                ExitCode::Busy,
-                format!(
-                    "store {} is mounted, but its daemon did not answer: {e}",
-                    store.display()
-                ),
-            )
+            fail(ExitCode::Busy, format!("store {} is mounted, but its daemon did not answer: {e}", store.display()))
         })?;
         let Some((stdout, stderr, code)) = answer else {
             if !store.exists() {
@@ -628,10 +507,7 @@ pub fn events_client(store: &Path, a: &EventsArgs, out: &mut dyn Write) -> Resul
             return Ok(code);
         }
         let mut lines = stdout.lines();
-        let next: usize = lines
-            .next()
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or(from);
+        let next: usize = lines.next().and_then(|n| n.trim().parse().ok()).unwrap_or(from);
         for l in lines {
             writeln!(out, "{l}")?;
         }

@@ -10,11 +10,7 @@ pub struct Progress(Option<ProgressBar>);
 impl Progress {
     /// A bar counting bytes (with rate and ETA).
     pub fn bytes(enabled: bool, what: &str) -> Progress {
-        Progress::with_template(
-            enabled,
-            what,
-            "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
+        Progress::with_template(enabled, what, "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
     }
 
     /// A bar counting items (packs, chunks).

@@ -16,14 +16,10 @@ const UNITS: [(char, u32); 6] = [('B', 0), ('K', 1), ('M', 2), ('G', 3), ('T', 4
 /// The error says what was wrong and what a valid size looks like.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let bad = |why: &str| {
-        format!(
-            "invalid size {text:?}: {why}; give a number with an optional binary unit, e.g. 4096, 512M, 20G, 1.5T"
-        )
+        format!("invalid size {text:?}: {why}; give a number with an optional binary unit, e.g. 4096, 512M, 20G, 1.5T")
     };
     let s = text.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (number, unit) = (&s[..split], s[split..].trim_start());
     if number.is_empty() {
         return Err(bad("it does not start with a number"));
@@ -35,16 +31,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     if whole.is_empty() && frac.is_empty() || frac.contains('.') {
         return Err(bad("the number is malformed"));
     }
-    let power = parse_unit(unit)
-        .ok_or_else(|| bad(&format!("unknown unit {unit:?} (use K, M, G, T or P)")))?;
+    let power = parse_unit(unit).ok_or_else(|| bad(&format!("unknown unit {unit:?} (use K, M, G, T or P)")))?;
     // u128 keeps the arithmetic exact for anything that fits in u64 afterwards.
     let multiplier: u128 = 1u128 << (10 * power);
     let too_big = || bad("it is larger than 16 EiB");
-    let whole_value: u128 = if whole.is_empty() {
-        0
-    } else {
-        whole.parse().map_err(|_| too_big())?
-    };
+    let whole_value: u128 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| too_big())? };
     let mut bytes = whole_value.checked_mul(multiplier).ok_or_else(too_big)?;
     if !frac.is_empty() {
         if frac.len() > 18 {
@@ -67,15 +58,9 @@ fn parse_unit(unit: &str) -> Option<u32> {
     let Some(first) = chars.next() else {
         return Some(0);
     };
-    let (_, power) = *UNITS
-        .iter()
-        .find(|(c, _)| *c == first.to_ascii_uppercase())?;
+    let (_, power) = *UNITS.iter().find(|(c, _)| *c == first.to_ascii_uppercase())?;
     let rest: String = chars.collect();
-    let ok = if power == 0 {
-        rest.is_empty()
-    } else {
-        matches!(rest.as_str(), "" | "B" | "b" | "iB" | "ib")
-    };
+    let ok = if power == 0 { rest.is_empty() } else { matches!(rest.as_str(), "" | "B" | "b" | "iB" | "ib") };
     ok.then_some(power)
 }
 
@@ -130,19 +115,9 @@ mod tests {
 
     #[test]
     fn junk_is_refused_with_an_example() {
-        for junk in [
-            "",
-            "G",
-            "-1G",
-            "1X",
-            "1GG",
-            "1..5G",
-            "1.2.3G",
-            "twenty",
-            "1 G B",
-            "1BiB",
-            "99999999999999999999999",
-        ] {
+        for junk in
+            ["", "G", "-1G", "1X", "1GG", "1..5G", "1.2.3G", "twenty", "1 G B", "1BiB", "99999999999999999999999"]
+        {
             let err = parse_size(junk).expect_err(junk);
             assert!(err.contains("e.g."), "{err}");
         }

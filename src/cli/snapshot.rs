@@ -18,22 +18,18 @@ use crate::volume::{ChainDump, Engine, LayerDump};
 #[derive(clap::Subcommand, Debug)]
 pub enum SnapshotCommand {
     /// Freeze a volume's current state as a named, read-only snapshot.
-    #[command(
-        long_about = "Freeze a volume's current state as a named, read-only snapshot. \
+    #[command(long_about = "Freeze a volume's current state as a named, read-only snapshot. \
         Constant time whatever the volume's size; works while the volume is mounted and \
         written, and holds every write acknowledged before it. The volume continues on a \
-        new, empty copy-on-write layer."
-    )]
+        new, empty copy-on-write layer.")]
     Create(SnapArgs),
     /// List a volume's snapshots, oldest first.
     #[command(visible_alias = "ls")]
     List(SnapListArgs),
     /// Put a volume back to a snapshot (a new layer on top of it).
-    #[command(
-        long_about = "Put a volume back to a snapshot: its current state is replaced by a \
+    #[command(long_about = "Put a volume back to a snapshot: its current state is replaced by a \
         new, empty layer on top of the snapshot. The current state is discarded unless \
-        --keep-old-as names a snapshot to keep it as. Stop or pause the guest first."
-    )]
+        --keep-old-as names a snapshot to keep it as. Stop or pause the guest first.")]
     Revert(RevertArgs),
     /// Remove a snapshot by merging its layer out of the chain.
     #[command(
@@ -98,12 +94,10 @@ pub struct CloneArgs {
 #[derive(clap::Subcommand, Debug)]
 pub enum ChainCommand {
     /// Print every volume's chain of layers, base first, and flag anomalies.
-    #[command(
-        long_about = "Print every volume's chain of layers, base first, with GUID, parent, \
+    #[command(long_about = "Print every volume's chain of layers, base first, with GUID, parent, \
         voltype, format, allocation, legality, capacity and true size, in the manner of \
         `vdsm-tool dump-volume-chains`; anomalies (missing parent, loop, orphan layer, duplicate \
-        name, ILLEGAL layer) are listed as problems."
-    )]
+        name, ILLEGAL layer) are listed as problems.")]
     Dump(ChainDumpArgs),
 }
 
@@ -119,30 +113,15 @@ pub struct ChainDumpArgs {
 pub fn run(engine: &Engine, cmd: &SnapshotCommand, out: &mut dyn Write) -> Result<()> {
     match cmd {
         SnapshotCommand::Create(a) => {
-            let s = engine
-                .snapshot_create(&a.volume, &a.snapshot)
-                .map_err(|e| {
-                    exit::engine(
-                        format!(
-                            "cannot create snapshot {:?} of volume {:?}",
-                            a.snapshot, a.volume
-                        ),
-                        e,
-                    )
-                })?;
-            writeln!(
-                out,
-                "Created snapshot {:?} of volume {:?} (layer {})",
-                s.name, s.volume, s.guid
-            )?;
+            let s = engine.snapshot_create(&a.volume, &a.snapshot).map_err(|e| {
+                exit::engine(format!("cannot create snapshot {:?} of volume {:?}", a.snapshot, a.volume), e)
+            })?;
+            writeln!(out, "Created snapshot {:?} of volume {:?} (layer {})", s.name, s.volume, s.guid)?;
         }
         SnapshotCommand::List(a) => {
-            let snaps = engine.snapshot_list(&a.volume).map_err(|e| {
-                exit::engine(
-                    format!("cannot list the snapshots of volume {:?}", a.volume),
-                    e,
-                )
-            })?;
+            let snaps = engine
+                .snapshot_list(&a.volume)
+                .map_err(|e| exit::engine(format!("cannot list the snapshots of volume {:?}", a.volume), e))?;
             if a.format.format == Format::Json {
                 return output::json(out, &snaps);
             }
@@ -160,40 +139,17 @@ pub fn run(engine: &Engine, cmd: &SnapshotCommand, out: &mut dyn Write) -> Resul
             t.write(out)?;
         }
         SnapshotCommand::Revert(a) => {
-            engine
-                .snapshot_revert(&a.volume, &a.snapshot, a.keep_old_as.as_deref())
-                .map_err(|e| {
-                    exit::engine(
-                        format!(
-                            "cannot revert volume {:?} to snapshot {:?}",
-                            a.volume, a.snapshot
-                        ),
-                        e,
-                    )
-                })?;
-            let kept = a
-                .keep_old_as
-                .as_ref()
-                .map(|k| format!("; the previous state is snapshot {k:?}"))
-                .unwrap_or_default();
-            writeln!(
-                out,
-                "Reverted volume {:?} to snapshot {:?}{kept}",
-                a.volume, a.snapshot
-            )?;
+            engine.snapshot_revert(&a.volume, &a.snapshot, a.keep_old_as.as_deref()).map_err(|e| {
+                exit::engine(format!("cannot revert volume {:?} to snapshot {:?}", a.volume, a.snapshot), e)
+            })?;
+            let kept =
+                a.keep_old_as.as_ref().map(|k| format!("; the previous state is snapshot {k:?}")).unwrap_or_default();
+            writeln!(out, "Reverted volume {:?} to snapshot {:?}{kept}", a.volume, a.snapshot)?;
         }
         SnapshotCommand::Remove(a) => {
-            let r = engine
-                .snapshot_remove(&a.volume, &a.snapshot)
-                .map_err(|e| {
-                    exit::engine(
-                        format!(
-                            "cannot remove snapshot {:?} of volume {:?}",
-                            a.snapshot, a.volume
-                        ),
-                        e,
-                    )
-                })?;
+            let r = engine.snapshot_remove(&a.volume, &a.snapshot).map_err(|e| {
+                exit::engine(format!("cannot remove snapshot {:?} of volume {:?}", a.snapshot, a.volume), e)
+            })?;
             writeln!(
                 out,
                 "Removed snapshot {:?} of volume {:?} ({} merge, {} map entries moved)",
@@ -205,38 +161,20 @@ pub fn run(engine: &Engine, cmd: &SnapshotCommand, out: &mut dyn Write) -> Resul
 }
 
 pub fn clone(engine: &Engine, a: &CloneArgs, out: &mut dyn Write) -> Result<()> {
-    let info = engine
-        .clone_volume(&a.source, &a.name)
-        .map_err(|e| match e {
-            crate::volume::Error::AlreadyExists(_)
-            | crate::volume::Error::Catalog(crate::catalog::Error::NameExists(_)) => {
-                volume_err(&a.name, "clone", e)
-            }
-            e => exit::engine(
-                format!("cannot clone {:?} as volume {:?}", a.source, a.name),
-                e,
-            ),
-        })?;
-    writeln!(
-        out,
-        "Created volume {:?} from {} ({}, GUID {})",
-        info.name,
-        a.source,
-        human(info.capacity),
-        info.guid
-    )?;
+    let info = engine.clone_volume(&a.source, &a.name).map_err(|e| match e {
+        crate::volume::Error::AlreadyExists(_)
+        | crate::volume::Error::Catalog(crate::catalog::Error::NameExists(_)) => volume_err(&a.name, "clone", e),
+        e => exit::engine(format!("cannot clone {:?} as volume {:?}", a.source, a.name), e),
+    })?;
+    writeln!(out, "Created volume {:?} from {} ({}, GUID {})", info.name, a.source, human(info.capacity), info.guid)?;
     Ok(())
 }
 
 pub fn chain(engine: &Engine, cmd: &ChainCommand, out: &mut dyn Write) -> Result<()> {
     let ChainCommand::Dump(a) = cmd;
     let dump = match &a.volume {
-        Some(v) => engine
-            .chain_dump(Some(v))
-            .map_err(|e| volume_err(v, "dump the chain of", e))?,
-        None => engine
-            .chain_dump(None)
-            .map_err(|e| exit::engine("cannot dump the chains", e))?,
+        Some(v) => engine.chain_dump(Some(v)).map_err(|e| volume_err(v, "dump the chain of", e))?,
+        None => engine.chain_dump(None).map_err(|e| exit::engine("cannot dump the chains", e))?,
     };
     if a.format.format == Format::Json {
         return output::json(out, &dump);
@@ -274,17 +212,9 @@ fn write_dump(d: &ChainDump, out: &mut dyn Write) -> Result<()> {
 }
 
 fn write_layer(l: &LayerDump, out: &mut dyn Write) -> Result<()> {
-    let snap = l
-        .snapshot
-        .as_ref()
-        .map(|s| format!(" (snapshot {s:?})"))
-        .unwrap_or_default();
+    let snap = l.snapshot.as_ref().map(|s| format!(" (snapshot {s:?})")).unwrap_or_default();
     writeln!(out, "  - {}{snap}", l.guid)?;
-    let parent = if l.parent.is_blank() {
-        "none".to_string()
-    } else {
-        l.parent.to_string()
-    };
+    let parent = if l.parent.is_blank() { "none".to_string() } else { l.parent.to_string() };
     writeln!(
         out,
         "    parent: {parent}, voltype: {}, format: {}, type: {}, legality: {}, generation: {}, capacity: {}, truesize: {}",

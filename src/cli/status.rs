@@ -26,15 +26,9 @@ pub struct StatusArgs {
 }
 
 pub fn run(engine: &Engine, a: &StatusArgs, out: &mut dyn Write) -> Result<()> {
-    let s = engine.status().map_err(|e| {
-        exit::engine(
-            format!(
-                "cannot read the status of store {}",
-                engine.path().display()
-            ),
-            e,
-        )
-    })?;
+    let s = engine
+        .status()
+        .map_err(|e| exit::engine(format!("cannot read the status of store {}", engine.path().display()), e))?;
     if a.format.format == Format::Json {
         return output::json(out, &s);
     }
@@ -45,9 +39,7 @@ pub fn run(engine: &Engine, a: &StatusArgs, out: &mut dyn Write) -> Result<()> {
 /// counts: `unknown` until then (ratios, which can also be unknown because
 /// nothing is stored, print `n/a`).
 fn counted<T>(value: Option<T>, show: impl FnOnce(T) -> String) -> String {
-    value
-        .map(show)
-        .unwrap_or_else(|| "unknown (recovering)".to_string())
+    value.map(show).unwrap_or_else(|| "unknown (recovering)".to_string())
 }
 
 fn write_status(engine: &Engine, s: &StoreStatus, out: &mut dyn Write) -> Result<()> {
@@ -70,11 +62,7 @@ fn write_status(engine: &Engine, s: &StoreStatus, out: &mut dyn Write) -> Result
     let effective = if s.write_policy_reason.is_empty() {
         s.effective_write_policy.as_str().to_string()
     } else {
-        format!(
-            "{} ({})",
-            s.effective_write_policy.as_str(),
-            s.write_policy_reason
-        )
+        format!("{} ({})", s.effective_write_policy.as_str(), s.write_policy_reason)
     };
     l.item("effective write policy", effective);
     l.item("volumes", s.volumes.to_string());
@@ -86,22 +74,13 @@ fn write_status(engine: &Engine, s: &StoreStatus, out: &mut dyn Write) -> Result
     l.item("  journal", bytes(s.journal_bytes));
     l.item("  block maps", bytes(s.map_bytes));
     l.item("  catalogue", bytes(s.catalog_bytes));
-    l.item(
-        "saving percent",
-        or_na(s.saving_percent, |p| format!("{p:.1}%")),
-    );
+    l.item("saving percent", or_na(s.saving_percent, |p| format!("{p:.1}%")));
     l.item("dedup ratio", or_na(s.dedup_ratio, |r| format!("{r:.2}")));
-    l.item(
-        "compression ratio",
-        or_na(s.compression_ratio, |r| format!("{r:.2}")),
-    );
+    l.item("compression ratio", or_na(s.compression_ratio, |r| format!("{r:.2}")));
     l.item("chunk count", s.chunk_count.to_string());
     l.item("dedup hits", s.dedup_hits.to_string());
     l.item("dedup false matches", s.dedup_false_matches.to_string());
-    l.item(
-        "unreferenced chunks",
-        counted(s.unreferenced_chunks, |n| n.to_string()),
-    );
+    l.item("unreferenced chunks", counted(s.unreferenced_chunks, |n| n.to_string()));
     l.item("index entries", s.index_entries.to_string());
     l.item("index memory", bytes(s.index_memory_bytes));
     l.item("pack files", s.pack_files.to_string());

@@ -71,8 +71,7 @@ pub fn import(engine: &Engine, a: &ImportArgs, out: &mut dyn Write, progress: bo
     let mut bar = Progress::bytes(progress, "importing");
     let result = engine.import(&a.file, &a.name, &mut |done, total| bar.update(done, total));
     bar.finish();
-    let info =
-        result.map_err(|e| volume_err(&a.name, &format!("import {} as", a.file.display()), e))?;
+    let info = result.map_err(|e| volume_err(&a.name, &format!("import {} as", a.file.display()), e))?;
     writeln!(
         out,
         "Imported {} as volume {:?} ({}, {} used, {} layer(s), GUID {})",
@@ -108,33 +107,19 @@ pub fn export(engine: &Engine, a: &ExportArgs, out: &mut dyn Write, progress: bo
     let mut bar = Progress::bytes(progress, "exporting");
     let mut step = |done, total| bar.update(done, total);
     let result = match (a.image_format, a.chain) {
-        (ImageFormat::Qcow2, true) => engine
-            .export_qcow2_chain(&a.volume, &a.file, &mut step)
-            .map(|files| {
-                format!(
-                    "{} qcow2 images, base first, top {}",
-                    files.len(),
-                    files
-                        .last()
-                        .map(|f| f.display().to_string())
-                        .unwrap_or_default()
-                )
-            }),
-        (ImageFormat::Qcow2, false) => engine
-            .export_qcow2(&a.volume, &a.file, &mut step)
-            .map(|()| "qcow2".to_string()),
-        (ImageFormat::Raw, _) => engine
-            .export_raw(&a.volume, &a.file, &mut step)
-            .map(|()| "raw, sparse".to_string()),
+        (ImageFormat::Qcow2, true) => engine.export_qcow2_chain(&a.volume, &a.file, &mut step).map(|files| {
+            format!(
+                "{} qcow2 images, base first, top {}",
+                files.len(),
+                files.last().map(|f| f.display().to_string()).unwrap_or_default()
+            )
+        }),
+        (ImageFormat::Qcow2, false) => engine.export_qcow2(&a.volume, &a.file, &mut step).map(|()| "qcow2".to_string()),
+        (ImageFormat::Raw, _) => engine.export_raw(&a.volume, &a.file, &mut step).map(|()| "raw, sparse".to_string()),
     };
     bar.finish();
     let done = result.map_err(|e| volume_err(&a.volume, &format!("export to {}", a.file.display()), e))?;
-    writeln!(
-        out,
-        "Exported {:?} to {} ({done})",
-        a.volume,
-        a.file.display()
-    )?;
+    writeln!(out, "Exported {:?} to {} ({done})", a.volume, a.file.display())?;
     Ok(())
 }
 
@@ -148,10 +133,9 @@ fn check_source(file: &Path) -> Result<()> {
             format!("cannot import {shown}: it is a directory; give a raw or qcow2 image file"),
         )),
         Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(exit::fail(
-            ExitCode::NotFound,
-            format!("cannot import {shown}: no such file: check the path"),
-        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(exit::fail(ExitCode::NotFound, format!("cannot import {shown}: no such file: check the path")))
+        }
         Err(e) => Err(exit::fail(
             ExitCode::Failure,
             format!("cannot import {shown}: {e}: check the path and its permissions"),
@@ -162,10 +146,6 @@ fn check_source(file: &Path) -> Result<()> {
 /// Make the file arguments absolute before a command is passed to the mount
 /// daemon, whose working directory is not the caller's.
 pub fn absolute(path: &Path) -> Result<PathBuf> {
-    std::path::absolute(path).map_err(|e| {
-        exit::fail(
-            ExitCode::InvalidArgument,
-            format!("cannot resolve the path {}: {e}", path.display()),
-        )
-    })
+    std::path::absolute(path)
+        .map_err(|e| exit::fail(ExitCode::InvalidArgument, format!("cannot resolve the path {}: {e}", path.display())))
 }

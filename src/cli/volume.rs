@@ -30,11 +30,9 @@ pub enum VolumeCommand {
     #[command(visible_alias = "rm")]
     Remove(RemoveArgs),
     /// Copy what a volume reads from its snapshots into it, so it depends on none.
-    #[command(
-        long_about = "Copy every block a volume reads through its chain into its own layer \
+    #[command(long_about = "Copy every block a volume reads through its chain into its own layer \
         and cut it loose from its parents, so it no longer depends on any snapshot (needed before \
-        removing a snapshot a clone is based on). Data is shared, not copied: only map entries move."
-    )]
+        removing a snapshot a clone is based on). Data is shared, not copied: only map entries move.")]
     Flatten(FlattenArgs),
     /// Get, set, unset or list a volume's properties.
     #[command(subcommand)]
@@ -199,12 +197,7 @@ pub fn volume_err(name: &str, what: &str, err: volume::Error) -> anyhow::Error {
 
 /// A size argument, or an invalid-argument failure that shows valid sizes.
 fn size_arg(what: &str, volume: &str, text: &str) -> Result<u64> {
-    parse_size(text).map_err(|e| {
-        exit::fail(
-            ExitCode::InvalidArgument,
-            format!("cannot {what} volume {volume:?}: {e}"),
-        )
-    })
+    parse_size(text).map_err(|e| exit::fail(ExitCode::InvalidArgument, format!("cannot {what} volume {volume:?}: {e}")))
 }
 
 fn create(engine: &Engine, a: &CreateArgs, out: &mut dyn Write) -> Result<()> {
@@ -212,59 +205,33 @@ fn create(engine: &Engine, a: &CreateArgs, out: &mut dyn Write) -> Result<()> {
     if size == 0 {
         return Err(exit::fail(
             ExitCode::InvalidArgument,
-            format!(
-                "cannot create volume {:?} with size 0: give a size such as --size 20G",
-                a.name
-            ),
+            format!("cannot create volume {:?} with size 0: give a size such as --size 20G", a.name),
         ));
     }
-    let info = engine
-        .create_volume(&a.name, size)
-        .map_err(|e| volume_err(&a.name, "create", e))?;
-    writeln!(
-        out,
-        "Created volume {:?} ({}, GUID {})",
-        info.name,
-        human(info.capacity),
-        info.guid
-    )?;
+    let info = engine.create_volume(&a.name, size).map_err(|e| volume_err(&a.name, "create", e))?;
+    writeln!(out, "Created volume {:?} ({}, GUID {})", info.name, human(info.capacity), info.guid)?;
     Ok(())
 }
 
 fn list(engine: &Engine, a: &ListArgs, out: &mut dyn Write) -> Result<()> {
-    let volumes = engine
-        .list_volumes()
-        .map_err(|e| exit::engine("cannot list the volumes", e))?;
+    let volumes = engine.list_volumes().map_err(|e| exit::engine("cannot list the volumes", e))?;
     if a.format.format == Format::Json {
         return output::json(out, &volumes);
     }
-    let header = ["NAME", "GUID", "SIZE", "USED", "LAYERS"]
-        .into_iter()
-        .map(String::from)
-        .chain(a.show_props.iter().cloned());
+    let header =
+        ["NAME", "GUID", "SIZE", "USED", "LAYERS"].into_iter().map(String::from).chain(a.show_props.iter().cloned());
     let mut table = Table::new(header);
     for v in &volumes {
-        let mut row = vec![
-            v.name.clone(),
-            v.guid.to_string(),
-            human(v.capacity),
-            human(v.allocated_bytes),
-            v.depth.to_string(),
-        ];
-        row.extend(
-            a.show_props
-                .iter()
-                .map(|k| v.properties.get(k).cloned().unwrap_or_default()),
-        );
+        let mut row =
+            vec![v.name.clone(), v.guid.to_string(), human(v.capacity), human(v.allocated_bytes), v.depth.to_string()];
+        row.extend(a.show_props.iter().map(|k| v.properties.get(k).cloned().unwrap_or_default()));
         table.row(row);
     }
     table.write(out)
 }
 
 fn show(engine: &Engine, a: &ShowArgs, out: &mut dyn Write) -> Result<()> {
-    let info = engine
-        .volume_info(&a.volume)
-        .map_err(|e| volume_err(&a.volume, "show", e))?;
+    let info = engine.volume_info(&a.volume).map_err(|e| volume_err(&a.volume, "show", e))?;
     if a.format.format == Format::Json {
         return output::json(out, &info);
     }
@@ -276,35 +243,16 @@ fn write_info(v: &VolumeInfo, out: &mut dyn Write) -> Result<()> {
     l.item("name", &v.name);
     l.item("guid", v.guid.to_string());
     l.item("active leaf", v.leaf.to_string());
-    l.item(
-        "size",
-        format!("{} ({} bytes)", human(v.capacity), v.capacity),
-    );
-    l.item(
-        "used",
-        format!("{} ({} bytes)", human(v.allocated_bytes), v.allocated_bytes),
-    );
+    l.item("size", format!("{} ({} bytes)", human(v.capacity), v.capacity));
+    l.item("used", format!("{} ({} bytes)", human(v.allocated_bytes), v.allocated_bytes));
     l.item("layers", v.depth.to_string());
     l.item("created", output::utc(v.created_unix));
     l.write(out, 0)?;
 
     writeln!(out, "\nlayers (base first):")?;
-    let mut t = Table::new([
-        "GUID",
-        "PARENT",
-        "VOLTYPE",
-        "FORMAT",
-        "ALLOCATION",
-        "LEGALITY",
-        "CAPACITY",
-        "GENERATION",
-    ]);
+    let mut t = Table::new(["GUID", "PARENT", "VOLTYPE", "FORMAT", "ALLOCATION", "LEGALITY", "CAPACITY", "GENERATION"]);
     for layer in &v.layers {
-        let parent = if layer.parent.is_blank() {
-            "-".to_string()
-        } else {
-            layer.parent.to_string()
-        };
+        let parent = if layer.parent.is_blank() { "-".to_string() } else { layer.parent.to_string() };
         t.row(vec![
             layer.guid.to_string(),
             parent,
@@ -362,15 +310,12 @@ pub fn upper(value: &impl std::fmt::Debug) -> String {
 }
 
 fn rename(engine: &Engine, a: &RenameArgs, out: &mut dyn Write) -> Result<()> {
-    engine
-        .rename_volume(&a.volume, &a.new_name)
-        .map_err(|e| match e {
-            volume::Error::AlreadyExists(_)
-            | volume::Error::Catalog(crate::catalog::Error::NameExists(_)) => {
-                volume_err(&a.new_name, "rename", e)
-            }
-            e => volume_err(&a.volume, "rename", e),
-        })?;
+    engine.rename_volume(&a.volume, &a.new_name).map_err(|e| match e {
+        volume::Error::AlreadyExists(_) | volume::Error::Catalog(crate::catalog::Error::NameExists(_)) => {
+            volume_err(&a.new_name, "rename", e)
+        }
+        e => volume_err(&a.volume, "rename", e),
+    })?;
     writeln!(out, "Renamed volume {:?} to {:?}", a.volume, a.new_name)?;
     Ok(())
 }
@@ -378,9 +323,7 @@ fn rename(engine: &Engine, a: &RenameArgs, out: &mut dyn Write) -> Result<()> {
 fn resize(engine: &Engine, a: &ResizeArgs, out: &mut dyn Write) -> Result<()> {
     let size = size_arg("resize", &a.volume, &a.size)?;
     // Checked here as well as in the engine so the refusal names the flag.
-    let info = engine
-        .volume_info(&a.volume)
-        .map_err(|e| volume_err(&a.volume, "resize", e))?;
+    let info = engine.volume_info(&a.volume).map_err(|e| volume_err(&a.volume, "resize", e))?;
     if size < info.capacity && !a.allow_shrink {
         return Err(exit::fail(
             ExitCode::InvalidArgument,
@@ -392,46 +335,27 @@ fn resize(engine: &Engine, a: &ResizeArgs, out: &mut dyn Write) -> Result<()> {
             ),
         ));
     }
-    engine
-        .resize_volume(&a.volume, size, a.allow_shrink)
-        .map_err(|e| volume_err(&a.volume, "resize", e))?;
-    writeln!(
-        out,
-        "Resized volume {:?} from {} to {}",
-        a.volume,
-        human(info.capacity),
-        human(size)
-    )?;
+    engine.resize_volume(&a.volume, size, a.allow_shrink).map_err(|e| volume_err(&a.volume, "resize", e))?;
+    writeln!(out, "Resized volume {:?} from {} to {}", a.volume, human(info.capacity), human(size))?;
     Ok(())
 }
 
 fn remove(engine: &Engine, a: &RemoveArgs, out: &mut dyn Write) -> Result<()> {
     // An unfinished create/import is refused by the engine with
     // `Incomplete`, whose message says to pass --force (SPEC §4).
-    engine
-        .remove_volume(&a.volume, a.force)
-        .map_err(|e| volume_err(&a.volume, "remove", e))?;
+    engine.remove_volume(&a.volume, a.force).map_err(|e| volume_err(&a.volume, "remove", e))?;
     writeln!(out, "Removed volume {:?}", a.volume)?;
     Ok(())
 }
 
 fn flatten(engine: &Engine, a: &FlattenArgs, out: &mut dyn Write) -> Result<()> {
-    let moved = engine
-        .flatten_volume(&a.volume)
-        .map_err(|e| volume_err(&a.volume, "flatten", e))?;
-    writeln!(
-        out,
-        "Flattened volume {:?} ({moved} map entries copied)",
-        a.volume
-    )?;
+    let moved = engine.flatten_volume(&a.volume).map_err(|e| volume_err(&a.volume, "flatten", e))?;
+    writeln!(out, "Flattened volume {:?} ({moved} map entries copied)", a.volume)?;
     Ok(())
 }
 
 fn prop_get(engine: &Engine, a: &PropKeyArgs, out: &mut dyn Write) -> Result<()> {
-    match engine
-        .get_property(&a.volume, &a.key)
-        .map_err(|e| volume_err(&a.volume, "read a property of", e))?
-    {
+    match engine.get_property(&a.volume, &a.key).map_err(|e| volume_err(&a.volume, "read a property of", e))? {
         Some(value) => writeln!(out, "{value}")?,
         None => {
             return Err(exit::fail(
@@ -447,23 +371,17 @@ fn prop_get(engine: &Engine, a: &PropKeyArgs, out: &mut dyn Write) -> Result<()>
 }
 
 fn prop_set(engine: &Engine, a: &PropSetArgs, _out: &mut dyn Write) -> Result<()> {
-    engine
-        .set_property(&a.volume, &a.key, &a.value)
-        .map_err(|e| volume_err(&a.volume, "set a property of", e))
+    engine.set_property(&a.volume, &a.key, &a.value).map_err(|e| volume_err(&a.volume, "set a property of", e))
 }
 
 fn prop_unset(engine: &Engine, a: &PropKeyArgs, _out: &mut dyn Write) -> Result<()> {
     // Idempotent like `incus config unset`: scripts can unset without checking first.
-    engine
-        .unset_property(&a.volume, &a.key)
-        .map_err(|e| volume_err(&a.volume, "unset a property of", e))?;
+    engine.unset_property(&a.volume, &a.key).map_err(|e| volume_err(&a.volume, "unset a property of", e))?;
     Ok(())
 }
 
 fn prop_list(engine: &Engine, a: &PropListArgs, out: &mut dyn Write) -> Result<()> {
-    let props = engine
-        .properties(&a.volume)
-        .map_err(|e| volume_err(&a.volume, "list the properties of", e))?;
+    let props = engine.properties(&a.volume).map_err(|e| volume_err(&a.volume, "list the properties of", e))?;
     if a.format.format == Format::Json {
         return output::json(out, &props);
     }

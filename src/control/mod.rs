@@ -111,14 +111,8 @@ pub fn call(store: &Path, argv: &[String]) -> io::Result<Option<(String, String,
             ));
         }
     };
-    let cwd = std::env::current_dir()
-        .ok()
-        .map(|p| p.to_string_lossy().into_owned());
-    let req = serde_json::to_vec(&Request {
-        argv: argv.to_vec(),
-        cwd,
-    })
-    .map_err(io::Error::other)?;
+    let cwd = std::env::current_dir().ok().map(|p| p.to_string_lossy().into_owned());
+    let req = serde_json::to_vec(&Request { argv: argv.to_vec(), cwd }).map_err(io::Error::other)?;
     stream.write_all(&req)?;
     stream.shutdown(std::net::Shutdown::Write)?;
     let mut buf = Vec::new();
@@ -126,10 +120,7 @@ pub fn call(store: &Path, argv: &[String]) -> io::Result<Option<(String, String,
     let resp: Response = serde_json::from_slice(&buf).map_err(|e| {
         io::Error::new(
             io::ErrorKind::InvalidData,
-            format!(
-                "malformed answer from the strata daemon at {}: {e}",
-                path.display()
-            ),
+            format!("malformed answer from the strata daemon at {}: {e}", path.display()),
         )
     })?;
     Ok(Some((resp.stdout, resp.stderr, resp.code)))
@@ -140,11 +131,7 @@ pub fn daemon_alive(store: &Path) -> bool {
     let Ok(text) = std::fs::read_to_string(store.join(crate::fs::PIDFILE_NAME)) else {
         return false;
     };
-    let Some(pid) = text
-        .lines()
-        .next()
-        .and_then(|l| l.trim().parse::<i32>().ok())
-    else {
+    let Some(pid) = text.lines().next().and_then(|l| l.trim().parse::<i32>().ok()) else {
         return false;
     };
     crate::fs::process_alive(pid)
@@ -165,46 +152,27 @@ pub struct Server {
 
 impl Server {
     /// Bind `STORE/control.sock` and serve it on a named thread.
-    pub fn start<T: Send + Sync + 'static>(
-        store: &Path,
-        engine: Arc<T>,
-        handler: Handler<T>,
-    ) -> io::Result<Server> {
+    pub fn start<T: Send + Sync + 'static>(store: &Path, engine: Arc<T>, handler: Handler<T>) -> io::Result<Server> {
         let path = socket_path(store);
         match UnixStream::connect(&path) {
             Ok(_) => {
                 return Err(io::Error::new(
                     io::ErrorKind::AddrInUse,
-                    format!(
-                        "{} is served by another strata daemon; unmount it first",
-                        path.display()
-                    ),
+                    format!("{} is served by another strata daemon; unmount it first", path.display()),
                 ));
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             // A leftover socket nobody serves: ours to replace (we hold the
             // store lock, so no other daemon can be starting).
-            Err(_) => std::fs::remove_file(&path).or_else(|e| {
-                if e.kind() == io::ErrorKind::NotFound {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            })?,
+            Err(_) => std::fs::remove_file(&path)
+                .or_else(|e| if e.kind() == io::ErrorKind::NotFound { Ok(()) } else { Err(e) })?,
         }
-        let listener = UnixListener::bind(&path).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("binding the control socket {}: {e}", path.display()),
-            )
-        })?;
+        let listener = UnixListener::bind(&path)
+            .map_err(|e| io::Error::new(e.kind(), format!("binding the control socket {}: {e}", path.display())))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let active = Arc::new(Active {
-            count: Mutex::new(0),
-            idle: Condvar::new(),
-        });
+        let active = Arc::new(Active { count: Mutex::new(0), idle: Condvar::new() });
         let thread = {
             let stop = stop.clone();
             let active = active.clone();
@@ -212,12 +180,7 @@ impl Server {
                 .name("strata-control".into())
                 .spawn(move || accept_loop(listener, engine, handler, stop, active))?
         };
-        Ok(Server {
-            path,
-            stop,
-            thread: Some(thread),
-            active,
-        })
+        Ok(Server { path, stop, thread: Some(thread), active })
     }
 
     /// Stop accepting, wait for running commands, remove the socket.
@@ -234,15 +197,8 @@ impl Server {
         }
         let mut n = self.active.count.lock().unwrap_or_else(|p| p.into_inner());
         while *n > 0 {
-            tracing::info!(
-                running = *n,
-                "waiting for control commands to finish before closing the store"
-            );
-            let (g, _) = self
-                .active
-                .idle
-                .wait_timeout(n, Duration::from_secs(10))
-                .unwrap_or_else(|p| p.into_inner());
+            tracing::info!(running = *n, "waiting for control commands to finish before closing the store");
+            let (g, _) = self.active.idle.wait_timeout(n, Duration::from_secs(10)).unwrap_or_else(|p| p.into_inner());
             n = g;
         }
         drop(n);
@@ -268,11 +224,7 @@ fn accept_loop<T: Send + Sync + 'static>(
     while !stop.load(Ordering::Acquire) {
         // Poll with a timeout instead of blocking in accept(), so stop()
         // works even if someone removed the socket file.
-        let mut pfd = libc::pollfd {
-            fd: listener.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut pfd = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd for the duration of the call.
         let rc = unsafe { libc::poll(&mut pfd, 1, 250) };
         if rc <= 0 {
@@ -280,10 +232,7 @@ fn accept_loop<T: Send + Sync + 'static>(
         }
         let stream = match listener.accept() {
             Ok((s, _)) => s,
-            Err(e)
-                if e.kind() == io::ErrorKind::WouldBlock
-                    || e.kind() == io::ErrorKind::Interrupted =>
-            {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {
                 continue;
             }
             Err(e) => {
@@ -306,9 +255,7 @@ fn accept_loop<T: Send + Sync + 'static>(
                 &stream,
                 &Response {
                     stdout: String::new(),
-                    stderr: format!(
-                        "strata daemon is busy: {MAX_CONCURRENT} commands are running; try again\n"
-                    ),
+                    stderr: format!("strata daemon is busy: {MAX_CONCURRENT} commands are running; try again\n"),
                     code: EXIT_BUSY,
                 },
             );
@@ -317,14 +264,12 @@ fn accept_loop<T: Send + Sync + 'static>(
         let engine = engine.clone();
         let handler = handler.clone();
         let active2 = active.clone();
-        let spawned = std::thread::Builder::new()
-            .name("strata-command".into())
-            .spawn(move || {
-                serve_one(stream, &*engine, &handler);
-                let mut n = active2.count.lock().unwrap_or_else(|p| p.into_inner());
-                *n -= 1;
-                active2.idle.notify_all();
-            });
+        let spawned = std::thread::Builder::new().name("strata-command".into()).spawn(move || {
+            serve_one(stream, &*engine, &handler);
+            let mut n = active2.count.lock().unwrap_or_else(|p| p.into_inner());
+            *n -= 1;
+            active2.idle.notify_all();
+        });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "could not start a thread for a control command");
             let mut n = active.count.lock().unwrap_or_else(|p| p.into_inner());
@@ -338,29 +283,23 @@ fn serve_one<T>(stream: UnixStream, engine: &T, handler: &Handler<T>) {
         Ok(req) => {
             let _s = tracing::info_span!("control", argv = ?req.argv).entered();
             CWD.with(|c| *c.borrow_mut() = req.cwd.map(PathBuf::from));
-            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                handler(engine, &req.argv)
-            }));
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(engine, &req.argv)));
             CWD.with(|c| *c.borrow_mut() = None);
             match run {
-                Ok((stdout, stderr, code)) => Response {
-                    stdout,
-                    stderr,
-                    code,
-                },
+                Ok((stdout, stderr, code)) => Response { stdout, stderr, code },
                 Err(_) => {
                     tracing::error!("control command panicked");
-                    Response { stdout: String::new(), stderr: "internal error: the command panicked in the strata daemon (see its log)\n".into(), code: EXIT_INTERNAL }
+                    Response {
+                        stdout: String::new(),
+                        stderr: "internal error: the command panicked in the strata daemon (see its log)\n".into(),
+                        code: EXIT_INTERNAL,
+                    }
                 }
             }
         }
         Err(e) => {
             tracing::warn!(error = %e, "bad control request");
-            Response {
-                stdout: String::new(),
-                stderr: format!("strata daemon refused the request: {e}\n"),
-                code: 2,
-            }
+            Response { stdout: String::new(), stderr: format!("strata daemon refused the request: {e}\n"), code: 2 }
         }
     };
     if let Err(e) = respond(&stream, &resp) {
@@ -382,17 +321,10 @@ fn read_request(stream: &UnixStream) -> io::Result<Request> {
     let mut buf = Vec::new();
     stream.take(MAX_REQUEST_BYTES + 1).read_to_end(&mut buf)?;
     if buf.len() as u64 > MAX_REQUEST_BYTES {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "request larger than 1 MiB",
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "request larger than 1 MiB"));
     }
-    serde_json::from_slice(&buf).map_err(|e| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("malformed request: {e}"),
-        )
-    })
+    serde_json::from_slice(&buf)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("malformed request: {e}")))
 }
 
 fn respond(mut stream: &UnixStream, resp: &Response) -> io::Result<()> {
@@ -402,11 +334,7 @@ fn respond(mut stream: &UnixStream, resp: &Response) -> io::Result<()> {
 }
 
 fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `cred`.
     let rc = unsafe {
@@ -430,18 +358,12 @@ mod tests {
 
     #[test]
     fn requests_and_responses_round_trip_as_json() {
-        let r: Request =
-            serde_json::from_str(r#"{"argv":["volume","list"],"cwd":"/tmp"}"#).unwrap();
+        let r: Request = serde_json::from_str(r#"{"argv":["volume","list"],"cwd":"/tmp"}"#).unwrap();
         assert_eq!(r.argv, vec!["volume", "list"]);
         assert_eq!(r.cwd.as_deref(), Some("/tmp"));
         let r: Request = serde_json::from_str(r#"{"argv":[]}"#).unwrap();
         assert!(r.cwd.is_none());
-        let s = serde_json::to_string(&Response {
-            stdout: "a".into(),
-            stderr: "b".into(),
-            code: 3,
-        })
-        .unwrap();
+        let s = serde_json::to_string(&Response { stdout: "a".into(), stderr: "b".into(), code: 3 }).unwrap();
         assert_eq!(s, r#"{"stdout":"a","stderr":"b","code":3}"#);
     }
 
@@ -461,21 +383,13 @@ mod tests {
     fn a_command_runs_in_the_server_with_the_clients_cwd() {
         let dir = tempfile::tempdir().unwrap();
         let handler: Handler<u32> = Arc::new(|ctx: &u32, argv: &[String]| {
-            let cwd = request_cwd()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default();
+            let cwd = request_cwd().map(|p| p.display().to_string()).unwrap_or_default();
             (format!("{ctx} {} {cwd}", argv.join(" ")), "warn".into(), 4)
         });
         let server = Server::start(dir.path(), Arc::new(7u32), handler).unwrap();
-        let mode = std::fs::metadata(socket_path(dir.path()))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777;
+        let mode = std::fs::metadata(socket_path(dir.path())).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let (out, err, code) = call(dir.path(), &["volume".into(), "list".into()])
-            .unwrap()
-            .unwrap();
+        let (out, err, code) = call(dir.path(), &["volume".into(), "list".into()]).unwrap().unwrap();
         let cwd = std::env::current_dir().unwrap().display().to_string();
         assert_eq!(out, format!("7 volume list {cwd}"));
         assert_eq!((err.as_str(), code), ("warn", 4));

@@ -59,13 +59,9 @@ pub fn mount(cfg: &MountConfig, control: ControlHandler) -> anyhow::Result<()> {
     if cfg.foreground {
         return run_foreground(cfg, control);
     }
-    let exe =
-        std::env::current_exe().context("finding the strata executable to start the daemon")?;
+    let exe = std::env::current_exe().context("finding the strata executable to start the daemon")?;
     let mut cmd = Command::new(exe);
-    cmd.arg("mount")
-        .arg(&cfg.store)
-        .arg(&cfg.mountpoint)
-        .arg("--foreground");
+    cmd.arg("mount").arg(&cfg.store).arg(&cfg.mountpoint).arg("--foreground");
     let mut opts = cfg.options.clone();
     if let Some(n) = cfg.threads {
         opts.push(format!("threads={n}"));
@@ -81,10 +77,7 @@ pub fn mount(cfg: &MountConfig, control: ControlHandler) -> anyhow::Result<()> {
 /// with `foreground = true`) and wait until its mount is live. Public so
 /// tests can start a daemon from their own executable.
 pub fn spawn_daemon(cfg: &MountConfig, mut cmd: Command) -> anyhow::Result<Child> {
-    let store = cfg
-        .store
-        .canonicalize()
-        .with_context(|| format!("store {}", cfg.store.display()))?;
+    let store = cfg.store.canonicalize().with_context(|| format!("store {}", cfg.store.display()))?;
     let (rd, wr) = pipe().context("creating the readiness pipe")?;
     let log_path = store.join(LOGFILE_NAME);
     let log = std::fs::OpenOptions::new()
@@ -116,10 +109,7 @@ pub fn spawn_daemon(cfg: &MountConfig, mut cmd: Command) -> anyhow::Result<Child
     drop(wr);
     let mut rd = File::from(rd);
     let message = read_ready(&mut rd, &mut child)?;
-    let mountpoint = cfg
-        .mountpoint
-        .canonicalize()
-        .unwrap_or_else(|_| cfg.mountpoint.clone());
+    let mountpoint = cfg.mountpoint.canonicalize().unwrap_or_else(|_| cfg.mountpoint.clone());
     match message.trim_end() {
         "ready" => {
             if find_mount(&mountpoint)?.is_none() {
@@ -136,10 +126,7 @@ pub fn spawn_daemon(cfg: &MountConfig, mut cmd: Command) -> anyhow::Result<Child
             Err(anyhow!("{}", &m["error: ".len()..]))
         }
         _ => {
-            let status = child
-                .wait()
-                .map(|s| s.to_string())
-                .unwrap_or_else(|e| e.to_string());
+            let status = child.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
             Err(anyhow!(
                 "the strata daemon exited ({status}) before the mount was ready; last lines of {}:\n{}",
                 log_path.display(),
@@ -156,11 +143,7 @@ fn read_ready(rd: &mut File, child: &mut Child) -> anyhow::Result<String> {
     let mut warned = false;
     let mut buf = Vec::new();
     loop {
-        let mut pfd = libc::pollfd {
-            fd: rd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut pfd = libc::pollfd { fd: rd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd for the duration of the call.
         let rc = unsafe { libc::poll(&mut pfd, 1, 1000) };
         if rc > 0 {
@@ -177,11 +160,7 @@ fn read_ready(rd: &mut File, child: &mut Child) -> anyhow::Result<String> {
         }
         // No word yet: a dead child that leaked the pipe to a grandchild
         // would keep it open forever, so watch the child too.
-        if child
-            .try_wait()
-            .context("waiting for the strata daemon")?
-            .is_some()
-        {
+        if child.try_wait().context("waiting for the strata daemon")?.is_some() {
             break;
         }
         if !warned && started.elapsed() > Duration::from_secs(10) {
@@ -203,20 +182,14 @@ struct Ready(Option<File>);
 
 impl Ready {
     fn from_env() -> Ready {
-        let Some(fd) = std::env::var(READY_FD_ENV)
-            .ok()
-            .and_then(|v| v.parse::<RawFd>().ok())
-        else {
+        let Some(fd) = std::env::var(READY_FD_ENV).ok().and_then(|v| v.parse::<RawFd>().ok()) else {
             return Ready(None);
         };
         // Only trust the number if it is a pipe: the variable could have
         // leaked into an unrelated process's environment.
         // SAFETY: fstat writes into the zeroed struct; a bad fd gives -1.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        if fd < 3
-            || unsafe { libc::fstat(fd, &mut st) } != 0
-            || st.st_mode & libc::S_IFMT != libc::S_IFIFO
-        {
+        if fd < 3 || unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFIFO {
             return Ready(None);
         }
         // SAFETY: the fd is open (fstat succeeded), inherited for us alone,
@@ -250,10 +223,7 @@ fn serve(cfg: &MountConfig, control: ControlHandler, ready: &mut Ready) -> anyho
     if cfg.threads.is_some() {
         opts.threads = cfg.threads;
     }
-    let store = cfg
-        .store
-        .canonicalize()
-        .with_context(|| format!("store {}", cfg.store.display()))?;
+    let store = cfg.store.canonicalize().with_context(|| format!("store {}", cfg.store.display()))?;
     let mountpoint = canonical_mountpoint(&cfg.mountpoint)?;
     if let Some(m) = find_mount(&mountpoint)? {
         if m.fstype.starts_with("fuse") && m.fstype.contains("strata") {
@@ -266,14 +236,8 @@ fn serve(cfg: &MountConfig, control: ControlHandler, ready: &mut Ready) -> anyho
         }
     }
 
-    let engine = Engine::open(
-        &store,
-        &OpenOptions {
-            read_only: opts.read_only,
-            ..Default::default()
-        },
-    )
-    .with_context(|| format!("opening store {}", store.display()))?;
+    let engine = Engine::open(&store, &OpenOptions { read_only: opts.read_only, ..Default::default() })
+        .with_context(|| format!("opening store {}", store.display()))?;
     if !opts.read_only {
         remove_leftover_unlinked(&engine);
     }
@@ -287,11 +251,7 @@ fn serve(cfg: &MountConfig, control: ControlHandler, ready: &mut Ready) -> anyho
     };
 
     let n_threads = opts.threads.unwrap_or_else(|| {
-        options::default_threads(
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2),
-        )
+        options::default_threads(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
     });
     // SAFETY: geteuid/getegid cannot fail.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
@@ -299,12 +259,7 @@ fn serve(cfg: &MountConfig, control: ControlHandler, ready: &mut Ready) -> anyho
     let fs = StrataFs::new(
         engine.clone(),
         inodes.clone(),
-        FsSettings {
-            read_only: opts.read_only,
-            max_background: opts.max_background,
-            uid,
-            gid,
-        },
+        FsSettings { read_only: opts.read_only, max_background: opts.max_background, uid, gid },
     );
     let mut config = fuser::Config::default();
     config.mount_options = vec![
@@ -321,11 +276,7 @@ fn serve(cfg: &MountConfig, control: ControlHandler, ready: &mut Ready) -> anyho
         config.mount_options.push(fuser::MountOption::AutoUnmount);
     }
     config.mount_options.extend(opts.kernel.iter().cloned());
-    config.acl = if opts.allow_other {
-        fuser::SessionACL::All
-    } else {
-        fuser::SessionACL::Owner
-    };
+    config.acl = if opts.allow_other { fuser::SessionACL::All } else { fuser::SessionACL::Owner };
     config.n_threads = Some(n_threads);
     config.clone_fd = n_threads > 1;
 
@@ -341,23 +292,14 @@ fn serve(cfg: &MountConfig, control: ControlHandler, ready: &mut Ready) -> anyho
         .with_context(|| format!("mounting {} on {}", store.display(), mountpoint.display()))?;
     let notifier = session.notifier();
     // From here the mount is live: undo it if the rest of start-up fails.
-    let mut started = StartGuard {
-        mountpoint: Some(mountpoint.clone()),
-    };
-    let server = control::Server::start(
-        &store,
-        engine.clone(),
-        invalidate::wrap(control, notifier, inodes),
-    )
-    .context("starting the control socket")?;
-    let signals = SignalWatcher::start(mountpoint.clone(), session.unmount_callable())
-        .context("installing signal handlers")?;
+    let mut started = StartGuard { mountpoint: Some(mountpoint.clone()) };
+    let server = control::Server::start(&store, engine.clone(), invalidate::wrap(control, notifier, inodes))
+        .context("starting the control socket")?;
+    let signals =
+        SignalWatcher::start(mountpoint.clone(), session.unmount_callable()).context("installing signal handlers")?;
     let pidfile = store.join(PIDFILE_NAME);
-    std::fs::write(
-        &pidfile,
-        format!("{}\n{}\n", std::process::id(), mountpoint.display()),
-    )
-    .with_context(|| format!("writing {}", pidfile.display()))?;
+    std::fs::write(&pidfile, format!("{}\n{}\n", std::process::id(), mountpoint.display()))
+        .with_context(|| format!("writing {}", pidfile.display()))?;
     started.mountpoint = None;
     tracing::info!(store = %store.display(), mountpoint = %mountpoint.display(), threads = n_threads, "mounted");
     ready.send("ready\n");
@@ -367,9 +309,7 @@ fn serve(cfg: &MountConfig, control: ControlHandler, ready: &mut Ready) -> anyho
     signals.stop();
     server.stop();
     drop(served);
-    let closed = engine
-        .close()
-        .with_context(|| format!("closing store {}", store.display()));
+    let closed = engine.close().with_context(|| format!("closing store {}", store.display()));
     let _ = std::fs::remove_file(&pidfile);
     run.context("serving the FUSE session")?;
     closed
@@ -413,7 +353,11 @@ fn remove_leftover_unlinked(engine: &Engine) {
 fn canonical_mountpoint(p: &Path) -> anyhow::Result<PathBuf> {
     let mp = p.canonicalize().map_err(|e| {
         if e.raw_os_error() == Some(libc::ENOTCONN) {
-            anyhow!("{}: a previous FUSE daemon died without unmounting; run `umount -l {}` (or `fusermount3 -uz`) first", p.display(), p.display())
+            anyhow!(
+                "{}: a previous FUSE daemon died without unmounting; run `umount -l {}` (or `fusermount3 -uz`) first",
+                p.display(),
+                p.display()
+            )
         } else {
             anyhow!("mountpoint {}: {e}", p.display())
         }
@@ -447,10 +391,7 @@ struct SignalWatcher {
 }
 
 impl SignalWatcher {
-    fn start(
-        mountpoint: PathBuf,
-        mut unmounter: fuser::SessionUnmounter,
-    ) -> std::io::Result<SignalWatcher> {
+    fn start(mountpoint: PathBuf, mut unmounter: fuser::SessionUnmounter) -> std::io::Result<SignalWatcher> {
         let (rd, wr) = pipe()?;
         SIGNAL_PIPE.store(wr.as_raw_fd(), Ordering::Release);
         for sig in SIGNALS {
@@ -465,37 +406,32 @@ impl SignalWatcher {
                 }
             }
         }
-        let thread = std::thread::Builder::new()
-            .name("strata-signals".into())
-            .spawn(move || {
-                let mut rd = File::from(rd);
-                let mut b = [0u8; 1];
-                loop {
-                    match rd.read(&mut b) {
-                        Ok(1) if b[0] != 0 => {
-                            tracing::info!(signal = b[0], "signal received: unmounting");
-                            // Through fuser's own unmounter, so the session
-                            // does not try a second unmount when it ends.
-                            match unmounter.unmount() {
-                                Ok(()) => {}
-                                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                                    if let Err(e) = detach(&mountpoint) {
-                                        tracing::error!(error = %e, "detaching on signal failed");
-                                    }
+        let thread = std::thread::Builder::new().name("strata-signals".into()).spawn(move || {
+            let mut rd = File::from(rd);
+            let mut b = [0u8; 1];
+            loop {
+                match rd.read(&mut b) {
+                    Ok(1) if b[0] != 0 => {
+                        tracing::info!(signal = b[0], "signal received: unmounting");
+                        // Through fuser's own unmounter, so the session
+                        // does not try a second unmount when it ends.
+                        match unmounter.unmount() {
+                            Ok(()) => {}
+                            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                                if let Err(e) = detach(&mountpoint) {
+                                    tracing::error!(error = %e, "detaching on signal failed");
                                 }
-                                Err(e) => tracing::error!(error = %e, "unmount on signal failed"),
                             }
+                            Err(e) => tracing::error!(error = %e, "unmount on signal failed"),
                         }
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                        // 0 = stop(); EOF or error: nothing more will come.
-                        _ => return,
                     }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    // 0 = stop(); EOF or error: nothing more will come.
+                    _ => return,
                 }
-            })?;
-        Ok(SignalWatcher {
-            wr,
-            thread: Some(thread),
-        })
+            }
+        })?;
+        Ok(SignalWatcher { wr, thread: Some(thread) })
     }
 
     fn stop(mut self) {
@@ -547,8 +483,7 @@ fn request_unmount(mp: &Path, lazy_if_busy: bool) -> anyhow::Result<()> {
             if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
                 return Ok(());
             }
-            Err(std::io::Error::last_os_error())
-                .with_context(|| format!("detaching {}", mp.display()))
+            Err(std::io::Error::last_os_error()).with_context(|| format!("detaching {}", mp.display()))
         }
         Some(libc::EBUSY) => bail!(
             "{} is busy: files on it are open (see `fuser -vm {}`); close them (stop the VMs) and retry, or use `umount -l` to detach it",
@@ -561,17 +496,9 @@ fn request_unmount(mp: &Path, lazy_if_busy: bool) -> anyhow::Result<()> {
             if lazy_if_busy {
                 cmd.arg("-z");
             }
-            let out = cmd
-                .arg("--")
-                .arg(mp)
-                .output()
-                .context("running fusermount3 -u")?;
+            let out = cmd.arg("--").arg(mp).output().context("running fusermount3 -u")?;
             if !out.status.success() {
-                bail!(
-                    "fusermount3 -u {}: {}",
-                    mp.display(),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
+                bail!("fusermount3 -u {}: {}", mp.display(), String::from_utf8_lossy(&out.stderr).trim());
             }
             Ok(())
         }
@@ -587,16 +514,13 @@ pub fn umount(mountpoint: &Path) -> anyhow::Result<()> {
     let mp = match mountpoint.canonicalize() {
         Ok(p) => p,
         // A dead daemon leaves ENOTCONN: use the path as given.
-        Err(_) => std::path::absolute(mountpoint)
-            .with_context(|| format!("mountpoint {}", mountpoint.display()))?,
+        Err(_) => std::path::absolute(mountpoint).with_context(|| format!("mountpoint {}", mountpoint.display()))?,
     };
     let entry = find_mount(&mp)?.ok_or_else(|| anyhow!("{} is not mounted", mp.display()))?;
     if !entry.fstype.starts_with("fuse") {
         bail!("{} is a {} mount, not strata", mp.display(), entry.fstype);
     }
-    let pid = read_pidfile(Path::new(&entry.source))
-        .filter(|(_, m)| m == &mp)
-        .map(|(pid, _)| pid);
+    let pid = read_pidfile(Path::new(&entry.source)).filter(|(_, m)| m == &mp).map(|(pid, _)| pid);
     request_unmount(&mp, false)?;
     if let Some(pid) = pid {
         let start = Instant::now();
@@ -635,11 +559,9 @@ pub fn process_alive(pid: i32) -> bool {
     }
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state is the first field after the parenthesised name.
-        Ok(stat) => !matches!(
-            stat.rsplit_once(')')
-                .and_then(|(_, r)| r.trim_start().chars().next()),
-            Some('Z') | Some('X')
-        ),
+        Ok(stat) => {
+            !matches!(stat.rsplit_once(')').and_then(|(_, r)| r.trim_start().chars().next()), Some('Z') | Some('X'))
+        }
         Err(_) => false,
     }
 }
@@ -655,12 +577,8 @@ pub struct MountEntry {
 
 /// The topmost mount at `mountpoint`, if any.
 pub fn find_mount(mountpoint: &Path) -> anyhow::Result<Option<MountEntry>> {
-    let text =
-        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-    Ok(parse_mountinfo(&text)
-        .into_iter()
-        .rev()
-        .find(|e| e.mountpoint == mountpoint))
+    let text = std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    Ok(parse_mountinfo(&text).into_iter().rev().find(|e| e.mountpoint == mountpoint))
 }
 
 pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
@@ -695,9 +613,7 @@ fn unescape(s: &str) -> Vec<u8> {
         if b[i] == b'\\' && i + 4 <= b.len() {
             let oct = &b[i + 1..i + 4];
             if oct.iter().all(|c| (b'0'..=b'7').contains(c)) {
-                let v = (oct[0] - b'0') as u32 * 64
-                    + (oct[1] - b'0') as u32 * 8
-                    + (oct[2] - b'0') as u32;
+                let v = (oct[0] - b'0') as u32 * 64 + (oct[1] - b'0') as u32 * 8 + (oct[2] - b'0') as u32;
                 if let Ok(byte) = u8::try_from(v) {
                     out.push(byte);
                     i += 4;

@@ -23,11 +23,7 @@ pub fn to_errno(err: &Error, op: &str) -> Errno {
         Error::OutOfRange { .. } => Errno::EINVAL,
         Error::ReadOnly(_) => Errno::EROFS,
         Error::NoSpace(_) => Errno::ENOSPC,
-        Error::Corrupt {
-            volume,
-            offset,
-            detail,
-        } => {
+        Error::Corrupt { volume, offset, detail } => {
             tracing::error!(op, volume = %volume, offset, detail = %detail, "corrupt data: returning EIO");
             Errno::EIO
         }
@@ -117,12 +113,7 @@ fn store_errno(e: &store::Error, op: &str) -> Errno {
             _ => Errno::ENOSPC,
         },
         store::Error::ReadOnly { .. } => Errno::EROFS,
-        store::Error::Corrupt {
-            chunk_id,
-            pack_id,
-            offset,
-            detail,
-        } => {
+        store::Error::Corrupt { chunk_id, pack_id, offset, detail } => {
             tracing::error!(op, chunk_id, pack_id, pack_offset = offset, detail = %detail, "corrupt chunk: returning EIO");
             Errno::EIO
         }
@@ -165,51 +156,16 @@ mod tests {
             (Error::NotFound("x".into()), Errno::ENOENT),
             (Error::AlreadyExists("x".into()), Errno::EEXIST),
             (Error::InvalidArgument("x".into()), Errno::EINVAL),
-            (
-                Error::OutOfRange {
-                    offset: 1,
-                    len: 2,
-                    capacity: 0,
-                },
-                Errno::EINVAL,
-            ),
+            (Error::OutOfRange { offset: 1, len: 2, capacity: 0 }, Errno::EINVAL),
             (Error::ReadOnly("x".into()), Errno::EROFS),
             (Error::NoSpace("x".into()), Errno::ENOSPC),
-            (
-                Error::Corrupt {
-                    volume: "v".into(),
-                    offset: 4096,
-                    detail: "bad".into(),
-                },
-                Errno::EIO,
-            ),
-            (
-                Error::Busy {
-                    path: "p".into(),
-                    detail: "d".into(),
-                },
-                Errno::EBUSY,
-            ),
+            (Error::Corrupt { volume: "v".into(), offset: 4096, detail: "bad".into() }, Errno::EIO),
+            (Error::Busy { path: "p".into(), detail: "d".into() }, Errno::EBUSY),
             (Error::Unsupported("x".into()), Errno::EOPNOTSUPP),
-            (
-                Error::Catalog(catalog::Error::NameExists("a".into())),
-                Errno::EEXIST,
-            ),
-            (
-                Error::Catalog(catalog::Error::NotFound("a".into())),
-                Errno::ENOENT,
-            ),
-            (
-                Error::Catalog(catalog::Error::InvalidName {
-                    name: "a/b".into(),
-                    reason: "slash",
-                }),
-                Errno::EINVAL,
-            ),
-            (
-                Error::Catalog(catalog::Error::CapacityTooLarge(u64::MAX)),
-                Errno::EFBIG,
-            ),
+            (Error::Catalog(catalog::Error::NameExists("a".into())), Errno::EEXIST),
+            (Error::Catalog(catalog::Error::NotFound("a".into())), Errno::ENOENT),
+            (Error::Catalog(catalog::Error::InvalidName { name: "a/b".into(), reason: "slash" }), Errno::EINVAL),
+            (Error::Catalog(catalog::Error::CapacityTooLarge(u64::MAX)), Errno::EFBIG),
             (
                 Error::Store(store::Error::ReadOnly {
                     what: "p".into(),
@@ -225,13 +181,7 @@ mod tests {
                 Errno::ENOSPC,
             ),
             (Error::Store(store::Error::MissingChunk(3)), Errno::EIO),
-            (
-                Error::Journal(journal::Error::Corrupt {
-                    path: "j".into(),
-                    detail: "d".into(),
-                }),
-                Errno::EIO,
-            ),
+            (Error::Journal(journal::Error::Corrupt { path: "j".into(), detail: "d".into() }), Errno::EIO),
         ];
         for (err, want) in cases {
             assert_eq!(to_errno(&err, "test"), want, "{err:?}");
@@ -240,15 +190,9 @@ mod tests {
 
     #[test]
     fn io_errors_keep_their_os_code_and_others_become_eio() {
-        let full = Error::io(
-            "writing pack",
-            std::io::Error::from_raw_os_error(libc::ENOSPC),
-        );
+        let full = Error::io("writing pack", std::io::Error::from_raw_os_error(libc::ENOSPC));
         assert_eq!(to_errno(&full, "test"), Errno::ENOSPC);
-        let dquot = Error::io(
-            "writing pack",
-            std::io::Error::from_raw_os_error(libc::EDQUOT),
-        );
+        let dquot = Error::io("writing pack", std::io::Error::from_raw_os_error(libc::EDQUOT));
         assert_eq!(to_errno(&dquot, "test"), Errno::from_i32(libc::EDQUOT));
         let plain = Error::io("reading map", std::io::Error::other("short read"));
         assert_eq!(to_errno(&plain, "test"), Errno::EIO);

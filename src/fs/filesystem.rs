@@ -25,16 +25,14 @@
 use super::attr::{self, FileMeta};
 use super::errno::to_errno;
 use super::inodes::{FileState, InodeTable};
-use super::layout::{
-    self, BadName, IMAGES_DIR, IMAGES_INO, NodeKey, ROOT_INO, SNAPSHOTS_DIR, SNAPSHOTS_INO,
-};
+use super::layout::{self, BadName, IMAGES_DIR, IMAGES_INO, NodeKey, ROOT_INO, SNAPSHOTS_DIR, SNAPSHOTS_INO};
 use crate::guid::Guid;
 use crate::volume::{Engine, SnapshotInfo, Volume, VolumeInfo};
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    TimeOrNow, WriteFlags,
 };
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -123,11 +121,7 @@ impl StrataFs {
     // ----- attributes -------------------------------------------------
 
     fn dir_attr(&self, ino: u64, writable: bool) -> FileAttr {
-        let perm = if writable && !self.settings.read_only {
-            0o755
-        } else {
-            0o555
-        };
+        let perm = if writable && !self.settings.read_only { 0o755 } else { 0o555 };
         FileAttr {
             ino: INodeNo(ino),
             size: 0,
@@ -149,12 +143,7 @@ impl StrataFs {
 
     /// `stat` of a volume file from its catalogue view.
     fn file_attr(&self, ino: u64, state: &FileState, info: &VolumeInfo) -> FileAttr {
-        let meta = FileMeta::from_props(
-            &info.properties,
-            info.created_unix,
-            self.settings.uid,
-            self.settings.gid,
-        );
+        let meta = FileMeta::from_props(&info.properties, info.created_unix, self.settings.uid, self.settings.gid);
         let (mtime_ns, ctime_ns) = match state.pending_mtime() {
             Some(t) => (t, t.max(meta.ctime_ns)),
             None => (meta.mtime_ns, meta.ctime_ns),
@@ -215,10 +204,7 @@ impl StrataFs {
     /// A top-level name: the volume of that exact name (a GUID string
     /// must not reach a volume by identity here).
     fn info_by_name(&self, name: &str, op: &str) -> Res<VolumeInfo> {
-        let info = self
-            .engine
-            .volume_info(name)
-            .map_err(|e| to_errno(&e, op))?;
+        let info = self.engine.volume_info(name).map_err(|e| to_errno(&e, op))?;
         if info.name != name {
             return Err(Errno::ENOENT);
         }
@@ -256,33 +242,18 @@ impl StrataFs {
     // ----- snapshots --------------------------------------------------
 
     fn snapshots(&self, info: &VolumeInfo, op: &str) -> Res<Vec<SnapshotInfo>> {
-        self.engine
-            .snapshot_list(&info.guid.to_string())
-            .map_err(|e| to_errno(&e, op))
+        self.engine.snapshot_list(&info.guid.to_string()).map_err(|e| to_errno(&e, op))
     }
 
-    fn snapshot_by(
-        &self,
-        info: &VolumeInfo,
-        pred: impl Fn(&SnapshotInfo) -> bool,
-        op: &str,
-    ) -> Res<SnapshotInfo> {
-        self.snapshots(info, op)?
-            .into_iter()
-            .find(|s| pred(s))
-            .ok_or(Errno::ENOENT)
+    fn snapshot_by(&self, info: &VolumeInfo, pred: impl Fn(&SnapshotInfo) -> bool, op: &str) -> Res<SnapshotInfo> {
+        self.snapshots(info, op)?.into_iter().find(|s| pred(s)).ok_or(Errno::ENOENT)
     }
 
     /// `stat` of a snapshot file: the volume's owner and mode without
     /// write bits, the snapshot's capacity, the data its own layer holds,
     /// and its creation time for every time field (it never changes).
     fn snapshot_attr(&self, ino: u64, info: &VolumeInfo, snap: &SnapshotInfo) -> FileAttr {
-        let meta = FileMeta::from_props(
-            &info.properties,
-            info.created_unix,
-            self.settings.uid,
-            self.settings.gid,
-        );
+        let meta = FileMeta::from_props(&info.properties, info.created_unix, self.settings.uid, self.settings.gid);
         let t = attr::ns_to_system_time(snap.created_unix.saturating_mul(1_000_000_000));
         FileAttr {
             ino: INodeNo(ino),
@@ -372,16 +343,8 @@ impl StrataFs {
         };
         let here = self.attr_of(ino, "readdir")?;
         let mut out = vec![
-            DirEntry {
-                ino,
-                name: ".".into(),
-                attr: here,
-            },
-            DirEntry {
-                ino: parent_ino,
-                name: "..".into(),
-                attr: self.attr_of(parent_ino, "readdir")?,
-            },
+            DirEntry { ino, name: ".".into(), attr: here },
+            DirEntry { ino: parent_ino, name: "..".into(), attr: self.attr_of(parent_ino, "readdir")? },
         ];
         match node.key {
             NodeKey::Root => {
@@ -390,22 +353,14 @@ impl StrataFs {
                     name: SNAPSHOTS_DIR.into(),
                     attr: self.dir_attr(SNAPSHOTS_INO, false),
                 });
-                out.push(DirEntry {
-                    ino: IMAGES_INO,
-                    name: IMAGES_DIR.into(),
-                    attr: self.dir_attr(IMAGES_INO, false),
-                });
+                out.push(DirEntry { ino: IMAGES_INO, name: IMAGES_DIR.into(), attr: self.dir_attr(IMAGES_INO, false) });
                 for info in self.list_volumes()? {
                     if layout::is_reserved(&info.name) {
                         continue;
                     }
                     let (vino, state) = self.inodes.file_state(info.guid);
                     let attr = self.file_attr(vino, &state, &info);
-                    out.push(DirEntry {
-                        ino: vino,
-                        name: info.name,
-                        attr,
-                    });
+                    out.push(DirEntry { ino: vino, name: info.name, attr });
                 }
             }
             NodeKey::SnapshotsDir => {
@@ -414,11 +369,7 @@ impl StrataFs {
                         continue;
                     }
                     let dino = self.inodes.ino_of(NodeKey::SnapshotDir(info.guid));
-                    out.push(DirEntry {
-                        ino: dino,
-                        name: info.name,
-                        attr: self.dir_attr(dino, false),
-                    });
+                    out.push(DirEntry { ino: dino, name: info.name, attr: self.dir_attr(dino, false) });
                 }
             }
             NodeKey::ImagesDir => {
@@ -427,29 +378,17 @@ impl StrataFs {
                         continue;
                     }
                     let dino = self.inodes.ino_of(NodeKey::ImageGroupDir(info.guid));
-                    out.push(DirEntry {
-                        ino: dino,
-                        name: info.guid.to_string(),
-                        attr: self.dir_attr(dino, false),
-                    });
+                    out.push(DirEntry { ino: dino, name: info.guid.to_string(), attr: self.dir_attr(dino, false) });
                 }
             }
             NodeKey::ImageGroupDir(g) => {
                 let info = self.info_by_guid(g, "readdir")?;
                 let (vino, state) = self.inodes.file_state(g);
                 let attr = self.file_attr(vino, &state, &info);
-                out.push(DirEntry {
-                    ino: vino,
-                    name: info.leaf.to_string(),
-                    attr,
-                });
+                out.push(DirEntry { ino: vino, name: info.leaf.to_string(), attr });
                 for snap in self.snapshots(&info, "readdir")? {
                     let (ino, attr) = self.snapshot_entry(&info, &snap);
-                    out.push(DirEntry {
-                        ino,
-                        name: snap.guid.to_string(),
-                        attr,
-                    });
+                    out.push(DirEntry { ino, name: snap.guid.to_string(), attr });
                 }
             }
             NodeKey::SnapshotDir(g) => {
@@ -459,11 +398,7 @@ impl StrataFs {
                         continue; // not a file name; reachable under images/
                     }
                     let (ino, attr) = self.snapshot_entry(&info, &snap);
-                    out.push(DirEntry {
-                        ino,
-                        name: snap.name,
-                        attr,
-                    });
+                    out.push(DirEntry { ino, name: snap.name, attr });
                 }
             }
             NodeKey::Volume(_) | NodeKey::Snapshot { .. } => {}
@@ -472,9 +407,7 @@ impl StrataFs {
     }
 
     fn list_volumes(&self) -> Res<Vec<VolumeInfo>> {
-        self.engine
-            .list_volumes()
-            .map_err(|e| to_errno(&e, "readdir"))
+        self.engine.list_volumes().map_err(|e| to_errno(&e, "readdir"))
     }
 
     fn dir_listing(&self, ino: u64, fh: FileHandle) -> Res<Arc<Vec<DirEntry>>> {
@@ -488,10 +421,7 @@ impl StrataFs {
     // ----- handles ----------------------------------------------------
 
     fn handle(&self, fh: FileHandle) -> Res<Arc<OpenFile>> {
-        read_lock(&self.handles)
-            .get(&fh.0)
-            .cloned()
-            .ok_or(Errno::EBADF)
+        read_lock(&self.handles).get(&fh.0).cloned().ok_or(Errno::EBADF)
     }
 
     fn new_fh(&self) -> u64 {
@@ -503,10 +433,7 @@ impl StrataFs {
         if writable && self.settings.read_only {
             return Err(Errno::EROFS);
         }
-        let volume = self
-            .engine
-            .open_volume(&disk.to_string())
-            .map_err(|e| to_errno(&e, "open"))?;
+        let volume = self.engine.open_volume(&disk.to_string()).map_err(|e| to_errno(&e, "open"))?;
         if volume.guid() != disk {
             return Err(Errno::ENOENT);
         }
@@ -514,13 +441,7 @@ impl StrataFs {
         state.keep_open(&volume);
         state.open_count.fetch_add(1, Ordering::AcqRel);
         let fh = self.new_fh();
-        let of = Arc::new(OpenFile {
-            ino,
-            state,
-            volume,
-            writable,
-            dirty: AtomicBool::new(false),
-        });
+        let of = Arc::new(OpenFile { ino, state, volume, writable, dirty: AtomicBool::new(false) });
         write_lock(&self.handles).insert(fh, of.clone());
         Ok((fh, of))
     }
@@ -532,20 +453,11 @@ impl StrataFs {
         }
         let info = self.info_by_guid(disk, "open")?;
         let snap = self.snapshot_by(&info, |s| s.guid == layer, "open")?;
-        let volume = self
-            .engine
-            .open_snapshot(&disk.to_string(), &snap.name)
-            .map_err(|e| to_errno(&e, "open"))?;
+        let volume = self.engine.open_snapshot(&disk.to_string(), &snap.name).map_err(|e| to_errno(&e, "open"))?;
         let (ino, state) = self.inodes.snapshot_state(disk, layer);
         state.open_count.fetch_add(1, Ordering::AcqRel);
         let fh = self.new_fh();
-        let of = Arc::new(OpenFile {
-            ino,
-            state,
-            volume,
-            writable: false,
-            dirty: AtomicBool::new(false),
-        });
+        let of = Arc::new(OpenFile { ino, state, volume, writable: false, dirty: AtomicBool::new(false) });
         write_lock(&self.handles).insert(fh, of.clone());
         Ok((fh, of))
     }
@@ -590,12 +502,7 @@ impl StrataFs {
 
     /// The open volume behind `ino`: the handle's if given, else the
     /// engine's (same `Arc` while anything has it open).
-    fn volume_for(
-        &self,
-        ino: u64,
-        fh: Option<FileHandle>,
-        op: &str,
-    ) -> Res<(Arc<FileState>, Arc<Volume>)> {
+    fn volume_for(&self, ino: u64, fh: Option<FileHandle>, op: &str) -> Res<(Arc<FileState>, Arc<Volume>)> {
         if let Some(fh) = fh {
             if let Ok(of) = self.handle(fh) {
                 if of.ino == ino {
@@ -607,10 +514,7 @@ impl StrataFs {
         let (Some(state), NodeKey::Volume(disk)) = (node.file, node.key) else {
             return Err(Errno::EISDIR);
         };
-        let volume = self
-            .engine
-            .open_volume(&disk.to_string())
-            .map_err(|e| to_errno(&e, op))?;
+        let volume = self.engine.open_volume(&disk.to_string()).map_err(|e| to_errno(&e, op))?;
         state.keep_open(&volume);
         Ok((state, volume))
     }
@@ -624,22 +528,13 @@ impl StrataFs {
     }
 
     fn set_prop(&self, disk: Guid, key: &str, value: &str, op: &str) -> Res<()> {
-        self.engine
-            .set_property(&disk.to_string(), key, value)
-            .map_err(|e| to_errno(&e, op))
+        self.engine.set_property(&disk.to_string(), key, value).map_err(|e| to_errno(&e, op))
     }
 
     /// Create a volume for a new top-level name and store the attributes
     /// that differ from the defaults (so a plain root `cp` writes no
     /// property at all).
-    fn create_volume(
-        &self,
-        req: &Request,
-        parent: u64,
-        name: &OsStr,
-        mode: u32,
-        umask: u32,
-    ) -> Res<VolumeInfo> {
+    fn create_volume(&self, req: &Request, parent: u64, name: &OsStr, mode: u32, umask: u32) -> Res<VolumeInfo> {
         if parent != ROOT_INO {
             return Err(Errno::EPERM);
         }
@@ -647,10 +542,7 @@ impl StrataFs {
             return Err(Errno::EROFS);
         }
         let name = layout::volume_name(name).map_err(BadName::errno)?;
-        let info = self
-            .engine
-            .create_volume(name, 0)
-            .map_err(|e| to_errno(&e, "create"))?;
+        let info = self.engine.create_volume(name, 0).map_err(|e| to_errno(&e, "create"))?;
         let perm = (mode & !umask) & 0o7777;
         let g = info.guid;
         if perm != u32::from(attr::DEFAULT_FILE_MODE) {
@@ -678,25 +570,12 @@ impl StrataFs {
             return Ok(());
         }
         state.forget_volume();
-        self.engine
-            .remove_volume(&disk.to_string(), false)
-            .map_err(|e| to_errno(&e, op))
+        self.engine.remove_volume(&disk.to_string(), false).map_err(|e| to_errno(&e, op))
     }
 
-    fn do_rename(
-        &self,
-        parent: u64,
-        name: &OsStr,
-        newparent: u64,
-        newname: &OsStr,
-        flags: RenameFlags,
-    ) -> Res<()> {
+    fn do_rename(&self, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr, flags: RenameFlags) -> Res<()> {
         if parent != ROOT_INO || newparent != ROOT_INO {
-            return Err(if parent == newparent {
-                Errno::EPERM
-            } else {
-                Errno::EXDEV
-            });
+            return Err(if parent == newparent { Errno::EPERM } else { Errno::EXDEV });
         }
         if self.settings.read_only {
             return Err(Errno::EROFS);
@@ -716,10 +595,7 @@ impl StrataFs {
             Err(e) => return Err(e),
         };
         let Some(target) = target else {
-            return self
-                .engine
-                .rename_volume(&src.guid.to_string(), to)
-                .map_err(|e| to_errno(&e, "rename"));
+            return self.engine.rename_volume(&src.guid.to_string(), to).map_err(|e| to_errno(&e, "rename"));
         };
         if flags.contains(RenameFlags::RENAME_NOREPLACE) {
             return Err(Errno::EEXIST);
@@ -733,9 +609,7 @@ impl StrataFs {
         // middle puts the target back, so its data is never lost.
         let tg = target.guid.to_string();
         let aside = layout::replaced_name(target.guid);
-        self.engine
-            .rename_volume_hidden(&tg, &aside)
-            .map_err(|e| to_errno(&e, "rename"))?;
+        self.engine.rename_volume_hidden(&tg, &aside).map_err(|e| to_errno(&e, "rename"))?;
         if let Err(e) = self.engine.rename_volume(&src.guid.to_string(), to) {
             if let Err(back) = self.engine.rename_volume(&tg, to) {
                 tracing::error!(volume = %target.guid, name = to, error = %back, "could not restore the rename target's name");
@@ -811,14 +685,7 @@ impl StrataFs {
         self.volume_file_attr(disk, "setattr")
     }
 
-    fn do_fallocate(
-        &self,
-        ino: u64,
-        fh: FileHandle,
-        offset: u64,
-        length: u64,
-        mode: i32,
-    ) -> Res<()> {
+    fn do_fallocate(&self, ino: u64, fh: FileHandle, offset: u64, length: u64, mode: i32) -> Res<()> {
         if self.settings.read_only {
             return Err(Errno::EROFS);
         }
@@ -844,9 +711,7 @@ impl StrataFs {
             if offset < cap {
                 let len = end.min(cap) - offset;
                 if len > 0 {
-                    of.volume
-                        .discard(offset, len)
-                        .map_err(|e| to_errno(&e, "fallocate"))?;
+                    of.volume.discard(offset, len).map_err(|e| to_errno(&e, "fallocate"))?;
                 }
             }
             of.dirty.store(true, Ordering::Release);
@@ -910,11 +775,7 @@ impl StrataFs {
         let (disk, key) = self.xattr_target(ino, name)?;
         let g = disk.to_string();
         if flags & (XATTR_CREATE | XATTR_REPLACE) != 0 {
-            let exists = self
-                .engine
-                .get_property(&g, &key)
-                .map_err(|e| to_errno(&e, "setxattr"))?
-                .is_some();
+            let exists = self.engine.get_property(&g, &key).map_err(|e| to_errno(&e, "setxattr"))?.is_some();
             if flags & XATTR_CREATE != 0 && exists {
                 return Err(Errno::EEXIST);
             }
@@ -922,19 +783,14 @@ impl StrataFs {
                 return Err(Errno::NO_XATTR);
             }
         }
-        self.engine
-            .set_property(&g, &key, &attr::hex_encode(value))
-            .map_err(|e| to_errno(&e, "setxattr"))
+        self.engine.set_property(&g, &key, &attr::hex_encode(value)).map_err(|e| to_errno(&e, "setxattr"))
     }
 
     fn list_xattr(&self, ino: u64) -> Res<Vec<u8>> {
         let Ok((disk, _)) = self.volume_node(ino) else {
             return Ok(Vec::new());
         };
-        let props = self
-            .engine
-            .properties(&disk.to_string())
-            .map_err(|e| to_errno(&e, "listxattr"))?;
+        let props = self.engine.properties(&disk.to_string()).map_err(|e| to_errno(&e, "listxattr"))?;
         let mut out = Vec::new();
         for k in props.keys() {
             if let Some(name) = k.strip_prefix(attr::XATTR_PREFIX) {
@@ -959,8 +815,7 @@ impl StrataFs {
 
     fn statfs_of_store(&self) -> Res<libc::statvfs> {
         use std::os::unix::ffi::OsStrExt;
-        let path = std::ffi::CString::new(self.engine.path().as_os_str().as_bytes())
-            .map_err(|_| Errno::EINVAL)?;
+        let path = std::ffi::CString::new(self.engine.path().as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
         // SAFETY: statvfs only writes into the zeroed struct we pass, and
         // `path` is a valid NUL-terminated string for the call's duration.
         let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
@@ -980,9 +835,7 @@ fn lookup_name_errno(b: BadName) -> Errno {
 }
 
 fn parse_guid(name: &OsStr) -> Res<Guid> {
-    name.to_str()
-        .and_then(|s| s.parse::<Guid>().ok())
-        .ok_or(Errno::ENOENT)
+    name.to_str().and_then(|s| s.parse::<Guid>().ok()).ok_or(Errno::ENOENT)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -1020,17 +873,12 @@ impl Filesystem for StrataFs {
             ("FUSE_DO_READDIRPLUS", InitFlags::FUSE_DO_READDIRPLUS),
             ("FUSE_READDIRPLUS_AUTO", InitFlags::FUSE_READDIRPLUS_AUTO),
             // Lets tools mmap a direct-I/O file instead of getting ENODEV.
-            (
-                "FUSE_DIRECT_IO_ALLOW_MMAP",
-                InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
-            ),
+            ("FUSE_DIRECT_IO_ALLOW_MMAP", InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP),
         ];
         for (name, flag) in wanted {
             if config.add_capabilities(flag).is_err() {
                 if flag == InitFlags::FUSE_ASYNC_DIO {
-                    tracing::warn!(
-                        "kernel lacks FUSE_ASYNC_DIO: queued O_DIRECT I/O will be serialised"
-                    );
+                    tracing::warn!("kernel lacks FUSE_ASYNC_DIO: queued O_DIRECT I/O will be serialised");
                 } else {
                     tracing::debug!(capability = name, "not supported by the kernel");
                 }
@@ -1047,8 +895,7 @@ impl Filesystem for StrataFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let _s =
-            tracing::debug_span!("fuse", op = "lookup", parent = parent.0, name = ?name).entered();
+        let _s = tracing::debug_span!("fuse", op = "lookup", parent = parent.0, name = ?name).entered();
         match self.lookup_attr(parent.0, name) {
             Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
             Err(e) => reply.error(e),
@@ -1081,16 +928,7 @@ impl Filesystem for StrataFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let _s = tracing::debug_span!(
-            "fuse",
-            op = "setattr",
-            ino = ino.0,
-            ?mode,
-            ?uid,
-            ?gid,
-            ?size
-        )
-        .entered();
+        let _s = tracing::debug_span!("fuse", op = "setattr", ino = ino.0, ?mode, ?uid, ?gid, ?size).entered();
         match self.do_setattr(ino.0, mode, uid, gid, size, atime, mtime, fh) {
             Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(e),
@@ -1107,8 +945,7 @@ impl Filesystem for StrataFs {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        let _s = tracing::debug_span!("fuse", op = "mknod", parent = parent.0, name = ?name, mode)
-            .entered();
+        let _s = tracing::debug_span!("fuse", op = "mknod", parent = parent.0, name = ?name, mode).entered();
         // Only regular files exist here (some tools use mknod instead of create).
         if mode & libc::S_IFMT != libc::S_IFREG {
             return reply.error(Errno::EPERM);
@@ -1122,21 +959,12 @@ impl Filesystem for StrataFs {
         }
     }
 
-    fn mkdir(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        reply: ReplyEntry,
-    ) {
+    fn mkdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
         reply.error(Errno::EPERM);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _s =
-            tracing::debug_span!("fuse", op = "unlink", parent = parent.0, name = ?name).entered();
+        let _s = tracing::debug_span!("fuse", op = "unlink", parent = parent.0, name = ?name).entered();
         let res = (|| {
             if parent.0 != ROOT_INO {
                 return Err(Errno::EPERM);
@@ -1168,7 +996,8 @@ impl Filesystem for StrataFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let _s = tracing::debug_span!("fuse", op = "rename", name = ?name, newname = ?newname, flags = flags.bits()).entered();
+        let _s = tracing::debug_span!("fuse", op = "rename", name = ?name, newname = ?newname, flags = flags.bits())
+            .entered();
         match self.do_rename(parent.0, name, newparent.0, newname, flags) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -1180,9 +1009,7 @@ impl Filesystem for StrataFs {
         let writable = open_flags_writable(flags.0);
         let res = match self.inodes.get(ino.0).map(|n| n.key) {
             Some(NodeKey::Snapshot { disk, layer }) => self.open_snapshot(disk, layer, writable),
-            _ => self
-                .volume_node(ino.0)
-                .and_then(|(disk, _)| self.open_handle(disk, writable)),
+            _ => self.volume_node(ino.0).and_then(|(disk, _)| self.open_handle(disk, writable)),
         };
         match res {
             Ok((fh, _)) => reply.opened(FileHandle(fh), fopen_flags()),
@@ -1210,9 +1037,7 @@ impl Filesystem for StrataFs {
             Ok((fh, self.file_attr(of.ino, &of.state, &info)))
         })();
         match res {
-            Ok((fh, attr)) => {
-                reply.created(&TTL, &attr, Generation(0), FileHandle(fh), fopen_flags())
-            }
+            Ok((fh, attr)) => reply.created(&TTL, &attr, Generation(0), FileHandle(fh), fopen_flags()),
             Err(e) => reply.error(e),
         }
     }
@@ -1228,8 +1053,7 @@ impl Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let _s =
-            tracing::trace_span!("fuse", op = "read", ino = ino.0, offset, len = size).entered();
+        let _s = tracing::trace_span!("fuse", op = "read", ino = ino.0, offset, len = size).entered();
         let of = match self.handle(fh) {
             Ok(of) => of,
             Err(e) => return reply.error(e),
@@ -1264,8 +1088,7 @@ impl Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let _s = tracing::trace_span!("fuse", op = "write", ino = ino.0, offset, len = data.len())
-            .entered();
+        let _s = tracing::trace_span!("fuse", op = "write", ino = ino.0, offset, len = data.len()).entered();
         let res = (|| {
             let of = self.handle(fh)?;
             if !of.writable {
@@ -1276,9 +1099,7 @@ impl Filesystem for StrataFs {
             // Writing past EOF grows the file, as on any filesystem
             // (`cp`, `qemu-img convert -O raw` to a new file rely on it).
             self.grow_to(&of.state, &of.volume, end, "write")?;
-            of.volume
-                .write_at(data, offset)
-                .map_err(|e| to_errno(&e, "write"))?;
+            of.volume.write_at(data, offset).map_err(|e| to_errno(&e, "write"))?;
             of.dirty.store(true, Ordering::Release);
             of.state.touch(attr::now_ns());
             Ok(len)
@@ -1289,19 +1110,9 @@ impl Filesystem for StrataFs {
         }
     }
 
-    fn flush(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        _lock_owner: LockOwner,
-        reply: ReplyEmpty,
-    ) {
+    fn flush(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
         let _s = tracing::debug_span!("fuse", op = "flush", ino = ino.0).entered();
-        match self
-            .handle(fh)
-            .and_then(|of| self.flush_handle(&of, "flush"))
-        {
+        match self.handle(fh).and_then(|of| self.flush_handle(&of, "flush")) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -1339,14 +1150,7 @@ impl Filesystem for StrataFs {
         }
     }
 
-    fn fsync(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        datasync: bool,
-        reply: ReplyEmpty,
-    ) {
+    fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
         let _s = tracing::debug_span!("fuse", op = "fsync", ino = ino.0, datasync).entered();
         let res = self.handle(fh).and_then(|of| {
             // fsync flushes even a clean handle: another handle (or the
@@ -1379,14 +1183,7 @@ impl Filesystem for StrataFs {
         }
     }
 
-    fn readdir(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let _s = tracing::debug_span!("fuse", op = "readdir", ino = ino.0, offset).entered();
         let listing = match self.dir_listing(ino.0, fh) {
             Ok(l) => l,
@@ -1401,14 +1198,7 @@ impl Filesystem for StrataFs {
         reply.ok();
     }
 
-    fn readdirplus(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectoryPlus,
-    ) {
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         let _s = tracing::debug_span!("fuse", op = "readdirplus", ino = ino.0, offset).entered();
         let listing = match self.dir_listing(ino.0, fh) {
             Ok(l) => l,
@@ -1416,40 +1206,19 @@ impl Filesystem for StrataFs {
         };
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
         for (i, e) in listing.iter().enumerate().skip(start) {
-            if reply.add(
-                INodeNo(e.ino),
-                (i + 1) as u64,
-                &e.name,
-                &TTL,
-                &e.attr,
-                Generation(0),
-            ) {
+            if reply.add(INodeNo(e.ino), (i + 1) as u64, &e.name, &TTL, &e.attr, Generation(0)) {
                 break;
             }
         }
         reply.ok();
     }
 
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
         lock(&self.dirs).remove(&fh.0);
         reply.ok();
     }
 
-    fn fsyncdir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _datasync: bool,
-        reply: ReplyEmpty,
-    ) {
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         // Namespace changes are catalogue transactions, durable when they return.
         reply.ok();
     }
@@ -1492,8 +1261,7 @@ impl Filesystem for StrataFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let _s = tracing::debug_span!("fuse", op = "getxattr", ino = ino.0, name = ?name, size)
-            .entered();
+        let _s = tracing::debug_span!("fuse", op = "getxattr", ino = ino.0, name = ?name, size).entered();
         match self.get_xattr(ino.0, name) {
             Ok(v) => xattr_reply(reply, &v, size),
             Err(e) => reply.error(e),
@@ -1509,8 +1277,7 @@ impl Filesystem for StrataFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _s =
-            tracing::debug_span!("fuse", op = "removexattr", ino = ino.0, name = ?name).entered();
+        let _s = tracing::debug_span!("fuse", op = "removexattr", ino = ino.0, name = ?name).entered();
         match self.remove_xattr(ino.0, name) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -1532,23 +1299,14 @@ impl Filesystem for StrataFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let _s = tracing::debug_span!("fuse", op = "fallocate", ino = ino.0, offset, length, mode)
-            .entered();
+        let _s = tracing::debug_span!("fuse", op = "fallocate", ino = ino.0, offset, length, mode).entered();
         match self.do_fallocate(ino.0, fh, offset, length, mode) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
     }
 
-    fn lseek(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: i64,
-        whence: i32,
-        reply: ReplyLseek,
-    ) {
+    fn lseek(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
         let _s = tracing::debug_span!("fuse", op = "lseek", ino = ino.0, offset, whence).entered();
         match self.do_lseek(ino.0, fh, offset, whence) {
             Ok(pos) => reply.offset(pos),

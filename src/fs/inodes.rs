@@ -67,17 +67,13 @@ impl FileState {
 
     /// Let the engine close the volume (it was removed).
     pub fn forget_volume(&self) {
-        self.kept_open
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        self.kept_open.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 
     /// Record a data change at `now_ns`; the property is written later
     /// (fsync, flush, release) by [`FileState::take_pending_mtime`].
     pub fn touch(&self, now_ns: i64) {
-        self.pending_mtime_ns
-            .store(now_ns.max(1), Ordering::Relaxed);
+        self.pending_mtime_ns.store(now_ns.max(1), Ordering::Relaxed);
     }
 
     pub fn pending_mtime(&self) -> Option<i64> {
@@ -130,13 +126,7 @@ impl InodeTable {
                 by_key.insert(key, ino);
             }
         }
-        InodeTable {
-            inner: RwLock::new(Inner {
-                by_ino,
-                by_key,
-                next_ino: FIRST_DYNAMIC_INO,
-            }),
-        }
+        InodeTable { inner: RwLock::new(Inner { by_ino, by_key, next_ino: FIRST_DYNAMIC_INO }) }
     }
 
     /// The inode of `key`, allocating one on first sight.
@@ -170,8 +160,7 @@ impl InodeTable {
 
     /// The inode of `key` if one was handed out (never allocates).
     pub fn known_ino(&self, key: NodeKey) -> Option<u64> {
-        key.fixed_ino()
-            .or_else(|| self.read().by_key.get(&key).copied())
+        key.fixed_ino().or_else(|| self.read().by_key.get(&key).copied())
     }
 
     /// A snapshot file's inode and state.
@@ -202,13 +191,8 @@ impl InodeTable {
     /// control command).
     /// Stop keeping volumes open that are no longer in `live`.
     pub fn forget_volumes_except(&self, live: &std::collections::HashSet<Guid>) {
-        let gone: Vec<Arc<FileState>> = self
-            .read()
-            .by_ino
-            .values()
-            .filter_map(|n| n.file.clone())
-            .filter(|f| !live.contains(&f.disk))
-            .collect();
+        let gone: Vec<Arc<FileState>> =
+            self.read().by_ino.values().filter_map(|n| n.file.clone()).filter(|f| !live.contains(&f.disk)).collect();
         for f in gone {
             f.forget_volume();
         }

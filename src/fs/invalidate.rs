@@ -51,9 +51,7 @@ fn names(engine: &Engine, inodes: &InodeTable) -> (BTreeSet<(u64, String)>, Hash
         if snap_dir.is_none() && group_dir.is_none() {
             continue;
         }
-        let snaps = engine
-            .snapshot_list(&i.guid.to_string())
-            .unwrap_or_default();
+        let snaps = engine.snapshot_list(&i.guid.to_string()).unwrap_or_default();
         if let Some(d) = group_dir {
             out.insert((d, i.leaf.to_string()));
             out.extend(snaps.iter().map(|s| (d, s.guid.to_string())));
@@ -66,11 +64,7 @@ fn names(engine: &Engine, inodes: &InodeTable) -> (BTreeSet<(u64, String)>, Hash
 }
 
 /// Wrap `handler` so the kernel forgets what the command may have changed.
-pub fn wrap(
-    handler: control::Handler,
-    notifier: Notifier,
-    inodes: Arc<InodeTable>,
-) -> control::Handler {
+pub fn wrap(handler: control::Handler, notifier: Notifier, inodes: Arc<InodeTable>) -> control::Handler {
     Arc::new(move |engine: &Engine, argv: &[String]| {
         let (before, _) = names(engine, &inodes);
         let result = handler(engine, argv);

@@ -73,10 +73,7 @@ impl NodeKey {
             NodeKey::Root => Some(ROOT_INO),
             NodeKey::SnapshotsDir => Some(SNAPSHOTS_INO),
             NodeKey::ImagesDir => Some(IMAGES_INO),
-            NodeKey::Volume(_)
-            | NodeKey::ImageGroupDir(_)
-            | NodeKey::SnapshotDir(_)
-            | NodeKey::Snapshot { .. } => None,
+            NodeKey::Volume(_) | NodeKey::ImageGroupDir(_) | NodeKey::SnapshotDir(_) | NodeKey::Snapshot { .. } => None,
         }
     }
 
@@ -157,10 +154,7 @@ mod tests {
     #[test]
     fn ordinary_names_are_volume_names() {
         assert_eq!(volume_name(OsStr::new("vm1.img")), Ok("vm1.img"));
-        assert_eq!(
-            volume_name(OsStr::new(".hidden-but-ok")),
-            Ok(".hidden-but-ok")
-        );
+        assert_eq!(volume_name(OsStr::new(".hidden-but-ok")), Ok(".hidden-but-ok"));
     }
 
     #[test]
@@ -168,28 +162,16 @@ mod tests {
         for n in ["", ".", "..", "a/b", "a\0b"] {
             assert_eq!(volume_name(OsStr::new(n)), Err(BadName::Invalid), "{n:?}");
         }
-        assert_eq!(
-            volume_name(OsStr::from_bytes(b"\xff\xfe")),
-            Err(BadName::Invalid)
-        );
+        assert_eq!(volume_name(OsStr::from_bytes(b"\xff\xfe")), Err(BadName::Invalid));
     }
 
     #[test]
     fn the_mounts_own_names_are_reserved() {
         assert_eq!(volume_name(OsStr::new("images")), Err(BadName::Reserved));
-        assert_eq!(
-            volume_name(OsStr::new(".snapshots")),
-            Err(BadName::Reserved)
-        );
+        assert_eq!(volume_name(OsStr::new(".snapshots")), Err(BadName::Reserved));
         let g = Guid::new_random();
-        assert_eq!(
-            volume_name(OsStr::new(&unlinked_name(g))),
-            Err(BadName::Reserved)
-        );
-        assert_eq!(
-            volume_name(OsStr::new(&replaced_name(g))),
-            Err(BadName::Reserved)
-        );
+        assert_eq!(volume_name(OsStr::new(&unlinked_name(g))), Err(BadName::Reserved));
+        assert_eq!(volume_name(OsStr::new(&replaced_name(g))), Err(BadName::Reserved));
     }
 
     #[test]

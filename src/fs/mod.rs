@@ -65,5 +65,4 @@ pub struct MountConfig {
 }
 
 /// Runs one CLI command line inside the daemon: (stdout, stderr, exit code).
-pub type ControlHandler =
-    std::sync::Arc<dyn Fn(&Engine, &[String]) -> (String, String, i32) + Send + Sync>;
+pub type ControlHandler = std::sync::Arc<dyn Fn(&Engine, &[String]) -> (String, String, i32) + Send + Sync>;

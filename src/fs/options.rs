@@ -12,8 +12,8 @@ use fuser::MountOption;
 /// mount.fuse.strata drops them too; they are accepted here so that
 /// `strata mount -o defaults,_netdev` from a hand-written unit still works.
 const IGNORED: &[&str] = &[
-    "defaults", "_netdev", "auto", "noauto", "user", "users", "nouser", "nofail", "owner", "group",
-    "rw", "async", "loud", "silent",
+    "defaults", "_netdev", "auto", "noauto", "user", "users", "nouser", "nofail", "owner", "group", "rw", "async",
+    "loud", "silent",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,20 +47,15 @@ impl Default for MountOptions {
 /// Parse `-o` values; each element may itself be a comma-separated list.
 pub fn parse(options: &[String]) -> Result<MountOptions, String> {
     let mut o = MountOptions::default();
-    for opt in options
-        .iter()
-        .flat_map(|s| s.split(','))
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-    {
+    for opt in options.iter().flat_map(|s| s.split(',')).map(str::trim).filter(|s| !s.is_empty()) {
         let (key, value) = match opt.split_once('=') {
             Some((k, v)) => (k, Some(v)),
             None => (opt, None),
         };
         let number = |what: &str| -> Result<u64, String> {
-            value.and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| {
-                format!("mount option {what} needs a number, as in {what}=4 (got {opt:?})")
-            })
+            value
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| format!("mount option {what} needs a number, as in {what}=4 (got {opt:?})"))
         };
         match key {
             k if IGNORED.contains(&k) || k.starts_with("x-") || k == "comment" => {}
@@ -130,8 +125,7 @@ mod tests {
 
     #[test]
     fn fstab_only_options_are_ignored() {
-        let o = p(&["defaults,_netdev,auto,noauto,user,nofail,x-systemd.requires=foo,comment=x"])
-            .unwrap();
+        let o = p(&["defaults,_netdev,auto,noauto,user,nofail,x-systemd.requires=foo,comment=x"]).unwrap();
         assert_eq!(o, MountOptions::default());
     }
 

@@ -35,8 +35,8 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 pub const FILE_MAGIC: &[u8; 8] = b"STRJRNL\0";
 pub const VERSION: u32 = 1;
@@ -54,7 +54,11 @@ const TAG_CHUNK_FREE: u8 = 4;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("journal {path}: {source}")]
-    Io { path: String, #[source] source: io::Error },
+    Io {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("journal {path}: {detail}")]
     Corrupt { path: String, detail: String },
     /// The journal may hold a partial record: no further appends are safe.
@@ -84,11 +88,20 @@ pub struct ChunkPut {
 pub enum Entry {
     ChunkPut(ChunkPut),
     /// Set `entries.len()` consecutive map entries of `layer` from `start_block`.
-    MapRun { layer: Guid, start_block: u64, entries: Vec<u64> },
+    MapRun {
+        layer: Guid,
+        start_block: u64,
+        entries: Vec<u64>,
+    },
     /// Drop every entry of `layer` at or past `from_block` (shrink).
-    MapTruncate { layer: Guid, from_block: u64 },
+    MapTruncate {
+        layer: Guid,
+        from_block: u64,
+    },
     /// The chunk's space was reclaimed (GC); its id is free.
-    ChunkFree { chunk_id: u64 },
+    ChunkFree {
+        chunk_id: u64,
+    },
 }
 
 /// Entries being assembled into one record (one atomic unit on replay).
@@ -156,10 +169,9 @@ pub fn decode_payload(payload: &[u8]) -> std::result::Result<Vec<Entry>, String>
                 }
                 out.push(Entry::MapRun { layer, start_block, entries });
             }
-            TAG_MAP_TRUNCATE => out.push(Entry::MapTruncate {
-                layer: Guid(r.array().map_err(e)?),
-                from_block: r.u64().map_err(e)?,
-            }),
+            TAG_MAP_TRUNCATE => {
+                out.push(Entry::MapTruncate { layer: Guid(r.array().map_err(e)?), from_block: r.u64().map_err(e)? })
+            }
             TAG_CHUNK_FREE => out.push(Entry::ChunkFree { chunk_id: r.u64().map_err(e)? }),
             t => return Err(format!("unknown entry tag {t} at payload offset {}", r.pos() - 1)),
         }
@@ -215,13 +227,8 @@ impl Journal {
 
     fn new_file(dir: &Path, store_uuid: Guid, first_seq: u64) -> Result<(File, PathBuf)> {
         let path = dir.join(file_name(first_seq));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
+        let file =
+            OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).map_err(io_err(&path))?;
         file.write_all_at(&encode_header(store_uuid, first_seq), 0).map_err(io_err(&path))?;
         file.sync_all().map_err(io_err(&path))?;
         format::fsync_dir(dir).map_err(io_err(dir))?;
@@ -245,7 +252,10 @@ impl Journal {
             // Never leave a partial record in front of later ones: cut it
             // off. If even that fails the journal cannot be trusted.
             if let Err(e2) = a.file.set_len(a.len) {
-                return Err(Error::Fatal { path: a.path.display().to_string(), detail: format!("append failed ({e}) and truncating back failed ({e2})") });
+                return Err(Error::Fatal {
+                    path: a.path.display().to_string(),
+                    detail: format!("append failed ({e}) and truncating back failed ({e2})"),
+                });
             }
             return Err(Error::Io { path: a.path.display().to_string(), source: e });
         }
@@ -396,7 +406,10 @@ pub fn replay(
             return Err(corrupt(format!("header says first seq {file_first}, name says {first}")));
         }
         if info.last_seq != 0 && first > info.last_seq + 1 {
-            return Err(corrupt(format!("gap in the journal: expected seq {}, file starts at {first}", info.last_seq + 1)));
+            return Err(corrupt(format!(
+                "gap in the journal: expected seq {}, file starts at {first}",
+                info.last_seq + 1
+            )));
         }
         // A file with no records still says where the sequence stands.
         info.last_seq = info.last_seq.max(first - 1);
@@ -413,7 +426,10 @@ pub fn replay(
                         match f(expect_seq, entries).map_err(|d| corrupt(format!("record {expect_seq}: {d}")))? {
                             Replay::Continue => {}
                             Replay::StopBefore => {
-                                tracing::warn!(seq = expect_seq, "journal record points at chunk data that never reached the disk; replay ends before it");
+                                tracing::warn!(
+                                    seq = expect_seq,
+                                    "journal record points at chunk data that never reached the disk; replay ends before it"
+                                );
                                 info.torn_tail = true;
                                 break 'files;
                             }
@@ -500,10 +516,7 @@ mod tests {
         .unwrap();
         assert_eq!(info.last_seq, 2);
         assert_eq!(seen.len(), 2);
-        assert_eq!(
-            seen[0].1[1],
-            Entry::MapRun { layer, start_block: 10, entries: vec![16, 1, 0] }
-        );
+        assert_eq!(seen[0].1[1], Entry::MapRun { layer, start_block: 10, entries: vec![16, 1, 0] });
         assert_eq!(seen[0].1[3], Entry::ChunkFree { chunk_id: 17 });
     }
 

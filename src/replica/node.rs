@@ -331,11 +331,7 @@ pub fn stop_served(engine: &Engine) -> bool {
 
 /// The running replication link of a served store, if any.
 pub fn link(engine: &Engine) -> Option<Link> {
-    served_lock()
-        .iter()
-        .find(|s| s.path == engine.path())
-        .and_then(|s| s.node.as_ref())
-        .map(|n| Link(n.shared.clone()))
+    served_lock().iter().find(|s| s.path == engine.path()).and_then(|s| s.node.as_ref()).map(|n| Link(n.shared.clone()))
 }
 
 /// A handle on a running node for commands: cheap to clone, never keeps

@@ -103,7 +103,11 @@ pub fn decode(b: &[u8]) -> Result<StateImage, String> {
     }
     let mut dirty = Vec::with_capacity(n as usize);
     for _ in 0..n {
-        dirty.push(BlockRange { layer: Guid(r.array().map_err(e)?), start_block: r.u64().map_err(e)?, len_blocks: r.u64().map_err(e)? });
+        dirty.push(BlockRange {
+            layer: Guid(r.array().map_err(e)?),
+            start_block: r.u64().map_err(e)?,
+            len_blocks: r.u64().map_err(e)?,
+        });
     }
     Ok(StateImage { wants_primary: flags & 1 != 0, store_uuid, state: PersistedState { gis, disk, dirty } })
 }
@@ -147,7 +151,11 @@ impl StateFile {
         // restarted Secondary was refused as "the Primary would become
         // SyncTarget").
         if img.wants_primary && !img.state.dirty.iter().any(|r| r.layer == CATALOGUE_KEY.layer) {
-            img.state.dirty.push(BlockRange { layer: CATALOGUE_KEY.layer, start_block: CATALOGUE_KEY.block_no, len_blocks: 1 });
+            img.state.dirty.push(BlockRange {
+                layer: CATALOGUE_KEY.layer,
+                start_block: CATALOGUE_KEY.block_no,
+                len_blocks: 1,
+            });
         }
         let f = StateFile {
             path,
@@ -167,7 +175,11 @@ impl StateFile {
             extra.insert(*k, ());
         }
         for (layer, ext) in extra.keys() {
-            img.state.dirty.push(BlockRange { layer: *layer, start_block: ext * AL_EXTENT_BLOCKS, len_blocks: AL_EXTENT_BLOCKS });
+            img.state.dirty.push(BlockRange {
+                layer: *layer,
+                start_block: ext * AL_EXTENT_BLOCKS,
+                len_blocks: AL_EXTENT_BLOCKS,
+            });
         }
         format::write_atomic(&self.path, &encode(&img)).map_err(|e| format!("writing {}: {e}", self.path.display()))
     }
@@ -265,7 +277,10 @@ mod tests {
         let t = f.announce(&[k]).unwrap();
         // "Crash" now: the extent is in the file.
         let (_, img2) = StateFile::open(d.path(), uuid).unwrap();
-        assert!(img2.state.dirty.iter().any(|r| r.layer == CATALOGUE_KEY.layer), "a Primary's catalogue is dirty at start");
+        assert!(
+            img2.state.dirty.iter().any(|r| r.layer == CATALOGUE_KEY.layer),
+            "a Primary's catalogue is dirty at start"
+        );
         assert!(img2.state.dirty.iter().any(|r| r.layer == k.layer && r.start_block == 4096 && r.len_blocks == 1024));
         // Stepped and persisted: the extent leaves the log.
         f.stepped(t);

@@ -40,7 +40,10 @@ pub enum NetMsg {
 
 /// Listen on `addr`; returns the stop flag, the thread and the bound
 /// address (port 0 picks a free port).
-pub(crate) fn listen(addr: SocketAddr, tx: Sender<Msg>) -> Result<(Arc<AtomicBool>, JoinHandle<()>, SocketAddr), String> {
+pub(crate) fn listen(
+    addr: SocketAddr,
+    tx: Sender<Msg>,
+) -> Result<(Arc<AtomicBool>, JoinHandle<()>, SocketAddr), String> {
     let l = TcpListener::bind(addr).map_err(|e| format!("listening on {addr}: {e}"))?;
     let bound = l.local_addr().map_err(|e| format!("listening on {addr}: {e}"))?;
     l.set_nonblocking(true).map_err(|e| format!("listening on {addr}: {e}"))?;
@@ -57,7 +60,9 @@ pub(crate) fn listen(addr: SocketAddr, tx: Sender<Msg>) -> Result<(Arc<AtomicBoo
                             return;
                         }
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
                     Err(e) => {
                         tracing::warn!(%e, "replication: accept failed");
                         std::thread::sleep(POLL);
@@ -205,4 +210,3 @@ fn read_frames(id: u64, mut s: TcpStream, tx: Sender<Msg>, shared: Arc<Shared>, 
         }
     }
 }
-

@@ -29,14 +29,14 @@
 pub mod index;
 pub mod murmur;
 pub mod pack;
-pub mod table;
 pub mod replica;
+pub mod table;
 
 use crate::fault::{self, Faults, Point};
 use crate::format::{self, BLOCK_SIZE};
 use crate::guid::Guid;
 use crate::journal::ChunkPut;
-use pack::{RecordHeader, FLAG_ZSTD, PACK_HEADER_LEN, RECORD_HEADER_LEN};
+use pack::{FLAG_ZSTD, PACK_HEADER_LEN, RECORD_HEADER_LEN, RecordHeader};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -59,11 +59,23 @@ pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{what}: {source}")]
-    Io { what: String, #[source] source: io::Error },
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("no space left writing {what}: {source}")]
-    NoSpace { what: String, #[source] source: io::Error },
+    NoSpace {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("read-only filesystem writing {what}: {source}")]
-    ReadOnly { what: String, #[source] source: io::Error },
+    ReadOnly {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("corrupt chunk {chunk_id} (pack {pack_id}, offset {offset}): {detail}")]
     Corrupt { chunk_id: u64, pack_id: u32, offset: u64, detail: String },
     #[error("chunk {0} is referenced but does not exist")]
@@ -214,7 +226,8 @@ impl ChunkStore {
     fn new_pack_file(dir: &Path, id: u32, store_uuid: Guid) -> Result<File> {
         let path = dir.join(pack::pack_file_name(id));
         let what = || format!("pack {}", path.display());
-        let f = OpenOptions::new().read(true).write(true).create_new(true).open(&path).map_err(|e| classify(what(), e))?;
+        let f =
+            OpenOptions::new().read(true).write(true).create_new(true).open(&path).map_err(|e| classify(what(), e))?;
         f.write_all_at(&pack::encode_pack_header(id, store_uuid), 0).map_err(|e| classify(what(), e))?;
         f.sync_all().map_err(|e| classify(what(), e))?;
         format::fsync_dir(dir).map_err(|e| classify(format!("directory {}", dir.display()), e))?;
@@ -227,7 +240,14 @@ impl ChunkStore {
     /// the last referenced record are an unfinished append).
     /// `index_max_entries`: 0 = unbounded dedup index, else a window of
     /// about that many newest entries (see `index`).
-    pub fn open(dir: &Path, store_uuid: Guid, image: table::TableImage, level: i32, index_max_entries: u64, faults: Arc<Faults>) -> Result<ChunkStore> {
+    pub fn open(
+        dir: &Path,
+        store_uuid: Guid,
+        image: table::TableImage,
+        level: i32,
+        index_max_entries: u64,
+        faults: Arc<Faults>,
+    ) -> Result<ChunkStore> {
         let mut packs = HashMap::new();
         let mut max_id = 0u32;
         let rd = std::fs::read_dir(dir).map_err(|e| classify(format!("reading {}", dir.display()), e))?;
@@ -237,13 +257,20 @@ impl ChunkStore {
             let Some(hex) = name.to_str().and_then(|n| n.strip_suffix(".pack")) else { continue };
             let Ok(id) = u32::from_str_radix(hex, 16) else { continue };
             let path = ent.path();
-            let f = OpenOptions::new().read(true).write(true).open(&path).map_err(|e| classify(format!("pack {}", path.display()), e))?;
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| classify(format!("pack {}", path.display()), e))?;
             let mut hdr = [0u8; PACK_HEADER_LEN as usize];
             let n = f.read_at(&mut hdr, 0).map_err(|e| classify(format!("pack {}", path.display()), e))?;
             let got = pack::decode_pack_header(&hdr[..n], store_uuid)
                 .map_err(|detail| Error::BadFile { path: path.display().to_string(), detail })?;
             if got != id {
-                return Err(Error::BadFile { path: path.display().to_string(), detail: format!("header says pack {got}") });
+                return Err(Error::BadFile {
+                    path: path.display().to_string(),
+                    detail: format!("header says pack {got}"),
+                });
             }
             max_id = max_id.max(id);
             packs.insert(id, Arc::new(f));
@@ -285,7 +312,10 @@ impl ChunkStore {
 
     /// Replay a journaled placement.
     pub fn apply_put(&self, p: &ChunkPut) {
-        self.table.insert(p.chunk_id, ChunkLoc { pack_id: p.pack_id, offset: p.offset, stored_len: p.stored_len, murmur: p.murmur });
+        self.table.insert(
+            p.chunk_id,
+            ChunkLoc { pack_id: p.pack_id, offset: p.offset, stored_len: p.stored_len, murmur: p.murmur },
+        );
         self.next_id.fetch_max(p.chunk_id + 1, Ordering::AcqRel);
     }
 
@@ -374,7 +404,8 @@ impl ChunkStore {
         // Confirm: the candidate's BLAKE3 content id must equal ours.
         let file = self.pack_file(loc.pack_id).ok_or(Error::MissingChunk(cand))?;
         let mut hdr = [0u8; RECORD_HEADER_LEN];
-        fault::read_exact_at(&self.faults, Point::PackRead, &file, &mut hdr, loc.offset).map_err(|e| classify(format!("reading pack {}", loc.pack_id), e))?;
+        fault::read_exact_at(&self.faults, Point::PackRead, &file, &mut hdr, loc.offset)
+            .map_err(|e| classify(format!("reading pack {}", loc.pack_id), e))?;
         let h = match pack::decode_record_header(&hdr) {
             Ok(h) if h.chunk_id == cand => h,
             _ => {
@@ -425,7 +456,10 @@ impl ChunkStore {
                 }
             };
             let mut hdr = Vec::with_capacity(RECORD_HEADER_LEN);
-            pack::encode_record_header(&RecordHeader { flags, chunk_id: id, stored_len: stored_len as u32, content: *content.as_bytes() }, &mut hdr);
+            pack::encode_record_header(
+                &RecordHeader { flags, chunk_id: id, stored_len: stored_len as u32, content: *content.as_bytes() },
+                &mut hdr,
+            );
             buf[rec_start..rec_start + RECORD_HEADER_LEN].copy_from_slice(&hdr);
             pending.push((out.len(), rec_start, stored_len as u32, murmur));
             out.push(Put::New(ChunkPut { chunk_id: id, pack_id: 0, offset: 0, stored_len: stored_len as u32, murmur }));
@@ -446,7 +480,13 @@ impl ChunkStore {
             }
         };
         for (i, off, stored_len, murmur) in pending {
-            let put = ChunkPut { chunk_id: out[i].chunk_id().expect("new"), pack_id, offset: base + off as u64, stored_len, murmur };
+            let put = ChunkPut {
+                chunk_id: out[i].chunk_id().expect("new"),
+                pack_id,
+                offset: base + off as u64,
+                stored_len,
+                murmur,
+            };
             self.table.insert(put.chunk_id, ChunkLoc { pack_id, offset: put.offset, stored_len, murmur });
             out[i] = Put::New(put);
             self.incref(put.chunk_id)?;
@@ -493,7 +533,8 @@ impl ChunkStore {
     /// since the last call). Must complete before the journal records that
     /// reference them are synced (FORMAT.md, "Commit protocol").
     pub fn sync(&self) -> Result<()> {
-        let files: Vec<(u32, Arc<File>)> = std::mem::take(&mut *self.unsynced.lock().unwrap_or_else(|p| p.into_inner()));
+        let files: Vec<(u32, Arc<File>)> =
+            std::mem::take(&mut *self.unsynced.lock().unwrap_or_else(|p| p.into_inner()));
         for (i, (id, f)) in files.iter().enumerate() {
             if let Err(e) = fault::sync_data(&self.faults, Point::PackSync, f) {
                 // Keep them for the next attempt.
@@ -521,7 +562,8 @@ impl ChunkStore {
     }
 
     fn get_at(&self, id: u64, loc: ChunkLoc, out: &mut [u8]) -> Result<()> {
-        let corrupt = |detail: String| Error::Corrupt { chunk_id: id, pack_id: loc.pack_id, offset: loc.offset, detail };
+        let corrupt =
+            |detail: String| Error::Corrupt { chunk_id: id, pack_id: loc.pack_id, offset: loc.offset, detail };
         let file = self.pack_file(loc.pack_id).ok_or_else(|| corrupt("its pack file is missing".into()))?;
         let mut rec = [0u8; RECORD_HEADER_LEN + BLOCK_SIZE];
         let n = RECORD_HEADER_LEN + loc.stored_len as usize;
@@ -646,13 +688,23 @@ impl ChunkStore {
         let loc = self.table.get(id).ok_or(Error::MissingChunk(id))?;
         let file = self.pack_file(loc.pack_id).ok_or(Error::MissingChunk(id))?;
         let mut rec = vec![0u8; RECORD_HEADER_LEN + loc.stored_len as usize];
-        fault::read_exact_at(&self.faults, Point::PackRead, &file, &mut rec, loc.offset).map_err(|e| classify(format!("reading pack {}", loc.pack_id), e))?;
+        fault::read_exact_at(&self.faults, Point::PackRead, &file, &mut rec, loc.offset)
+            .map_err(|e| classify(format!("reading pack {}", loc.pack_id), e))?;
         // Never copy damage forward silently: a bad record stays where it
         // is and is reported.
-        let h = pack::decode_record_header(&rec[..RECORD_HEADER_LEN])
-            .map_err(|d| Error::Corrupt { chunk_id: id, pack_id: loc.pack_id, offset: loc.offset, detail: d })?;
+        let h = pack::decode_record_header(&rec[..RECORD_HEADER_LEN]).map_err(|d| Error::Corrupt {
+            chunk_id: id,
+            pack_id: loc.pack_id,
+            offset: loc.offset,
+            detail: d,
+        })?;
         if h.chunk_id != id {
-            return Err(Error::Corrupt { chunk_id: id, pack_id: loc.pack_id, offset: loc.offset, detail: format!("record names chunk {}", h.chunk_id) });
+            return Err(Error::Corrupt {
+                chunk_id: id,
+                pack_id: loc.pack_id,
+                offset: loc.offset,
+                detail: format!("record names chunk {}", h.chunk_id),
+            });
         }
         let (pack_id, offset) = self.append(&rec)?;
         let new = ChunkLoc { pack_id, offset, ..loc };
@@ -724,7 +776,15 @@ mod tests {
     fn new_store(dir: &Path) -> ChunkStore {
         let u = Guid([1; 16]);
         ChunkStore::create(dir, u).unwrap();
-        ChunkStore::open(dir, u, table::TableImage { stamp_seq: 0, next_id: FIRST_CHUNK_ID, entries: vec![] }, 3, 0, Faults::new()).unwrap()
+        ChunkStore::open(
+            dir,
+            u,
+            table::TableImage { stamp_seq: 0, next_id: FIRST_CHUNK_ID, entries: vec![] },
+            3,
+            0,
+            Faults::new(),
+        )
+        .unwrap()
     }
 
     fn block(seed: u8) -> Vec<u8> {

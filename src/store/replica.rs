@@ -13,7 +13,7 @@
 //! Depends on the parent module only (it reads packs the same way `get`
 //! does). Takes no lock beyond the ones `pack_file` and the table take.
 
-use super::{ChunkStore, Error, Result, pack, RECORD_HEADER_LEN};
+use super::{ChunkStore, Error, RECORD_HEADER_LEN, Result, pack};
 use crate::fault::{self, Point};
 use crate::format::BLOCK_SIZE;
 
@@ -22,7 +22,8 @@ impl ChunkStore {
     /// checked like a read (header, lengths, decoded content hash).
     pub fn read_stored(&self, id: u64) -> Result<([u8; 32], Vec<u8>)> {
         let loc = self.table.get(id).ok_or(Error::MissingChunk(id))?;
-        let corrupt = |detail: String| Error::Corrupt { chunk_id: id, pack_id: loc.pack_id, offset: loc.offset, detail };
+        let corrupt =
+            |detail: String| Error::Corrupt { chunk_id: id, pack_id: loc.pack_id, offset: loc.offset, detail };
         let file = self.pack_file(loc.pack_id).ok_or_else(|| corrupt("its pack file is missing".into()))?;
         let n = RECORD_HEADER_LEN + loc.stored_len as usize;
         if loc.stored_len as usize > BLOCK_SIZE {
@@ -49,7 +50,8 @@ impl ChunkStore {
     /// read; the header has its own checksum).
     pub fn content_hash(&self, id: u64) -> Result<[u8; 32]> {
         let loc = self.table.get(id).ok_or(Error::MissingChunk(id))?;
-        let corrupt = |detail: String| Error::Corrupt { chunk_id: id, pack_id: loc.pack_id, offset: loc.offset, detail };
+        let corrupt =
+            |detail: String| Error::Corrupt { chunk_id: id, pack_id: loc.pack_id, offset: loc.offset, detail };
         let file = self.pack_file(loc.pack_id).ok_or_else(|| corrupt("its pack file is missing".into()))?;
         let mut hdr = [0u8; RECORD_HEADER_LEN];
         fault::read_exact_at(&self.faults, Point::PackRead, &file, &mut hdr, loc.offset)

@@ -140,7 +140,8 @@ impl ChunkTable {
     /// GC: claim an unreferenced chunk for freeing (0 → CLAIMED). After
     /// this succeeds no reference can be taken.
     pub fn claim_dead(&self, id: u64) -> bool {
-        self.with_slot(id, |s| s.refs.compare_exchange(0, CLAIMED, Ordering::AcqRel, Ordering::Acquire).is_ok()).unwrap_or(false)
+        self.with_slot(id, |s| s.refs.compare_exchange(0, CLAIMED, Ordering::AcqRel, Ordering::Acquire).is_ok())
+            .unwrap_or(false)
     }
 
     /// Drop one reference; returns the count before (0 means it was

@@ -143,8 +143,12 @@ impl Engine {
         let guard = v.as_ref().map(|v| wlock(&v.state));
         self.durable_now()?;
         let (row, leaf) = self.catalog.snapshot_disk(d.guid, snap).map_err(|e| match e {
-            catalog::Error::NameExists(n) => Error::AlreadyExists(format!("volume {:?} already has a snapshot named {n:?}", d.name)),
-            catalog::Error::InvalidName { name, reason } => Error::InvalidArgument(format!("invalid snapshot name {name:?}: {reason}")),
+            catalog::Error::NameExists(n) => {
+                Error::AlreadyExists(format!("volume {:?} already has a snapshot named {n:?}", d.name))
+            }
+            catalog::Error::InvalidName { name, reason } => {
+                Error::InvalidArgument(format!("invalid snapshot name {name:?}: {reason}"))
+            }
             e => e.into(),
         })?;
         let new_leaf = Layer::new(leaf.guid, chain::PageMap::new());
@@ -270,7 +274,9 @@ impl Engine {
             let _guard = v.as_ref().map(|v| wlock(&v.state));
             self.durable_now()?;
             let (new, old) = self.catalog.revert_disk(d.guid, s.guid, keep_old_as).map_err(|e| match e {
-                catalog::Error::NameExists(n) => Error::AlreadyExists(format!("volume {:?} already has a snapshot named {n:?}", d.name)),
+                catalog::Error::NameExists(n) => {
+                    Error::AlreadyExists(format!("volume {:?} already has a snapshot named {n:?}", d.name))
+                }
                 e => e.into(),
             })?;
             wlock(&self.layers).insert(new.guid, Layer::new(new.guid, chain::PageMap::new()));
@@ -299,14 +305,21 @@ impl Engine {
     /// Idempotent. Returns the number of entries copied.
     fn copy_entries(&self, dst: &Arc<Layer>, src: &Arc<Layer>, overwrite: bool) -> Result<u64> {
         let entries: Vec<(u64, u64)> = rlock(&src.map).iter().collect();
-        let owner = lock(&self.open).values().filter_map(|w| w.upgrade()).find(|v| !v.is_read_only() && rlock(&v.state).leaf.guid == dst.guid);
+        let owner = lock(&self.open)
+            .values()
+            .filter_map(|w| w.upgrade())
+            .find(|v| !v.is_read_only() && rlock(&v.state).leaf.guid == dst.guid);
         let mut moved = 0u64;
         for part in entries.chunks(MAX_RUN) {
             // Lock order as for writes: cut, then volume state, then map.
             let _cut = rlock(&self.cut);
             let _st = owner.as_ref().map(|v| wlock(&v.state));
             let mut map = wlock(&dst.map);
-            let todo: Vec<(u64, u64)> = part.iter().copied().filter(|(b, e)| if overwrite { map.get(*b) != *e } else { map.get(*b) == ABSENT }).collect();
+            let todo: Vec<(u64, u64)> = part
+                .iter()
+                .copied()
+                .filter(|(b, e)| if overwrite { map.get(*b) != *e } else { map.get(*b) == ABSENT })
+                .collect();
             if todo.is_empty() {
                 continue;
             }
@@ -349,7 +362,12 @@ impl Engine {
         let d = self.disk_of(vol)?;
         let s = self.snapshot_of(&d, snap)?;
         let kids = self.catalog.children(s.guid)?;
-        let clones: Vec<String> = kids.iter().filter(|k| k.disk != d.guid).filter_map(|k| self.catalog.disk(k.disk).ok()).map(|c| c.name).collect();
+        let clones: Vec<String> = kids
+            .iter()
+            .filter(|k| k.disk != d.guid)
+            .filter_map(|k| self.catalog.disk(k.disk).ok())
+            .map(|c| c.name)
+            .collect();
         if !clones.is_empty() {
             return Err(Error::InvalidArgument(format!(
                 "snapshot {:?} of {:?} is the base of clone(s) {}; flatten them first with `strata volume flatten {}`",
@@ -417,7 +435,8 @@ impl Engine {
         let (vol, snap) = split_at(source)?;
         let d = self.disk_of(vol)?;
         let s = self.snapshot_of(&d, snap)?;
-        let (disk, leaf) = self.catalog.clone_disk(new_name, s.guid, &s.guid.to_string()).map_err(|e| self.name_err(e, new_name))?;
+        let (disk, leaf) =
+            self.catalog.clone_disk(new_name, s.guid, &s.guid.to_string()).map_err(|e| self.name_err(e, new_name))?;
         wlock(&self.layers).insert(leaf.guid, Layer::new(leaf.guid, chain::PageMap::new()));
         self.info_for(&disk)
     }
@@ -440,7 +459,12 @@ impl Engine {
             return Ok(0);
         }
         let job = FlattenJob { layers: bottoms };
-        let id = self.catalog.begin_job_marking("flatten", d.guid, &serde_json::to_string(&job).expect("serializable"), &job.layers)?;
+        let id = self.catalog.begin_job_marking(
+            "flatten",
+            d.guid,
+            &serde_json::to_string(&job).expect("serializable"),
+            &job.layers,
+        )?;
         self.run_flatten(id, &job)
     }
 
@@ -470,14 +494,19 @@ impl Engine {
         for j in self.catalog.all_jobs()? {
             match j.kind.as_str() {
                 "merge" => {
-                    let job: MergeJob = serde_json::from_str(&j.payload)
-                        .map_err(|e| Error::Incomplete(format!("merge job {} has an unreadable payload ({e}); run `strata check --repair`", j.id)))?;
+                    let job: MergeJob = serde_json::from_str(&j.payload).map_err(|e| {
+                        Error::Incomplete(format!(
+                            "merge job {} has an unreadable payload ({e}); run `strata check --repair`",
+                            j.id
+                        ))
+                    })?;
                     tracing::warn!(job = j.id, layer = %job.layer, mode = %job.mode, "resuming an interrupted merge");
                     self.run_merge(j.id, &job)?;
                 }
                 "flatten" => {
-                    let job: FlattenJob = serde_json::from_str(&j.payload)
-                        .map_err(|e| Error::Incomplete(format!("flatten job {} has an unreadable payload ({e})", j.id)))?;
+                    let job: FlattenJob = serde_json::from_str(&j.payload).map_err(|e| {
+                        Error::Incomplete(format!("flatten job {} has an unreadable payload ({e})", j.id))
+                    })?;
                     tracing::warn!(job = j.id, layers = ?job.layers, "resuming an interrupted flatten");
                     self.run_flatten(j.id, &job)?;
                 }
@@ -498,7 +527,10 @@ impl Engine {
         }
         let rows = self.catalog.chain_from(s.guid)?;
         if let Some(bad) = rows.iter().find(|r| r.legality == Legality::Illegal) {
-            return Err(Error::Incomplete(format!("snapshot {:?} of {:?} is not served: layer {} is ILLEGAL", s.name, d.name, bad.guid)));
+            return Err(Error::Incomplete(format!(
+                "snapshot {:?} of {:?} is not served: layer {} is ILLEGAL",
+                s.name, d.name, bad.guid
+            )));
         }
         let layers: Vec<Arc<Layer>> = rows.iter().map(|r| self.layer(r.guid)).collect::<Result<_>>()?;
         let engine = self.me.upgrade().ok_or_else(|| Error::ReadOnly("the store is closing".into()))?;
@@ -580,7 +612,8 @@ impl Engine {
                 if !on_chain.contains(&r.guid) {
                     let kids = vols.iter().filter(|k| k.parent == r.guid).count();
                     if !snap_name.contains_key(&r.guid) && kids == 0 {
-                        problems.push(format!("orphan layer {}: not on the chain, not a snapshot, no children", r.guid));
+                        problems
+                            .push(format!("orphan layer {}: not on the chain, not a snapshot, no children", r.guid));
                     }
                     other.push(dump(r));
                 }

@@ -127,7 +127,14 @@ fn scan_pack(
                 if end > bytes.len() {
                     // A kill during the append leaves this (FORMAT.md, crash
                     // after step 3); it is damage only if the table uses it.
-                    rep.add("error", &obj, format!("record of chunk {} at offset {pos} runs past the end of the file (an unfinished append)", h.chunk_id));
+                    rep.add(
+                        "error",
+                        &obj,
+                        format!(
+                            "record of chunk {} at offset {pos} runs past the end of the file (an unfinished append)",
+                            h.chunk_id
+                        ),
+                    );
                     rep.bad_records += 1;
                     bad.push((rep.findings.len() - 1, h.chunk_id, id, pos as u64));
                     break;
@@ -141,7 +148,19 @@ fn scan_pack(
                 };
                 if !ok {
                     rep.bad_records += 1;
-                    rep.add("error", &obj, format!("chunk {} at offset {pos}: {}", h.chunk_id, if content.is_some() { "BLAKE3 checksum mismatch" } else { "payload does not decompress to a block" }));
+                    rep.add(
+                        "error",
+                        &obj,
+                        format!(
+                            "chunk {} at offset {pos}: {}",
+                            h.chunk_id,
+                            if content.is_some() {
+                                "BLAKE3 checksum mismatch"
+                            } else {
+                                "payload does not decompress to a block"
+                            }
+                        ),
+                    );
                     bad.push((rep.findings.len() - 1, h.chunk_id, id, pos as u64));
                 }
                 let murmur = content.as_deref().map(crate::store::murmur64).unwrap_or(0);
@@ -221,28 +240,46 @@ pub fn check(path: &Path, opts: &CheckOptions, progress: &mut dyn FnMut(u64, u64
         }
         match cat.dump_rows() {
             Ok((disks, vols, snaps)) => {
-                let names: HashMap<Guid, String> = disks.iter().map(|(g, n)| (*g, n.clone().unwrap_or_else(|| g.to_string()))).collect();
+                let names: HashMap<Guid, String> =
+                    disks.iter().map(|(g, n)| (*g, n.clone().unwrap_or_else(|| g.to_string()))).collect();
                 let known: HashSet<Guid> = vols.iter().map(|v| v.guid).collect();
                 for v in &vols {
                     layers.push(v.guid);
                     let n = names.get(&v.disk).cloned().unwrap_or_else(|| v.disk.to_string());
                     layer_name.insert(v.guid, n.clone());
                     if !v.parent.is_blank() && !known.contains(&v.parent) {
-                        rep.add("error", format!("volume {n}"), format!("layer {} has missing parent {}", v.guid, v.parent));
+                        rep.add(
+                            "error",
+                            format!("volume {n}"),
+                            format!("layer {} has missing parent {}", v.guid, v.parent),
+                        );
                     }
                     if v.legality == crate::catalog::Legality::Illegal {
-                        rep.add("warning", format!("volume {n}"), format!("layer {} is ILLEGAL (an unfinished operation)", v.guid));
+                        rep.add(
+                            "warning",
+                            format!("volume {n}"),
+                            format!("layer {} is ILLEGAL (an unfinished operation)", v.guid),
+                        );
                     }
                 }
                 for (g, n) in &disks {
-                    let leaves = vols.iter().filter(|v| v.disk == *g && v.voltype == crate::catalog::VolType::Leaf).count();
+                    let leaves =
+                        vols.iter().filter(|v| v.disk == *g && v.voltype == crate::catalog::VolType::Leaf).count();
                     if leaves != 1 {
-                        rep.add("error", format!("volume {}", n.clone().unwrap_or_else(|| g.to_string())), format!("has {leaves} LEAF layers; exactly one is expected"));
+                        rep.add(
+                            "error",
+                            format!("volume {}", n.clone().unwrap_or_else(|| g.to_string())),
+                            format!("has {leaves} LEAF layers; exactly one is expected"),
+                        );
                     }
                 }
                 for s in &snaps {
                     if !known.contains(&s.guid) {
-                        rep.add("error", "catalogue", format!("snapshot {:?} names layer {} which does not exist", s.name, s.guid));
+                        rep.add(
+                            "error",
+                            "catalogue",
+                            format!("snapshot {:?} names layer {} which does not exist", s.name, s.guid),
+                        );
                     }
                 }
             }
@@ -250,7 +287,13 @@ pub fn check(path: &Path, opts: &CheckOptions, progress: &mut dyn FnMut(u64, u64
         }
         if let Ok(jobs) = cat.all_jobs() {
             for j in jobs {
-                let n = j.object.parse::<Guid>().ok().and_then(|g| cat.disk(g).ok()).map(|d| d.name).unwrap_or(j.object.clone());
+                let n = j
+                    .object
+                    .parse::<Guid>()
+                    .ok()
+                    .and_then(|g| cat.disk(g).ok())
+                    .map(|d| d.name)
+                    .unwrap_or(j.object.clone());
                 let what = match j.kind.as_str() {
                     "merge" | "flatten" => "it is resumed at the next open",
                     _ => "run `strata volume remove --force` on it",
@@ -332,7 +375,11 @@ pub fn check(path: &Path, opts: &CheckOptions, progress: &mut dyn FnMut(u64, u64
                     maps.insert(*g, (PageMap::new(), 0));
                 }
                 Err(d) => {
-                    rep.add("error", format!("volume {n}"), format!("map of layer {g} is damaged: {d}; its data cannot be recovered (--repair empties it)"));
+                    rep.add(
+                        "error",
+                        format!("volume {n}"),
+                        format!("map of layer {g} is damaged: {d}; its data cannot be recovered (--repair empties it)"),
+                    );
                     maps.insert(*g, (PageMap::new(), u64::MAX));
                 }
             },
@@ -351,7 +398,11 @@ pub fn check(path: &Path, opts: &CheckOptions, progress: &mut dyn FnMut(u64, u64
             if let Entry::ChunkPut(p) = e
                 && seq > table_stamp
                 && !found.get(&p.chunk_id).is_some_and(|v| {
-                    v.iter().any(|s| s.ok && s.loc.pack_id == p.pack_id && s.loc.offset == p.offset && s.loc.stored_len == p.stored_len)
+                    v.iter().any(|s| {
+                        s.ok && s.loc.pack_id == p.pack_id
+                            && s.loc.offset == p.offset
+                            && s.loc.stored_len == p.stored_len
+                    })
                 })
             {
                 return Ok(journal::Replay::StopBefore);
@@ -360,7 +411,10 @@ pub fn check(path: &Path, opts: &CheckOptions, progress: &mut dyn FnMut(u64, u64
         for e in entries {
             match e {
                 Entry::ChunkPut(p) if seq > table_stamp => {
-                    table.insert(p.chunk_id, ChunkLoc { pack_id: p.pack_id, offset: p.offset, stored_len: p.stored_len, murmur: p.murmur });
+                    table.insert(
+                        p.chunk_id,
+                        ChunkLoc { pack_id: p.pack_id, offset: p.offset, stored_len: p.stored_len, murmur: p.murmur },
+                    );
                     next_id = next_id.max(p.chunk_id + 1);
                 }
                 Entry::ChunkFree { chunk_id } if seq > table_stamp => {
@@ -401,7 +455,13 @@ pub fn check(path: &Path, opts: &CheckOptions, progress: &mut dyn FnMut(u64, u64
     };
 
     // Table entries must point at intact records of their chunk.
-    let intact = |id: u64, loc: &ChunkLoc| found.get(&id).is_some_and(|v| v.iter().any(|s| s.ok && s.loc.pack_id == loc.pack_id && s.loc.offset == loc.offset && s.loc.stored_len == loc.stored_len));
+    let intact = |id: u64, loc: &ChunkLoc| {
+        found.get(&id).is_some_and(|v| {
+            v.iter().any(|s| {
+                s.ok && s.loc.pack_id == loc.pack_id && s.loc.offset == loc.offset && s.loc.stored_len == loc.stored_len
+            })
+        })
+    };
     let mut lost: HashSet<u64> = HashSet::new();
     if rebuild {
         // Last intact copy wins: GC appends relocated copies later.
@@ -417,7 +477,15 @@ pub fn check(path: &Path, opts: &CheckOptions, progress: &mut dyn FnMut(u64, u64
     } else {
         for (id, loc) in &table {
             if !intact(*id, loc) {
-                rep.add("error", format!("chunk {id}"), format!("the table points at pack {} offset {}, which does not hold an intact record of it", pack::pack_file_name(loc.pack_id), loc.offset));
+                rep.add(
+                    "error",
+                    format!("chunk {id}"),
+                    format!(
+                        "the table points at pack {} offset {}, which does not hold an intact record of it",
+                        pack::pack_file_name(loc.pack_id),
+                        loc.offset
+                    ),
+                );
                 lost.insert(*id);
             }
         }
@@ -451,14 +519,25 @@ pub fn check(path: &Path, opts: &CheckOptions, progress: &mut dyn FnMut(u64, u64
             if ok {
                 *refs.entry(e).or_default() += 1;
             } else {
-                rep.add("error", format!("volume {n}"), format!("layer {g}: the 4096 bytes at offset {} point at chunk {e}, which is missing or damaged", b * BLOCK_SIZE_U64));
+                rep.add(
+                    "error",
+                    format!("volume {n}"),
+                    format!(
+                        "layer {g}: the 4096 bytes at offset {} point at chunk {e}, which is missing or damaged",
+                        b * BLOCK_SIZE_U64
+                    ),
+                );
                 zero_out.push((*g, b));
             }
         }
     }
     rep.unreferenced_chunks = table.keys().filter(|id| !refs.contains_key(id)).count() as u64;
     if rep.unreferenced_chunks > 0 {
-        rep.add("info", "chunks", format!("unreferenced chunks: {} (no layer uses them; `strata gc` reclaims them)", rep.unreferenced_chunks));
+        rep.add(
+            "info",
+            "chunks",
+            format!("unreferenced chunks: {} (no layer uses them; `strata gc` reclaims them)", rep.unreferenced_chunks),
+        );
     }
 
     // Orphan map files.
@@ -474,11 +553,14 @@ pub fn check(path: &Path, opts: &CheckOptions, progress: &mut dyn FnMut(u64, u64
         }
     }
 
-    let catalogue_ok = catalog.is_some() && !rep.findings.iter().any(|f| f.severity == "error" && f.object == "catalogue");
+    let catalogue_ok =
+        catalog.is_some() && !rep.findings.iter().any(|f| f.severity == "error" && f.object == "catalogue");
     if opts.repair && !catalogue_ok {
         // Without a trustworthy list of layers, nothing on disk can be
         // judged an orphan or rewritten safely.
-        rep.repaired.push("nothing: the catalogue is damaged; restore catalog.db from a backup, then run check --repair again".into());
+        rep.repaired.push(
+            "nothing: the catalogue is damaged; restore catalog.db from a backup, then run check --repair again".into(),
+        );
         rep.clean = false;
     } else if opts.repair {
         let mut maps: BTreeMap<Guid, PageMap> = maps.into_iter().map(|(g, (m, _))| (g, m)).collect();
@@ -511,16 +593,21 @@ pub fn check(path: &Path, opts: &CheckOptions, progress: &mut dyn FnMut(u64, u64
         for (g, m) in &maps {
             format::write_atomic(&map_path(path, *g), &m.encode(*g, stamp)).map_err(io("writing a map"))?;
         }
-        format::write_atomic(&path.join(Paths::CHUNKS), &t.encode(uuid, stamp, next_id)).map_err(io("writing chunks.tbl"))?;
+        format::write_atomic(&path.join(Paths::CHUNKS), &t.encode(uuid, stamp, next_id))
+            .map_err(io("writing chunks.tbl"))?;
         for o in &orphans {
             std::fs::remove_file(o).map_err(io("removing an orphan map"))?;
-            rep.repaired.push(format!("removed orphan map {}", o.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()));
+            rep.repaired.push(format!(
+                "removed orphan map {}",
+                o.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+            ));
         }
         for (_, p) in journal::list_files(&jdir).unwrap_or_default() {
             std::fs::remove_file(&p).map_err(io("removing a journal file"))?;
         }
         format::fsync_dir(&jdir).map_err(io("syncing the journal directory"))?;
-        let unrepaired = !catalogue_ok || rep.findings.iter().any(|f| f.severity == "error" && f.object == "superblock");
+        let unrepaired =
+            !catalogue_ok || rep.findings.iter().any(|f| f.severity == "error" && f.object == "superblock");
         if sb.mode == Mode::ReadOnly && !unrepaired {
             sb.mode = Mode::Normal;
             rep.repaired.push("read-only mode cleared".into());
@@ -532,7 +619,9 @@ pub fn check(path: &Path, opts: &CheckOptions, progress: &mut dyn FnMut(u64, u64
     } else {
         rep.clean = rep.errors() == 0;
     }
-    rep.findings.sort_by(|a, b| sev_rank(&a.severity).cmp(&sev_rank(&b.severity)).then(a.object.cmp(&b.object)).then(a.detail.cmp(&b.detail)));
+    rep.findings.sort_by(|a, b| {
+        sev_rank(&a.severity).cmp(&sev_rank(&b.severity)).then(a.object.cmp(&b.object)).then(a.detail.cmp(&b.detail))
+    });
     Ok(rep)
 }
 

@@ -19,7 +19,9 @@ pub enum Error {
     NoSpace(String),
     #[error("corrupt data in volume {volume} at offset {offset}: {detail}")]
     Corrupt { volume: String, offset: u64, detail: String },
-    #[error("store {path} is in use by another strata process ({detail}); stop it, or run the command while the store is mounted so it goes through the daemon")]
+    #[error(
+        "store {path} is in use by another strata process ({detail}); stop it, or run the command while the store is mounted so it goes through the daemon"
+    )]
     Busy { path: String, detail: String },
     #[error("{0}")]
     Unsupported(String),
@@ -28,7 +30,11 @@ pub enum Error {
     #[error("{0}")]
     Incomplete(String),
     #[error("{what}: {source}")]
-    Io { what: String, #[source] source: std::io::Error },
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Catalog(#[from] catalog::Error),
     #[error(transparent)]

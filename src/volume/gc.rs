@@ -86,7 +86,8 @@ impl Engine {
             self.store.seal_active()?;
         }
         let active = self.store.active_pack_id();
-        let mut victims: Vec<PackUsage> = self.store.pack_usage().into_iter().filter(|u| u.pack_id != active && qualifies(u)).collect();
+        let mut victims: Vec<PackUsage> =
+            self.store.pack_usage().into_iter().filter(|u| u.pack_id != active && qualifies(u)).collect();
         rep.packs_examined = self.store.pack_usage().len() as u64;
         // Fully dead packs first: they free space without copying anything.
         victims.sort_by_key(|u| (u.live_chunks > 0, u.live_bytes));

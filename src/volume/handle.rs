@@ -69,7 +69,14 @@ fn blocks_of(offset: u64, len: u64) -> (u64, u64) {
 }
 
 impl Volume {
-    pub(crate) fn new(engine: Arc<Engine>, disk: Guid, name: String, capacity: u64, layers: Vec<Arc<Layer>>, read_only: bool) -> Volume {
+    pub(crate) fn new(
+        engine: Arc<Engine>,
+        disk: Guid,
+        name: String,
+        capacity: u64,
+        layers: Vec<Arc<Layer>>,
+        read_only: bool,
+    ) -> Volume {
         let mut layers = layers;
         let leaf = layers.pop().expect("a chain has a leaf");
         let parents = layers;
@@ -180,7 +187,9 @@ impl Volume {
                 tracing::error!(volume = %self.name(), offset, %err, "corrupt block");
                 err
             }
-            store::Error::MissingChunk(id) => Error::Corrupt { volume: self.name(), offset, detail: format!("chunk {id} does not exist") },
+            store::Error::MissingChunk(id) => {
+                Error::Corrupt { volume: self.name(), offset, detail: format!("chunk {id} does not exist") }
+            }
             e => e.into(),
         }
     }
@@ -273,11 +282,8 @@ impl Volume {
             }
         }
         let puts = self.engine.store.put_blocks(&blocks).map_err(|e| self.engine.on_write_error(e.into()))?;
-        let updates: Vec<(u64, u64)> = puts
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (b0 + i as u64, p.chunk_id().unwrap_or(ZERO)))
-            .collect();
+        let updates: Vec<(u64, u64)> =
+            puts.iter().enumerate().map(|(i, p)| (b0 + i as u64, p.chunk_id().unwrap_or(ZERO))).collect();
         self.commit(&updates, &puts)
     }
 
@@ -291,7 +297,8 @@ impl Volume {
         let bstart = b * BLOCK_SIZE_U64;
         let lo = bstart.max(offset);
         let hi = (bstart + BLOCK_SIZE_U64).min(offset + buf.len() as u64);
-        blk[(lo - bstart) as usize..(hi - bstart) as usize].copy_from_slice(&buf[(lo - offset) as usize..(hi - offset) as usize]);
+        blk[(lo - bstart) as usize..(hi - bstart) as usize]
+            .copy_from_slice(&buf[(lo - offset) as usize..(hi - offset) as usize]);
         Ok(blk)
     }
 
@@ -428,7 +435,8 @@ impl Volume {
         let targets: Vec<(u64, u64)> = {
             let st = rlock(&self.state);
             let leaf = rlock(&st.leaf.map);
-            let mut t: Vec<u64> = leaf.iter_from(first_full).take_while(|(b, _)| *b < end_full).map(|(b, _)| b).collect();
+            let mut t: Vec<u64> =
+                leaf.iter_from(first_full).take_while(|(b, _)| *b < end_full).map(|(b, _)| b).collect();
             if let Some(m) = &st.merged {
                 t.extend(m.iter_from(first_full).take_while(|(b, _)| *b < end_full).map(|(b, _)| b));
                 t.sort_unstable();

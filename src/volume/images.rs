@@ -76,13 +76,24 @@ impl Engine {
         let mut total = 0u64;
         for im in &images {
             total += match im {
-                ChainImage::Qcow2 { image, .. } => image.map(0, image.virtual_size()).map_err(qerr(file))?.iter().filter(|e| e.kind == ExtentKind::Data).map(|e| e.len).sum::<u64>(),
+                ChainImage::Qcow2 { image, .. } => image
+                    .map(0, image.virtual_size())
+                    .map_err(qerr(file))?
+                    .iter()
+                    .filter(|e| e.kind == ExtentKind::Data)
+                    .map(|e| e.len)
+                    .sum::<u64>(),
                 ChainImage::Raw { size, .. } => *size,
             };
         }
-        let (disk, leaf) = self.catalog.create_disk(name, top_size, Legality::Illegal).map_err(|e| self.name_err(e, name))?;
+        let (disk, leaf) =
+            self.catalog.create_disk(name, top_size, Legality::Illegal).map_err(|e| self.name_err(e, name))?;
         wlock(&self.layers).insert(leaf.guid, Layer::new(leaf.guid, PageMap::new()));
-        let job = self.catalog.begin_job("import", disk.guid, &format!("{{\"source\":{:?},\"format\":\"qcow2\"}}", file.display().to_string()))?;
+        let job = self.catalog.begin_job(
+            "import",
+            disk.guid,
+            &format!("{{\"source\":{:?},\"format\":\"qcow2\"}}", file.display().to_string()),
+        )?;
         let res = (|| -> Result<()> {
             let v = self.open_disk(&disk, true)?;
             let mut done = 0u64;
@@ -124,12 +135,14 @@ impl Engine {
                     }
                     ChainImage::Raw { path, size } => {
                         use std::os::unix::fs::FileExt;
-                        let f = std::fs::File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+                        let f = std::fs::File::open(path)
+                            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
                         let mut off = 0;
                         while off < *size {
                             let n = (*size - off).min(1 << 20);
                             buf.resize(n as usize, 0);
-                            f.read_exact_at(&mut buf, off).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+                            f.read_exact_at(&mut buf, off)
+                                .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
                             if !format::is_zero(&buf) {
                                 v.write_at(&buf, off)?;
                             }
@@ -175,7 +188,9 @@ impl Engine {
         let v = self.open_for_export(spec)?;
         let cap = v.capacity();
         if cap % 512 != 0 {
-            return Err(Error::InvalidArgument(format!("{spec} is {cap} bytes, not a multiple of 512: qcow2 cannot hold it; export it as raw")));
+            return Err(Error::InvalidArgument(format!(
+                "{spec} is {cap} bytes, not a multiple of 512: qcow2 cannot hold it; export it as raw"
+            )));
         }
         let cs = qcow2::DEFAULT_CLUSTER_SIZE as u64;
         let mut w = Qcow2Writer::create(file, cap, cs as u32, None).map_err(qerr(file))?;
@@ -205,7 +220,12 @@ impl Engine {
     /// Export a volume's whole chain as a qcow2 chain in `dir`: one image per
     /// layer, base first, each backed by the one below (relative names).
     /// Returns the paths, base first; the last is the active layer.
-    pub fn export_qcow2_chain(&self, vol: &str, dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<Vec<PathBuf>> {
+    pub fn export_qcow2_chain(
+        &self,
+        vol: &str,
+        dir: &Path,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Vec<PathBuf>> {
         let d = self.disk_of(vol)?;
         let rows = self.catalog.chain(d.guid)?;
         std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
@@ -215,17 +235,24 @@ impl Engine {
         let engine = self.me.upgrade().ok_or_else(|| Error::ReadOnly("the store is closing".into()))?;
         for (i, r) in rows.iter().enumerate() {
             if r.capacity % 512 != 0 {
-                return Err(Error::InvalidArgument(format!("layer {} is {} bytes, not a multiple of 512", r.guid, r.capacity)));
+                return Err(Error::InvalidArgument(format!(
+                    "layer {} is {} bytes, not a multiple of 512",
+                    r.guid, r.capacity
+                )));
             }
             let name = format!("{}-{:02}-{}.qcow2", d.name, i, &r.guid.to_string()[..8]);
             let path = dir.join(&name);
-            let backing = out.last().map(|p: &PathBuf| BackingFile { name: p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), format: Some("qcow2".into()) });
+            let backing = out.last().map(|p: &PathBuf| BackingFile {
+                name: p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                format: Some("qcow2".into()),
+            });
             let mut w = Qcow2Writer::create(&path, r.capacity, cs as u32, backing).map_err(qerr(&path))?;
             // The clusters this layer touches, read through the chain up to it.
             let layer = self.layer(r.guid)?;
             let clusters: BTreeSet<u64> = rlock(&layer.map).iter().map(|(b, _)| b / blocks_per_cluster).collect();
             let chain_layers: Vec<Arc<Layer>> = rows[..=i].iter().map(|x| self.layer(x.guid)).collect::<Result<_>>()?;
-            let view = super::Volume::new(engine.clone(), d.guid, format!("{}#{i}", d.name), r.capacity, chain_layers, true);
+            let view =
+                super::Volume::new(engine.clone(), d.guid, format!("{}#{i}", d.name), r.capacity, chain_layers, true);
             let mut buf = vec![0u8; cs as usize];
             let n_clusters = clusters.len() as u64;
             for (k, c) in clusters.into_iter().enumerate() {

@@ -23,9 +23,9 @@ mod superblock;
 #[cfg(test)]
 mod tests;
 
+pub use chains::{ChainDump, ImageDump, LayerDump, MergeReport, SnapshotInfo, split_at};
 pub use error::{Error, Result};
 pub use gc::GcReport;
-pub use chains::{ChainDump, ImageDump, LayerDump, MergeReport, SnapshotInfo, split_at};
 pub(crate) use handle::State;
 pub use handle::Volume;
 pub use images::sniff;
@@ -309,7 +309,11 @@ fn store_err(what: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
 }
 
 fn corrupt_store(path: &Path, what: &str, detail: impl std::fmt::Display) -> Error {
-    Error::Corrupt { volume: "(store)".into(), offset: 0, detail: format!("{what} in {}: {detail}; run `strata check {}`", path.display(), path.display()) }
+    Error::Corrupt {
+        volume: "(store)".into(),
+        offset: 0,
+        detail: format!("{what} in {}: {detail}; run `strata check {}`", path.display(), path.display()),
+    }
 }
 
 /// Names the mount uses for its own directories (and a prefix for its
@@ -347,7 +351,20 @@ impl Engine {
                 return Err(Error::InvalidArgument(format!("{} exists and is not a directory", path.display())));
             }
             // Only leftovers of an interrupted init may be present.
-            let known = [Paths::RESERVE, Paths::LOCK, Paths::CATALOG, "catalog.db-wal", "catalog.db-shm", Paths::CHUNKS, Paths::PACKS, Paths::MAPS, Paths::JOURNAL, "superblock.tmp", "chunks.tmp", "lost+found"];
+            let known = [
+                Paths::RESERVE,
+                Paths::LOCK,
+                Paths::CATALOG,
+                "catalog.db-wal",
+                "catalog.db-shm",
+                Paths::CHUNKS,
+                Paths::PACKS,
+                Paths::MAPS,
+                Paths::JOURNAL,
+                "superblock.tmp",
+                "chunks.tmp",
+                "lost+found",
+            ];
             for e in std::fs::read_dir(path).map_err(store_err("reading the store directory"))? {
                 let e = e.map_err(store_err("reading the store directory"))?;
                 let n = e.file_name().to_string_lossy().into_owned();
@@ -414,9 +431,17 @@ impl Engine {
 
         // Chunk table checkpoint, then packs.
         let tbl_bytes = std::fs::read(path.join(Paths::CHUNKS)).map_err(store_err("reading chunks.tbl"))?;
-        let image = store::table::decode(&tbl_bytes, sb.store_uuid).map_err(|d| corrupt_store(path, "chunks.tbl", d))?;
+        let image =
+            store::table::decode(&tbl_bytes, sb.store_uuid).map_err(|d| corrupt_store(path, "chunks.tbl", d))?;
         let table_stamp = image.stamp_seq;
-        let store = ChunkStore::open(&path.join(Paths::PACKS), sb.store_uuid, image, sb.zstd_level, sb.index_max_entries, faults.clone())?;
+        let store = ChunkStore::open(
+            &path.join(Paths::PACKS),
+            sb.store_uuid,
+            image,
+            sb.zstd_level,
+            sb.index_max_entries,
+            faults.clone(),
+        )?;
 
         // Layer maps of every layer the catalogue knows; the catalogue is
         // the truth about which layers exist.
@@ -425,9 +450,14 @@ impl Engine {
             let mp = map_path(path, v.guid);
             let (map, stamp) = match std::fs::read(&mp) {
                 Ok(b) => {
-                    let img = chain::decode_map(&b).map_err(|d| corrupt_store(path, &format!("map of layer {}", v.guid), d))?;
+                    let img = chain::decode_map(&b)
+                        .map_err(|d| corrupt_store(path, &format!("map of layer {}", v.guid), d))?;
                     if img.layer != v.guid {
-                        return Err(corrupt_store(path, &format!("map file {}", mp.display()), format!("holds layer {}", img.layer)));
+                        return Err(corrupt_store(
+                            path,
+                            &format!("map file {}", mp.display()),
+                            format!("holds layer {}", img.layer),
+                        ));
                     }
                     (img.map, img.stamp_seq)
                 }
@@ -496,7 +526,11 @@ impl Engine {
             for (l, _) in layers.values() {
                 for (b, e) in rlock(&l.map).iter() {
                     if chain::is_chunk(e) && store.incref(e).is_err() {
-                        return Err(corrupt_store(path, &format!("map of layer {}", l.guid), format!("block {b} references missing chunk {e}")));
+                        return Err(corrupt_store(
+                            path,
+                            &format!("map of layer {}", l.guid),
+                            format!("block {b} references missing chunk {e}"),
+                        ));
                     }
                 }
             }
@@ -538,9 +572,17 @@ impl Engine {
             gc_lock: Mutex::new(()),
             policy: Mutex::new((effective_policy, policy_reason)),
             sync_writes: AtomicBool::new(effective_policy == WritePolicy::Sync),
-            mode: AtomicU8::new(if persisted_ro { 2 } else if unclean { 1 } else { 0 }),
+            mode: AtomicU8::new(if persisted_ro {
+                2
+            } else if unclean {
+                1
+            } else {
+                0
+            }),
             read_only: opts.read_only,
-            read_only_reason: Mutex::new(persisted_ro.then(|| "the store was left read-only by an earlier fatal error; run `strata check --repair`".to_string())),
+            read_only_reason: Mutex::new(persisted_ro.then(|| {
+                "the store was left read-only by an earlier fatal error; run `strata check --repair`".to_string()
+            })),
             closed: AtomicBool::new(false),
             worker: Mutex::new(None),
             repl: replication::Hooks::default(),
@@ -920,7 +962,8 @@ impl Engine {
     pub fn create_volume(&self, name: &str, capacity: u64) -> Result<VolumeInfo> {
         self.check_writable()?;
         validate_name(name)?;
-        let (disk, leaf) = self.catalog.create_disk(name, capacity, Legality::Legal).map_err(|e| self.name_err(e, name))?;
+        let (disk, leaf) =
+            self.catalog.create_disk(name, capacity, Legality::Legal).map_err(|e| self.name_err(e, name))?;
         wlock(&self.layers).insert(leaf.guid, Layer::new(leaf.guid, PageMap::new()));
         self.info_for(&disk)
     }
@@ -930,7 +973,9 @@ impl Engine {
             catalog::Error::NameExists(_) => Error::AlreadyExists(format!(
                 "a volume named {name:?} already exists; choose another name or remove it first"
             )),
-            catalog::Error::InvalidName { name, reason } => Error::InvalidArgument(format!("invalid volume name {name:?}: {reason}")),
+            catalog::Error::InvalidName { name, reason } => {
+                Error::InvalidArgument(format!("invalid volume name {name:?}: {reason}"))
+            }
             e => e.into(),
         }
     }
@@ -1063,7 +1108,10 @@ impl Engine {
         let rows = self.catalog.chain(d.guid)?;
         if !allow_illegal && let Some(bad) = rows.iter().find(|r| r.legality == Legality::Illegal) {
             let jobs = self.catalog.jobs_for(d.guid)?;
-            let what = jobs.first().map(|j| format!("an unfinished {} job", j.kind)).unwrap_or_else(|| "an unfinished operation".into());
+            let what = jobs
+                .first()
+                .map(|j| format!("an unfinished {} job", j.kind))
+                .unwrap_or_else(|| "an unfinished operation".into());
             return Err(Error::Incomplete(format!(
                 "volume {:?} is not served: layer {} is ILLEGAL after {what}; \
                  run `strata volume remove --force {}` to discard it",
@@ -1127,9 +1175,11 @@ impl Engine {
             }
         })?;
         let size = f.seek(SeekFrom::End(0)).map_err(|e| Error::io(format!("sizing {}", file.display()), e))?;
-        let (disk, leaf) = self.catalog.create_disk(name, size, Legality::Illegal).map_err(|e| self.name_err(e, name))?;
+        let (disk, leaf) =
+            self.catalog.create_disk(name, size, Legality::Illegal).map_err(|e| self.name_err(e, name))?;
         wlock(&self.layers).insert(leaf.guid, Layer::new(leaf.guid, PageMap::new()));
-        let job = self.catalog.begin_job("import", disk.guid, &format!("{{\"source\":{:?}}}", file.display().to_string()))?;
+        let job =
+            self.catalog.begin_job("import", disk.guid, &format!("{{\"source\":{:?}}}", file.display().to_string()))?;
         let res = (|| -> Result<()> {
             let v = self.open_disk(&disk, true)?;
             let mut buf = vec![0u8; 1 << 20];
@@ -1146,7 +1196,8 @@ impl Engine {
                     continue;
                 }
                 let n = ((size - off) as usize).min(buf.len());
-                f.read_exact_at(&mut buf[..n], off).map_err(|e| Error::io(format!("reading {} at {off}", file.display()), e))?;
+                f.read_exact_at(&mut buf[..n], off)
+                    .map_err(|e| Error::io(format!("reading {} at {off}", file.display()), e))?;
                 // Write only the non-zero runs: zero blocks are holes anyway.
                 let mut i = 0usize;
                 while i < n {
@@ -1211,7 +1262,8 @@ impl Engine {
                 while i < n {
                     let end = (i + format::BLOCK_SIZE).min(n);
                     if !format::is_zero(&buf[i..end]) {
-                        out.write_all_at(&buf[i..end], pos + i as u64).map_err(|e| Error::io(format!("writing {}", file.display()), e))?;
+                        out.write_all_at(&buf[i..end], pos + i as u64)
+                            .map_err(|e| Error::io(format!("writing {}", file.display()), e))?;
                     }
                     i = end;
                 }
@@ -1229,7 +1281,8 @@ impl Engine {
         let sb = lock(&self.sb).clone();
         let s = &self.store.stats;
         let u = self.store.usage();
-        let (refs, live, stored, chunk_count, unreferenced) = (u.total_refs, u.live_chunks, u.live_stored_bytes, u.chunks, u.unreferenced_chunks);
+        let (refs, live, stored, chunk_count, unreferenced) =
+            (u.total_refs, u.live_chunks, u.live_stored_bytes, u.chunks, u.unreferenced_chunks);
         let (pack_files, pack_bytes) = self.store.pack_bytes();
         let dir_bytes = |d: &str| -> u64 {
             std::fs::read_dir(self.path.join(d))
@@ -1300,7 +1353,9 @@ impl Drop for Engine {
 
 fn prop_err(e: catalog::Error) -> Error {
     match e {
-        catalog::Error::ReservedKey(k) => Error::InvalidArgument(format!("the property {k:?} is reserved; use `strata volume rename` to change a name")),
+        catalog::Error::ReservedKey(k) => Error::InvalidArgument(format!(
+            "the property {k:?} is reserved; use `strata volume rename` to change a name"
+        )),
         e => e.into(),
     }
 }

@@ -124,10 +124,12 @@ impl Engine {
     /// chunk ids found by `LookupChunks` must stay until the apply).
     pub(crate) fn repl_check_writable(&self) -> super::Result<()> {
         match self.sink() {
-            Some(s) if !s.is_primary() && !self.repl.preserving.load(Ordering::Acquire) => Err(super::Error::ReadOnly(format!(
-                "store {} is a replication Secondary: it takes writes only from its peer; run `strata promote` to write here",
-                self.path.display()
-            ))),
+            Some(s) if !s.is_primary() && !self.repl.preserving.load(Ordering::Acquire) => {
+                Err(super::Error::ReadOnly(format!(
+                    "store {} is a replication Secondary: it takes writes only from its peer; run `strata promote` to write here",
+                    self.path.display()
+                )))
+            }
             _ => Ok(()),
         }
     }
@@ -170,7 +172,9 @@ impl Engine {
                         lock(&self.repl.index).map.insert(hash, p.chunk_id);
                         placements.push(ChunkPlacement { chunk_id: p.chunk_id, hash, payload });
                     }
-                    Err(e) => tracing::error!(seq, chunk = p.chunk_id, %e, "replication: cannot read a chunk just written"),
+                    Err(e) => {
+                        tracing::error!(seq, chunk = p.chunk_id, %e, "replication: cannot read a chunk just written")
+                    }
                 },
                 Entry::MapRun { layer, start_block, entries } => runs.push(MapRun { layer, start_block, entries }),
                 Entry::MapTruncate { .. } | Entry::ChunkFree { .. } => {}
@@ -346,7 +350,9 @@ impl Engine {
     fn digest(&self, layer: Guid, start: u64, count: u32) -> Hash {
         let mut h = blake3::Hasher::new();
         let entries: Vec<(u64, u64)> = match rlock(&self.layers).get(&layer) {
-            Some(l) => rlock(&l.map).iter_from(start).take_while(|(b, _)| *b < start.saturating_add(count as u64)).collect(),
+            Some(l) => {
+                rlock(&l.map).iter_from(start).take_while(|(b, _)| *b < start.saturating_add(count as u64)).collect()
+            }
             None => Vec::new(),
         };
         for (b, e) in entries {

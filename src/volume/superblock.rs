@@ -130,7 +130,17 @@ impl Superblock {
         r.u8().map_err(|e| e.to_string())?;
         let checkpoint_seq = r.u64().map_err(|e| e.to_string())?;
         let index_max_entries = r.u64().map_err(|e| e.to_string())?;
-        Ok(Superblock { format_version, clean: flags & FLAG_CLEAN != 0, store_uuid, created_unix, write_policy, mode, zstd_level, checkpoint_seq, index_max_entries })
+        Ok(Superblock {
+            format_version,
+            clean: flags & FLAG_CLEAN != 0,
+            store_uuid,
+            created_unix,
+            write_policy,
+            mode,
+            zstd_level,
+            checkpoint_seq,
+            index_max_entries,
+        })
     }
 
     pub fn read(path: &Path) -> Result<Superblock, String> {

@@ -322,9 +322,21 @@ fn checkpoint_then_crash_then_reopen_keeps_everything() {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Write { vol: usize, off: u64, len: usize, seed: u64 },
-    Discard { vol: usize, off: u64, len: u64 },
-    Resize { vol: usize, cap: u64 },
+    Write {
+        vol: usize,
+        off: u64,
+        len: usize,
+        seed: u64,
+    },
+    Discard {
+        vol: usize,
+        off: u64,
+        len: u64,
+    },
+    Resize {
+        vol: usize,
+        cap: u64,
+    },
     Flush,
     Checkpoint,
     Gc,
@@ -867,7 +879,10 @@ mod faults {
         f.arm(Point::PackRead, Fault::Eio, 0, Some(1));
         let mut b = vec![0u8; 4096];
         let err = v.read_at(&mut b, 0).unwrap_err();
-        assert!(matches!(&err, Error::Store(crate::store::Error::Io { source, .. }) if source.raw_os_error() == Some(libc::EIO)), "{err:?}");
+        assert!(
+            matches!(&err, Error::Store(crate::store::Error::Io { source, .. }) if source.raw_os_error() == Some(libc::EIO)),
+            "{err:?}"
+        );
         v.read_at(&mut b, 0).unwrap();
         assert_eq!(b, pattern(4096, 1));
         assert_eq!(e.mode(), Mode::Normal);
@@ -1054,7 +1069,11 @@ mod checking {
         std::io::Write::write_all(&mut std::fs::OpenOptions::new().append(true).open(&active).unwrap(), &torn).unwrap();
         let r = run(&p, false);
         assert!(r.clean, "{}", check::render(&r));
-        assert!(r.findings.iter().any(|f| f.severity == "warning" && f.detail.contains("unfinished append")), "{}", check::render(&r));
+        assert!(
+            r.findings.iter().any(|f| f.severity == "warning" && f.detail.contains("unfinished append")),
+            "{}",
+            check::render(&r)
+        );
         // The next open cuts it off.
         open(&p).close().unwrap();
         assert_eq!(std::fs::metadata(&active).unwrap().len(), len as u64);
@@ -1062,7 +1081,11 @@ mod checking {
         // A record the table uses, cut short, is lost data: an error.
         std::fs::OpenOptions::new().write(true).open(&active).unwrap().set_len(len as u64 - 10).unwrap();
         let r = run(&p, false);
-        assert!(!r.clean && r.findings.iter().any(|f| f.severity == "error" && f.detail.contains("runs past the end")), "{}", check::render(&r));
+        assert!(
+            !r.clean && r.findings.iter().any(|f| f.severity == "error" && f.detail.contains("runs past the end")),
+            "{}",
+            check::render(&r)
+        );
     }
 
     #[test]

@@ -16,11 +16,7 @@ impl Run {
     /// Assert the exit code, showing the output when it differs.
     #[track_caller]
     pub fn expect(self, code: i32) -> Run {
-        assert_eq!(
-            self.code, code,
-            "exit code\nstdout:\n{}\nstderr:\n{}",
-            self.stdout, self.stderr
-        );
+        assert_eq!(self.code, code, "exit code\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
         self
     }
 

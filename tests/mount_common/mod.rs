@@ -58,12 +58,7 @@ pub fn ready(tools: &[&str]) -> bool {
         skip("needs root (FUSE mounts with allow_other, loop devices)");
         return false;
     }
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/fuse")
-        .is_err()
-    {
+    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse").is_err() {
         skip("/dev/fuse is missing or not usable (modprobe fuse)");
         return false;
     }
@@ -112,25 +107,17 @@ pub fn test_handler() -> ControlHandler {
     Arc::new(|engine: &Engine, argv: &[String]| {
         let a: Vec<&str> = argv.iter().map(String::as_str).collect();
         let r = match a.as_slice() {
-            ["create", name, size] => engine
-                .create_volume(name, size.parse().unwrap_or(0))
-                .map(|_| String::new()),
+            ["create", name, size] => engine.create_volume(name, size.parse().unwrap_or(0)).map(|_| String::new()),
             ["remove", name] => engine.remove_volume(name, false).map(|_| String::new()),
             ["rename", from, to] => engine.rename_volume(from, to).map(|_| String::new()),
-            ["resize", name, size] => engine
-                .resize_volume(name, size.parse().unwrap_or(0), true)
-                .map(|_| String::new()),
+            ["resize", name, size] => {
+                engine.resize_volume(name, size.parse().unwrap_or(0), true).map(|_| String::new())
+            }
             ["snapshot", vol, snap] => engine.snapshot_create(vol, snap).map(|_| String::new()),
-            ["revert", vol, snap] => engine
-                .snapshot_revert(vol, snap, None)
-                .map(|_| String::new()),
+            ["revert", vol, snap] => engine.snapshot_revert(vol, snap, None).map(|_| String::new()),
             ["unsnap", vol, snap] => engine.snapshot_remove(vol, snap).map(|_| String::new()),
-            ["names"] => engine
-                .list_volumes()
-                .map(|v| v.into_iter().map(|i| i.name + "\n").collect()),
-            ["status"] => engine
-                .status()
-                .map(|s| serde_json::to_string(&s).unwrap_or_default() + "\n"),
+            ["names"] => engine.list_volumes().map(|v| v.into_iter().map(|i| i.name + "\n").collect()),
+            ["status"] => engine.status().map(|s| serde_json::to_string(&s).unwrap_or_default() + "\n"),
             ["checkpoint"] => engine.checkpoint().map(|_| String::new()),
             ["gc"] => engine.gc(&mut |_, _| {}).map(|r| format!("{r:?}\n")),
             _ => return (String::new(), format!("unknown test command {a:?}\n"), 2),
@@ -155,19 +142,14 @@ pub fn run_daemon_if_asked() {
         store: PathBuf::from(std::env::var_os(ENV_STORE).expect("store")),
         mountpoint: PathBuf::from(std::env::var_os(ENV_MNT).expect("mountpoint")),
         foreground: true,
-        options: std::env::var(ENV_OPTS)
-            .ok()
-            .filter(|s| !s.is_empty())
-            .into_iter()
-            .collect(),
+        options: std::env::var(ENV_OPTS).ok().filter(|s| !s.is_empty()).into_iter().collect(),
         threads: None,
     };
     if std::env::var_os(ENV_SPAWN).is_some() {
         // Play `strata mount` without --foreground: start the daemon (this
         // executable again, foreground) and return once it is live.
         let mut cmd = Command::new(std::env::current_exe().expect("test exe"));
-        cmd.args(["--exact", "daemon_entry", "--nocapture", "--test-threads=1"])
-            .env_remove(ENV_SPAWN);
+        cmd.args(["--exact", "daemon_entry", "--nocapture", "--test-threads=1"]).env_remove(ENV_SPAWN);
         let code = match strata::fs::spawn_daemon(&cfg, cmd) {
             Ok(_) => 0,
             Err(e) => {
@@ -217,21 +199,12 @@ impl Mounted {
     }
 
     pub fn with_options(options: &str) -> Mounted {
-        let dir = tempfile::Builder::new()
-            .prefix("strata-mt")
-            .tempdir()
-            .expect("tempdir");
+        let dir = tempfile::Builder::new().prefix("strata-mt").tempdir().expect("tempdir");
         let store = dir.path().join("store");
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).expect("mkdir mnt");
         Engine::init(&store, &InitOptions::default()).expect("init store");
-        let mut m = Mounted {
-            dir,
-            store,
-            mnt,
-            options: options.into(),
-            child: None,
-        };
+        let mut m = Mounted { dir, store, mnt, options: options.into(), child: None };
         m.mount();
         m
     }
@@ -263,10 +236,8 @@ impl Mounted {
     /// `strata umount`: unmount and wait for the daemon to exit; returns
     /// its exit status.
     pub fn umount(&mut self) -> std::process::ExitStatus {
-        strata::fs::umount(&self.mnt)
-            .unwrap_or_else(|e| panic!("umount: {e:#}\n--- daemon log ---\n{}", self.log()));
-        self.wait_child(Duration::from_secs(120))
-            .expect("daemon did not exit after umount")
+        strata::fs::umount(&self.mnt).unwrap_or_else(|e| panic!("umount: {e:#}\n--- daemon log ---\n{}", self.log()));
+        self.wait_child(Duration::from_secs(120)).expect("daemon did not exit after umount")
     }
 
     pub fn remount(&mut self) {
@@ -282,9 +253,7 @@ impl Mounted {
         loop {
             match child.try_wait() {
                 Ok(Some(st)) => return Some(st),
-                Ok(None) if start.elapsed() < limit => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
+                Ok(None) if start.elapsed() < limit => std::thread::sleep(Duration::from_millis(20)),
                 _ => {
                     self.child = Some(child);
                     return None;
@@ -304,23 +273,17 @@ impl Mounted {
     }
 
     pub fn is_mounted(&self) -> bool {
-        strata::fs::daemon::find_mount(&self.mnt.canonicalize().unwrap_or(self.mnt.clone()))
-            .ok()
-            .flatten()
-            .is_some()
+        strata::fs::daemon::find_mount(&self.mnt.canonicalize().unwrap_or(self.mnt.clone())).ok().flatten().is_some()
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.store.join(strata::fs::daemon::LOGFILE_NAME))
-            .unwrap_or_default()
+        std::fs::read_to_string(self.store.join(strata::fs::daemon::LOGFILE_NAME)).unwrap_or_default()
     }
 
     /// Run a command through the control socket (as the CLI would).
     pub fn control(&self, argv: &[&str]) -> (String, String, i32) {
         let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
-        strata::control::call(&self.store, &argv)
-            .expect("control call")
-            .expect("no daemon on the control socket")
+        strata::control::call(&self.store, &argv).expect("control call").expect("no daemon on the control socket")
     }
 }
 
@@ -351,9 +314,7 @@ impl Drop for Mounted {
 
 /// Run a command, panic with its output if it fails; return stdout.
 pub fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     if !out.status.success() {
         panic!(
             "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
@@ -381,25 +342,15 @@ pub struct LoopMount {
 impl LoopMount {
     pub fn new(image: &Path, dir: &Path) -> LoopMount {
         std::fs::create_dir_all(dir).expect("mkdir");
-        run(Command::new("mount")
-            .arg("-o")
-            .arg("loop")
-            .arg(image)
-            .arg(dir));
-        LoopMount {
-            dir: dir.to_path_buf(),
-        }
+        run(Command::new("mount").arg("-o").arg("loop").arg(image).arg(dir));
+        LoopMount { dir: dir.to_path_buf() }
     }
 }
 
 impl Drop for LoopMount {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.dir).status();
-        if strata::fs::daemon::find_mount(&self.dir)
-            .ok()
-            .flatten()
-            .is_some()
-        {
+        if strata::fs::daemon::find_mount(&self.dir).ok().flatten().is_some() {
             let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
         }
     }

@@ -34,8 +34,7 @@ pub struct FioRun {
 
 impl FioRun {
     fn jobfile(&self, verify: bool) -> String {
-        let mut s =
-            String::from("[global]\ndirect=1\nioengine=libaio\niodepth=16\nverify=crc32c\n");
+        let mut s = String::from("[global]\ndirect=1\nioengine=libaio\niodepth=16\nverify=crc32c\n");
         s.push_str(&format!("randseed={}\n", self.seed));
         if verify {
             // Report every bad block, not just the first: some may be of
@@ -52,10 +51,7 @@ impl FioRun {
             self.plan.rand_mib
         ));
         if !verify {
-            s.push_str(&format!(
-                "rate_iops={}\nwrite_lat_log=rand4k\n",
-                self.plan.rand_iops
-            ));
+            s.push_str(&format!("rate_iops={}\nwrite_lat_log=rand4k\n", self.plan.rand_iops));
         }
         s.push_str(&format!(
             "\n[seq1m]\nfilename={}\nrw=write\nbs=1M\nsize={}M\nfdatasync=4\n",
@@ -63,26 +59,17 @@ impl FioRun {
             self.plan.seq_mib
         ));
         if !verify {
-            s.push_str(&format!(
-                "rate={}m\nwrite_lat_log=seq1m\n",
-                self.plan.seq_mib_per_s
-            ));
+            s.push_str(&format!("rate={}m\nwrite_lat_log=seq1m\n", self.plan.seq_mib_per_s));
         }
         s
     }
 
     /// Create both files (sparse volumes) and start the writers.
     pub fn start(&self) -> Result<ChildGuard, String> {
-        std::fs::create_dir_all(&self.dir)
-            .map_err(|e| format!("mkdir {}: {e}", self.dir.display()))?;
-        for (p, mib) in [
-            (&self.rand, self.plan.rand_mib),
-            (&self.seq, self.plan.seq_mib),
-        ] {
-            let f =
-                std::fs::File::create(p).map_err(|e| format!("creating {}: {e}", p.display()))?;
-            f.set_len(mib << 20)
-                .map_err(|e| format!("sizing {}: {e}", p.display()))?;
+        std::fs::create_dir_all(&self.dir).map_err(|e| format!("mkdir {}: {e}", self.dir.display()))?;
+        for (p, mib) in [(&self.rand, self.plan.rand_mib), (&self.seq, self.plan.seq_mib)] {
+            let f = std::fs::File::create(p).map_err(|e| format!("creating {}: {e}", p.display()))?;
+            f.set_len(mib << 20).map_err(|e| format!("sizing {}: {e}", p.display()))?;
         }
         let job = self.dir.join("write.fio");
         std::fs::write(&job, self.jobfile(false)).map_err(|e| e.to_string())?;
@@ -102,10 +89,7 @@ impl FioRun {
     pub fn state_files(&self) -> Vec<PathBuf> {
         std::fs::read_dir(&self.dir)
             .map(|rd| {
-                rd.flatten()
-                    .map(|e| e.path())
-                    .filter(|p| p.to_string_lossy().ends_with("-verify.state"))
-                    .collect()
+                rd.flatten().map(|e| e.path()).filter(|p| p.to_string_lossy().ends_with("-verify.state")).collect()
             })
             .unwrap_or_default()
     }
@@ -139,19 +123,12 @@ impl FioRun {
         let write_phase = std::fs::read_to_string(self.dir.join("write.out")).unwrap_or_default();
         let completed = self.completed_writes()?;
         if completed.is_empty() && !early {
-            return Err(format!(
-                "fio completed no write before the kill; see {}",
-                self.dir.display()
-            ));
+            return Err(format!("fio completed no write before the kill; see {}", self.dir.display()));
         }
         let bad = bad_blocks(&format!("{stdout}\n{stderr}"));
-        let unexpected: Vec<&(String, u64)> =
-            bad.iter().filter(|b| completed.contains(b)).collect();
-        let fail = |why: String| {
-            Err(format!(
-                "{why}\n--- fio verify ---\n{stderr}\n--- write phase ---\n{write_phase}"
-            ))
-        };
+        let unexpected: Vec<&(String, u64)> = bad.iter().filter(|b| completed.contains(b)).collect();
+        let fail =
+            |why: String| Err(format!("{why}\n--- fio verify ---\n{stderr}\n--- write phase ---\n{write_phase}"));
         if !unexpected.is_empty() {
             return fail(format!(
                 "fio found {} bad block(s) whose writes fio saw complete successfully, first {:?}",
@@ -160,16 +137,9 @@ impl FioRun {
             ));
         }
         if !out.status.success() && bad.is_empty() {
-            return fail(format!(
-                "fio verify failed ({}) without naming a bad block",
-                out.status
-            ));
+            return fail(format!("fio verify failed ({}) without naming a bad block", out.status));
         }
-        let mut s = format!(
-            "{} writes completed; {}",
-            completed.len(),
-            summarize(&stdout)
-        );
+        let mut s = format!("{} writes completed; {}", completed.len(), summarize(&stdout));
         if !bad.is_empty() {
             s.push_str(&format!(
                 "; {} block(s) of writes never acknowledged (failed or in flight at the crash) did not land (allowed)",
@@ -190,28 +160,19 @@ impl FioRun {
                 .flatten()
                 .map(|e| e.path())
                 .filter(|p| {
-                    let n = p
-                        .file_name()
-                        .unwrap_or_default()
-                        .to_string_lossy()
-                        .into_owned();
+                    let n = p.file_name().unwrap_or_default().to_string_lossy().into_owned();
                     n.starts_with(&format!("{job}_clat.")) && n.ends_with(".log")
                 })
                 .collect();
             if logs.is_empty() {
-                return Err(format!(
-                    "fio left no completion log for {job} in {}",
-                    self.dir.display()
-                ));
+                return Err(format!("fio left no completion log for {job} in {}", self.dir.display()));
             }
             for p in logs {
                 let text = std::fs::read_to_string(&p).map_err(|e| e.to_string())?;
                 for line in text.lines() {
                     let f: Vec<&str> = line.split(',').map(str::trim).collect();
                     if f.len() >= 5 && f[2] == "1" {
-                        let off = f[4]
-                            .parse()
-                            .map_err(|_| format!("{}: bad line {line:?}", p.display()))?;
+                        let off = f[4].parse().map_err(|_| format!("{}: bad line {line:?}", p.display()))?;
                         set.insert((file.display().to_string(), off));
                     }
                 }
@@ -238,10 +199,7 @@ fn summarize(stdout: &str) -> String {
     jobs.iter()
         .map(|j| {
             let mib = j["read"]["io_bytes"].as_u64().unwrap_or(0) as f64 / 1048576.0;
-            format!(
-                "{} verified {mib:.1} MiB",
-                j["jobname"].as_str().unwrap_or("?")
-            )
+            format!("{} verified {mib:.1} MiB", j["jobname"].as_str().unwrap_or("?"))
         })
         .collect::<Vec<_>>()
         .join(", ")

@@ -75,9 +75,7 @@ pub struct Plan {
 /// fsync) is implied and counted separately.
 pub fn promise_after_kill(policy: WritePolicy) -> Promise {
     match policy {
-        WritePolicy::Sync | WritePolicy::Async | WritePolicy::AsyncUnsafe | WritePolicy::Auto => {
-            Promise::Acknowledged
-        }
+        WritePolicy::Sync | WritePolicy::Async | WritePolicy::AsyncUnsafe | WritePolicy::Auto => Promise::Acknowledged,
     }
 }
 
@@ -137,10 +135,7 @@ pub struct ChildGuard {
 
 impl ChildGuard {
     pub fn new(child: Child, what: &'static str) -> ChildGuard {
-        ChildGuard {
-            child: Some(child),
-            what,
-        }
+        ChildGuard { child: Some(child), what }
     }
 
     /// Wait up to `limit` for it to exit by itself.
@@ -153,15 +148,9 @@ impl ChildGuard {
                     self.child = None;
                     return Ok(st);
                 }
-                Ok(None) if start.elapsed() < limit => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
+                Ok(None) if start.elapsed() < limit => std::thread::sleep(Duration::from_millis(10)),
                 Ok(None) => {
-                    return Err(format!(
-                        "{} (pid {}) still runs after {limit:?}",
-                        self.what,
-                        child.id()
-                    ));
+                    return Err(format!("{} (pid {}) still runs after {limit:?}", self.what, child.id()));
                 }
                 Err(e) => return Err(e.to_string()),
             }
@@ -174,11 +163,7 @@ impl Drop for ChildGuard {
         if let Some(mut c) = self.child.take()
             && matches!(c.try_wait(), Ok(None))
         {
-            eprintln!(
-                "crash harness: killing {} (pid {}) during cleanup",
-                self.what,
-                c.id()
-            );
+            eprintln!("crash harness: killing {} (pid {}) during cleanup", self.what, c.id());
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -195,12 +180,7 @@ pub fn lazy_umount(mnt: &Path) {
     if !is_mounted(mnt) {
         return;
     }
-    let _ = Command::new("fusermount3")
-        .arg("-uz")
-        .arg(mnt)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+    let _ = Command::new("fusermount3").arg("-uz").arg(mnt).stdout(Stdio::null()).stderr(Stdio::null()).status();
     if is_mounted(mnt) {
         let c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).expect("path");
         // SAFETY: umount2 on our own mountpoint.
@@ -226,13 +206,9 @@ impl Daemon {
             threads: None,
         };
         let cmd = daemon_command(store, mnt, "");
-        let child = strata::fs::spawn_daemon(&cfg, cmd)
-            .map_err(|e| format!("mount failed: {e:#}\n{}", log_tail(store)))?;
-        Ok(Daemon {
-            child: Some(child),
-            store: store.into(),
-            mnt: mnt.into(),
-        })
+        let child =
+            strata::fs::spawn_daemon(&cfg, cmd).map_err(|e| format!("mount failed: {e:#}\n{}", log_tail(store)))?;
+        Ok(Daemon { child: Some(child), store: store.into(), mnt: mnt.into() })
     }
 
     /// SIGKILL by PID; returns the monotonic time just before the signal.
@@ -242,19 +218,12 @@ impl Daemon {
         // SAFETY: kill(2) on the PID of our own child, not yet reaped.
         let rc = unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
         if rc != 0 {
-            return Err(format!(
-                "kill -9 {}: {}",
-                c.id(),
-                std::io::Error::last_os_error()
-            ));
+            return Err(format!("kill -9 {}: {}", c.id(), std::io::Error::last_os_error()));
         }
         let st = c.wait().map_err(|e| e.to_string())?;
         if st.code().is_some() {
             // It exited by itself before the signal: not a crash.
-            return Err(format!(
-                "the daemon had already exited ({st}) before the kill\n{}",
-                log_tail(&self.store)
-            ));
+            return Err(format!("the daemon had already exited ({st}) before the kill\n{}", log_tail(&self.store)));
         }
         Ok(t)
     }
@@ -265,10 +234,7 @@ impl Daemon {
         let mut c = self.child.take().ok_or("no daemon")?;
         let st = ChildGuard::new_wait(&mut c, Duration::from_secs(300))?;
         if !st.success() {
-            return Err(format!(
-                "the daemon exited with {st} after a clean unmount\n{}",
-                log_tail(&self.store)
-            ));
+            return Err(format!("the daemon exited with {st} after a clean unmount\n{}", log_tail(&self.store)));
         }
         Ok(())
     }
@@ -292,9 +258,7 @@ impl Daemon {
                 serde_json::from_str(out.trim()).map_err(|e| format!("status JSON: {e}: {out}"))?;
             match v["operating_mode"].as_str() {
                 Some("normal") => return Ok(t0.elapsed()),
-                Some("recovering") if t0.elapsed() < limit => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
+                Some("recovering") if t0.elapsed() < limit => std::thread::sleep(Duration::from_millis(20)),
                 Some(m) => {
                     return Err(format!(
                         "the store is in mode {m} after {:?} (read-only reason: {})\n{}",
@@ -319,9 +283,7 @@ impl ChildGuard {
             if start.elapsed() > limit {
                 let _ = c.kill();
                 let _ = c.wait();
-                return Err(format!(
-                    "the daemon did not exit within {limit:?}; killed it"
-                ));
+                return Err(format!("the daemon did not exit within {limit:?}; killed it"));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -332,8 +294,7 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
             if is_mounted(&self.mnt) {
-                let c_path =
-                    std::ffi::CString::new(self.mnt.as_os_str().as_encoded_bytes()).expect("path");
+                let c_path = std::ffi::CString::new(self.mnt.as_os_str().as_encoded_bytes()).expect("path");
                 // SAFETY: umount2 on our own mountpoint; lazy if busy.
                 unsafe {
                     if libc::umount2(c_path.as_ptr(), 0) != 0 {
@@ -350,13 +311,9 @@ impl Drop for Daemon {
 }
 
 pub fn log_tail(store: &Path) -> String {
-    let text =
-        std::fs::read_to_string(store.join(strata::fs::daemon::LOGFILE_NAME)).unwrap_or_default();
+    let text = std::fs::read_to_string(store.join(strata::fs::daemon::LOGFILE_NAME)).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
-    format!(
-        "--- last lines of the daemon log ---\n{}",
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    )
+    format!("--- last lines of the daemon log ---\n{}", lines[lines.len().saturating_sub(30)..].join("\n"))
 }
 
 // ----- the run ----------------------------------------------------------------
@@ -393,31 +350,15 @@ pub fn run(plan: &Plan, root: &Path) -> Outcome {
         let mnt = sdir.join("mnt");
         std::fs::create_dir_all(&mnt).expect("mkdir mnt");
         let mnt = mnt.canonicalize().expect("canonical mountpoint");
-        if let Err(e) = Engine::init(
-            &store,
-            &InitOptions {
-                write_policy: plan.policy,
-            },
-        ) {
+        if let Err(e) = Engine::init(&store, &InitOptions { write_policy: plan.policy }) {
             out.failures.push(format!("init: {e}"));
             return out;
         }
-        eprintln!(
-            "crash harness: policy {} store {} ({})",
-            plan.policy.as_str(),
-            store_no,
-            store.display()
-        );
-        let mut carry = Carry {
-            base: vec![Content::Zero; blocks as usize],
-            pending: None,
-            next_op: 1 << 20,
-        };
+        eprintln!("crash harness: policy {} store {} ({})", plan.policy.as_str(), store_no, store.display());
+        let mut carry = Carry { base: vec![Content::Zero; blocks as usize], pending: None, next_op: 1 << 20 };
         let mut failed = false;
         let mut on_this_store = 0;
-        while i < plan.iterations
-            && !(plan.fresh_store_every > 0 && on_this_store == plan.fresh_store_every)
-        {
+        while i < plan.iterations && !(plan.fresh_store_every > 0 && on_this_store == plan.fresh_store_every) {
             let seed = splitmix(plan.seed ^ u64::from(i).wrapping_mul(0x1000_0000_01b3));
             eprintln!(
                 "crash harness: [{}] iteration {}/{} seed {seed:#x} (run seed {:#x})",
@@ -449,11 +390,7 @@ pub fn run(plan: &Plan, root: &Path) -> Outcome {
         // Verify the last crash on this store, then a clean close and check.
         let r = finish(plan, &store, &mnt, &mut carry, &mut out);
         if let Err(e) = r {
-            let msg = format!(
-                "policy {} final verification (run seed {:#x}): {e}",
-                plan.policy.as_str(),
-                plan.seed
-            );
+            let msg = format!("policy {} final verification (run seed {:#x}): {e}", plan.policy.as_str(), plan.seed);
             eprintln!("crash harness: FAILURE: {msg}");
             out.failures.push(msg);
             out.kept.push(sdir.clone());
@@ -479,8 +416,7 @@ fn mount_and_verify(
         return Ok(daemon);
     };
     // The writer's volume against its log.
-    let text =
-        std::fs::read_to_string(&p.log).map_err(|e| format!("reading {}: {e}", p.log.display()))?;
+    let text = std::fs::read_to_string(&p.log).map_err(|e| format!("reading {}: {e}", p.log.display()))?;
     let log = verify::parse_log(&text)?;
     let early = log.errors_before(p.kill_ns);
     if !early.is_empty() {
@@ -493,10 +429,7 @@ fn mount_and_verify(
     let data = read_direct(&mnt.join(WRITER_FILE), carry.base.len())?;
     let v = verify::verify(&log, &carry.base, &data);
     eprintln!("crash harness:   writer: {}", v.summary());
-    eprintln!(
-        "crash harness:   the writer saw the crash as errno {:?}",
-        log.error_counts()
-    );
+    eprintln!("crash harness:   the writer saw the crash as errno {:?}", log.error_counts());
     let promise = promise_after_kill(plan.policy);
     if !v.holds(promise) {
         return Err(format!(
@@ -518,17 +451,8 @@ fn mount_and_verify(
     }
     // Not vacuous: unless the kill came right after the mount, writes were
     // acknowledged and flushed, and blocks were held to them.
-    if !p.early
-        && (v.acked_ops == 0
-            || v.constrained_ack == 0
-            || v.fsyncs_completed == 0
-            || v.constrained_flush == 0)
-    {
-        return Err(format!(
-            "vacuous iteration (seed {:#x}): {}",
-            p.seed,
-            v.summary()
-        ));
+    if !p.early && (v.acked_ops == 0 || v.constrained_ack == 0 || v.fsyncs_completed == 0 || v.constrained_flush == 0) {
+        return Err(format!("vacuous iteration (seed {:#x}): {}", p.seed, v.summary()));
     }
     out.acked_ops += v.acked_ops;
     out.fsyncs += v.fsyncs_completed;
@@ -571,14 +495,9 @@ fn read_direct(p: &Path, blocks: usize) -> Result<Vec<u8>, String> {
     while off < len {
         let n = chunk.min(len - off);
         let buf = &mut raw[a..a + n];
-        let got = f
-            .read_at(buf, off as u64)
-            .map_err(|e| format!("reading {} at {off}: {e}", p.display()))?;
+        let got = f.read_at(buf, off as u64).map_err(|e| format!("reading {} at {off}: {e}", p.display()))?;
         if got == 0 {
-            return Err(format!(
-                "{} ends at {off}, expected {len} bytes",
-                p.display()
-            ));
+            return Err(format!("{} ends at {off}, expected {len} bytes", p.display()));
         }
         out[off..off + got].copy_from_slice(&buf[..got]);
         off += got;
@@ -591,16 +510,9 @@ fn run_check(store: &Path, when: &str, out: &mut Outcome) -> Result<(), String> 
         .map_err(|e| format!("check ({when}): {e}"))?;
     out.checks += 1;
     if rep.errors() > 0 || !rep.clean {
-        return Err(format!(
-            "check ({when}) is not clean:\n{}",
-            check::render(&rep)
-        ));
+        return Err(format!("check ({when}) is not clean:\n{}", check::render(&rep)));
     }
-    let warnings: Vec<_> = rep
-        .findings
-        .iter()
-        .filter(|f| f.severity != "info")
-        .collect();
+    let warnings: Vec<_> = rep.findings.iter().filter(|f| f.severity != "info").collect();
     if !warnings.is_empty() {
         eprintln!("crash harness:   check ({when}) warnings: {warnings:?}");
     }
@@ -629,10 +541,8 @@ fn iteration(
     }
     let wfile = mnt.join(WRITER_FILE);
     if !wfile.exists() {
-        let f = std::fs::File::create(&wfile)
-            .map_err(|e| format!("creating {}: {e}", wfile.display()))?;
-        f.set_len(carry.base.len() as u64 * BLOCK as u64)
-            .map_err(|e| e.to_string())?;
+        let f = std::fs::File::create(&wfile).map_err(|e| format!("creating {}: {e}", wfile.display()))?;
+        f.set_len(carry.base.len() as u64 * BLOCK as u64).map_err(|e| e.to_string())?;
     }
     let idir = sdir.join(format!("iter{:04}", i + 1));
     std::fs::create_dir_all(&idir).map_err(|e| e.to_string())?;
@@ -662,18 +572,11 @@ fn iteration(
     carry.next_op += 1 << 32;
     let mut wcmd = Command::new(std::env::current_exe().expect("test exe"));
     wcmd.args(["--exact", "writer_entry", "--nocapture", "--test-threads=1"])
-        .env(
-            writer::ENV_WRITER,
-            serde_json::to_string(&wcfg).expect("json"),
-        )
+        .env(writer::ENV_WRITER, serde_json::to_string(&wcfg).expect("json"))
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(idir.join("writer.out")).map_err(|e| e.to_string())?)
         .stderr(std::fs::File::create(idir.join("writer.err")).map_err(|e| e.to_string())?);
-    let mut writer = ChildGuard::new(
-        wcmd.spawn()
-            .map_err(|e| format!("starting the writer: {e}"))?,
-        "writer",
-    );
+    let mut writer = ChildGuard::new(wcmd.spawn().map_err(|e| format!("starting the writer: {e}"))?, "writer");
     // Checkpoints and GC through the control socket during the load.
     let stop = Arc::new(AtomicBool::new(false));
     let meta_done = Arc::new(AtomicU64::new(0));
@@ -718,19 +621,12 @@ fn iteration(
     eprintln!(
         "crash harness:   killed the daemon {} ms {}",
         delay.as_millis(),
-        if early {
-            "after the mount (early kill)"
-        } else {
-            "after the writer's first completed fsync"
-        }
+        if early { "after the mount (early kill)" } else { "after the writer's first completed fsync" }
     );
     stop.store(true, Ordering::Relaxed);
     let wst = writer.wait(Duration::from_secs(120))?;
     if !wst.success() {
-        return Err(format!(
-            "the writer exited with {wst}; see {}",
-            idir.join("writer.err").display()
-        ));
+        return Err(format!("the writer exited with {wst}; see {}", idir.join("writer.err").display()));
     }
     if let Some(c) = fio_child.as_mut() {
         c.wait(Duration::from_secs(120))?;
@@ -745,13 +641,7 @@ fn iteration(
         return Err("the dead mount could not be detached".into());
     }
     run_check(store, "the store as kill -9 left it", out)?;
-    carry.pending = Some(Pending {
-        log,
-        kill_ns,
-        early,
-        fio: fio_run,
-        seed,
-    });
+    carry.pending = Some(Pending { log, kill_ns, early, fio: fio_run, seed });
     out.iterations += 1;
     Ok(())
 }
@@ -772,10 +662,7 @@ fn wait_for_first_fsync(log: &Path, writer: &mut ChildGuard) -> Result<(), Strin
             && let Ok(Some(st)) = c.try_wait()
         {
             writer.child = None;
-            return Err(format!(
-                "the writer exited ({st}) before its first fsync; log {}",
-                log.display()
-            ));
+            return Err(format!("the writer exited ({st}) before its first fsync; log {}", log.display()));
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -786,10 +673,7 @@ fn wait_for_first_fsync(log: &Path, writer: &mut ChildGuard) -> Result<(), Strin
 fn wait_for_data(files: &[&Path]) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
     let t0 = Instant::now();
-    while !files
-        .iter()
-        .all(|f| std::fs::metadata(f).is_ok_and(|m| m.blocks() > 0))
-    {
+    while !files.iter().all(|f| std::fs::metadata(f).is_ok_and(|m| m.blocks() > 0)) {
         if t0.elapsed() > Duration::from_secs(120) {
             return Err(format!("fio wrote nothing to {files:?} within 120 s"));
         }
@@ -800,19 +684,12 @@ fn wait_for_data(files: &[&Path]) -> Result<(), String> {
 
 /// After the last iteration on a store: recover, verify, unmount cleanly,
 /// check, and open with the library (normal mode, clean).
-fn finish(
-    plan: &Plan,
-    store: &Path,
-    mnt: &Path,
-    carry: &mut Carry,
-    out: &mut Outcome,
-) -> Result<(), String> {
+fn finish(plan: &Plan, store: &Path, mnt: &Path, carry: &mut Carry, out: &mut Outcome) -> Result<(), String> {
     let mut daemon = mount_and_verify(plan, store, mnt, carry, out)?;
     daemon.umount_clean()?;
     drop(daemon);
     run_check(store, "after the last recovery and a clean unmount", out)?;
-    let e = Engine::open(store, &OpenOptions::default())
-        .map_err(|e| format!("open after the run: {e}"))?;
+    let e = Engine::open(store, &OpenOptions::default()).map_err(|e| format!("open after the run: {e}"))?;
     if e.mode() != Mode::Normal {
         return Err(format!("mode {:?} after a clean close", e.mode()));
     }

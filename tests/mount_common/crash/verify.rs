@@ -77,9 +77,7 @@ impl Log {
         if let Some((errno, t)) = self.open_error
             && t < t_ns
         {
-            v.push(format!(
-                "opening the volume failed with errno {errno} before the kill"
-            ));
+            v.push(format!("opening the volume failed with errno {errno} before the kill"));
         }
         for o in self.ops.values() {
             if let Some((errno, t)) = o.error
@@ -95,9 +93,7 @@ impl Log {
             if let Some((errno, t)) = f.error
                 && t < t_ns
             {
-                v.push(format!(
-                    "fsync {k} failed with errno {errno} before the kill"
-                ));
+                v.push(format!("fsync {k} failed with errno {errno} before the kill"));
             }
         }
         v
@@ -107,12 +103,7 @@ impl Log {
     /// writer saw the crash).
     pub fn error_counts(&self) -> BTreeMap<i32, u64> {
         let mut m = BTreeMap::new();
-        for e in self
-            .ops
-            .values()
-            .filter_map(|o| o.error)
-            .chain(self.fsyncs.values().filter_map(|f| f.error))
-        {
+        for e in self.ops.values().filter_map(|o| o.error).chain(self.fsyncs.values().filter_map(|f| f.error)) {
             *m.entry(e.0).or_default() += 1;
         }
         m
@@ -130,9 +121,7 @@ pub fn parse_log(text: &str) -> Result<Log, String> {
     for (ln, line) in complete.lines().enumerate() {
         let f: Vec<&str> = line.split(' ').collect();
         let num = |i: usize| -> Result<u64, String> {
-            f.get(i)
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| format!("log line {}: bad field {i}: {line:?}", ln + 1))
+            f.get(i).and_then(|s| s.parse().ok()).ok_or_else(|| format!("log line {}: bad field {i}: {line:?}", ln + 1))
         };
         match f[0] {
             "W" => {
@@ -152,10 +141,8 @@ pub fn parse_log(text: &str) -> Result<Log, String> {
             }
             "A" => {
                 let t = num(2)?;
-                let op = log
-                    .ops
-                    .get_mut(&num(1)?)
-                    .ok_or_else(|| format!("log line {}: ack of an unknown op", ln + 1))?;
+                let op =
+                    log.ops.get_mut(&num(1)?).ok_or_else(|| format!("log line {}: ack of an unknown op", ln + 1))?;
                 op.ack_line = Some(ln);
                 log.first_ack_ns.get_or_insert(t);
             }
@@ -167,28 +154,16 @@ pub fn parse_log(text: &str) -> Result<Log, String> {
                     .error = Some(e);
             }
             "S" => {
-                log.fsyncs.insert(
-                    num(1)?,
-                    Fsync {
-                        start_line: ln,
-                        ..Default::default()
-                    },
-                );
+                log.fsyncs.insert(num(1)?, Fsync { start_line: ln, ..Default::default() });
             }
             "D" => {
                 let t = num(2)?;
-                log.fsyncs
-                    .get_mut(&num(1)?)
-                    .ok_or("completion of an unknown fsync")?
-                    .done_line = Some(ln);
+                log.fsyncs.get_mut(&num(1)?).ok_or("completion of an unknown fsync")?.done_line = Some(ln);
                 log.first_fsync_ns.get_or_insert(t);
             }
             "X" => {
                 let e = (num(2)? as i32, num(3)?);
-                log.fsyncs
-                    .get_mut(&num(1)?)
-                    .ok_or("failure of an unknown fsync")?
-                    .error = Some(e);
+                log.fsyncs.get_mut(&num(1)?).ok_or("failure of an unknown fsync")?.error = Some(e);
             }
             "O" => log.open_error = Some((num(1)? as i32, num(2)?)),
             "END" => log.end = Some(f[1..].join(" ")),
@@ -266,26 +241,13 @@ impl Verdict {
 pub fn verify(log: &Log, base: &[Content], data: &[u8]) -> Verdict {
     let nblocks = base.len();
     assert_eq!(data.len(), nblocks * BLOCK, "the file has the wrong size");
-    let mut v = Verdict {
-        blocks: nblocks as u64,
-        ops: log.ops.len() as u64,
-        ..Default::default()
-    };
+    let mut v = Verdict { blocks: nblocks as u64, ops: log.ops.len() as u64, ..Default::default() };
     v.acked_ops = log.ops.values().filter(|o| o.ack_line.is_some()).count() as u64;
     v.unacked_ops = v.ops - v.acked_ops;
-    v.fsyncs_completed = log
-        .fsyncs
-        .values()
-        .filter(|f| f.done_line.is_some())
-        .count() as u64;
+    v.fsyncs_completed = log.fsyncs.values().filter(|f| f.done_line.is_some()).count() as u64;
     // The start line of the latest fsync that completed: every write
     // acknowledged before it must be durable.
-    let flush_cut = log
-        .fsyncs
-        .values()
-        .filter(|f| f.done_line.is_some())
-        .map(|f| f.start_line)
-        .max();
+    let flush_cut = log.fsyncs.values().filter(|f| f.done_line.is_some()).map(|f| f.start_line).max();
     // ops per block, in issue order.
     let mut per_block: Vec<Vec<&Op>> = vec![Vec::new(); nblocks];
     for o in log.ops.values() {
@@ -349,10 +311,7 @@ pub fn verify(log: &Log, base: &[Content], data: &[u8]) -> Verdict {
                 );
             }
         }
-        let last_flushed = flush_cut.and_then(|cut| {
-            ops.iter()
-                .rposition(|o| o.ack_line.is_some_and(|l| l < cut))
-        });
+        let last_flushed = flush_cut.and_then(|cut| ops.iter().rposition(|o| o.ack_line.is_some_and(|l| l < cut)));
         if let Some(i) = last_flushed {
             if ops[i].content() != base[b] {
                 v.constrained_flush += 1;

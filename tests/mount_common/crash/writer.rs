@@ -155,9 +155,7 @@ pub fn parse(block_no: u64, data: &[u8]) -> Result<Content, String> {
     let c = match tag {
         TAG_UNIQUE if bno == block_no => Content::Unique(id),
         TAG_UNIQUE => {
-            return Err(format!(
-                "holds the data op {id} wrote to block {bno} (misplaced)"
-            ));
+            return Err(format!("holds the data op {id} wrote to block {bno} (misplaced)"));
         }
         TAG_DUP if bno == u64::MAX => Content::Dup(id),
         _ => return Err(format!("bad header: tag {tag}, block {bno}")),
@@ -191,10 +189,7 @@ pub struct WriterConfig {
 
 /// CLOCK_MONOTONIC in ns (the same clock in every process).
 pub fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -252,11 +247,7 @@ pub fn run_writer_if_asked() {
 pub fn run_writer(cfg: &WriterConfig) -> i32 {
     let log = Arc::new(Log {
         file: Mutex::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&cfg.log)
-                .expect("opening the crash log"),
+            std::fs::OpenOptions::new().create(true).append(true).open(&cfg.log).expect("opening the crash log"),
         ),
     });
     let file = match std::fs::OpenOptions::new()
@@ -284,18 +275,11 @@ pub fn run_writer(cfg: &WriterConfig) -> i32 {
     let deadline = Instant::now() + Duration::from_secs(cfg.max_secs);
     let mut hs = Vec::new();
     for t in 0..cfg.threads {
-        let (file, log, next_op, next_sync, stop) = (
-            file.clone(),
-            log.clone(),
-            next_op.clone(),
-            next_sync.clone(),
-            stop.clone(),
-        );
+        let (file, log, next_op, next_sync, stop) =
+            (file.clone(), log.clone(), next_op.clone(), next_sync.clone(), stop.clone());
         let cfg = cfg.clone();
         hs.push(std::thread::spawn(move || {
-            worker(
-                t, region, &cfg, &file, &log, &next_op, &next_sync, &stop, deadline,
-            )
+            worker(t, region, &cfg, &file, &log, &next_op, &next_sync, &stop, deadline)
         }));
     }
     let mut reasons = Vec::new();
@@ -340,11 +324,7 @@ fn worker(
         } else if r < 85 {
             let first = base + cursor;
             cursor = (cursor + seq_len) % (region / seq_len * seq_len);
-            if rng.below(4) == 0 {
-                (first, seq_len, 'd', 1 + rng.below(8))
-            } else {
-                (first, seq_len, 'u', 0)
-            }
+            if rng.below(4) == 0 { (first, seq_len, 'd', 1 + rng.below(8)) } else { (first, seq_len, 'u', 0) }
         } else {
             let n = 1 + rng.below(16.min(region));
             let first = base + rng.below(region - n + 1);
@@ -364,11 +344,7 @@ fn worker(
                     len as libc::off_t,
                 )
             };
-            if rc == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
+            if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
         } else {
             let b = &mut buf.buf()[..len];
             for i in 0..n {
@@ -377,11 +353,7 @@ fn worker(
                     'd' => Content::Dup(key),
                     _ => Content::Zero,
                 };
-                fill(
-                    first + i,
-                    c,
-                    &mut b[i as usize * BLOCK..(i as usize + 1) * BLOCK],
-                );
+                fill(first + i, c, &mut b[i as usize * BLOCK..(i as usize + 1) * BLOCK]);
             }
             match file.write_at(b, off) {
                 Ok(w) if w == len => Ok(()),
@@ -402,11 +374,7 @@ fn worker(
             since_sync = 0;
             let k = next_sync.fetch_add(1, Ordering::Relaxed);
             log.line(format!("S {k} {t} {}\n", mono_ns()));
-            let r = if k % 2 == 0 {
-                file.sync_data()
-            } else {
-                file.sync_all()
-            };
+            let r = if k % 2 == 0 { file.sync_data() } else { file.sync_all() };
             match r {
                 Ok(()) => {
                     log.line(format!("D {k} {}\n", mono_ns()));
