@@ -579,7 +579,9 @@ impl Driver {
                 Ok(m) => self.handle(m),
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             }
-            if Instant::now() >= next_tick {
+            // Test hook (`stall_reads`): a hung process runs no timers
+            // either, so it cannot time out and close the link first.
+            if Instant::now() >= next_tick && !self.shared.stall_reads.load(Ordering::Acquire) {
                 next_tick = Instant::now() + tick;
                 let now = self.now_ms();
                 self.step(Event::Tick(now));
