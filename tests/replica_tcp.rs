@@ -531,3 +531,28 @@ fn verify_reports_no_mismatch_on_equal_stores_and_sync_can_be_paused() {
     nb.stop();
     na.stop();
 }
+
+/// A new pair that connects *before* one side is promoted (both just
+/// created: "no sync") still gets its initial sync when the promotion
+/// comes (found by the two-daemon test, where the two orders race).
+#[test]
+fn a_forced_promotion_after_a_new_pair_connected_starts_the_initial_sync() {
+    let d = tempfile::tempdir().unwrap();
+    let (_pa, a) = store(&d, "a");
+    let (_pb, b) = store(&d, "b");
+    a.create_volume("v", 1 << 20).unwrap();
+    let nb = start_secondary(&b, Protocol::C, SECRET);
+    let mut c = cfg(&nb.listen_addr.unwrap().to_string(), Protocol::C);
+    c.dial = Some(true);
+    c.connect = false;
+    let na = Node::start(a.clone(), c).unwrap();
+    na.admin(AdminCommand::Connect).unwrap();
+    na.wait_status(WAIT, |s| s.connection == ConnState::Connected && s.replication == ReplState::Established)
+        .unwrap_or_else(|| panic!("the new pair did not connect: {:?}", na.status()));
+    assert_eq!(na.status().unwrap().peer_disk, DiskState::Inconsistent);
+    na.admin(AdminCommand::Promote { force: true }).unwrap();
+    in_sync(&na);
+    assert_eq!(read_all(&a, "v"), read_all(&b, "v"));
+    nb.stop();
+    na.stop();
+}

@@ -984,6 +984,18 @@ impl Replica {
                     self.new_gi_on_write = true;
                 }
                 self.persist(out);
+                // A new pair that connected before this promotion decided
+                // "no sync" (both just created) and left the peer
+                // Inconsistent: re-run the handshake, which now sees our
+                // first generation and starts the peer's initial sync.
+                if self.session.as_ref().is_some_and(|s| s.established) && self.peer_disk == DiskState::Inconsistent {
+                    self.fail(
+                        Failure::Retry(ConnState::Connecting),
+                        "promoted while the peer is Inconsistent: reconnecting to start its sync".into(),
+                        out,
+                    );
+                    return;
+                }
                 self.send_state_update(out);
             }
             AdminCommand::Demote => {
