@@ -509,6 +509,9 @@ fn request_unmount(mp: &Path, lazy_if_busy: bool) -> anyhow::Result<()> {
 
 // ----- umount -----------------------------------------------------------
 
+/// How long `umount` retries a mount that is busy before reporting it.
+const BUSY_RETRY: Duration = Duration::from_secs(2);
+
 /// Unmount a strata mount and wait for its daemon to flush and exit.
 pub fn umount(mountpoint: &Path) -> anyhow::Result<()> {
     let mp = match mountpoint.canonicalize() {
@@ -521,7 +524,19 @@ pub fn umount(mountpoint: &Path) -> anyhow::Result<()> {
         bail!("{} is a {} mount, not strata", mp.display(), entry.fstype);
     }
     let pid = read_pidfile(Path::new(&entry.source)).filter(|(_, m)| m == &mp).map(|(pid, _)| pid);
-    request_unmount(&mp, false)?;
+    // A file closed an instant ago may still pin the mount while the
+    // kernel finishes releasing it: retry a busy mount briefly before
+    // saying that files are open.
+    let start = Instant::now();
+    loop {
+        match request_unmount(&mp, false) {
+            Ok(()) => break,
+            Err(e) if start.elapsed() < BUSY_RETRY && e.to_string().contains("is busy") => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(e),
+        }
+    }
     if let Some(pid) = pid {
         let start = Instant::now();
         while process_alive(pid) {
