@@ -97,6 +97,7 @@ fn a_merge_while_fio_writes_and_verifies_loses_nothing() {
             "--direct=1",
             "--ioengine=libaio",
             "--verify=crc32c",
+            "--verify_state_save=0",
             "--do_verify=0",
         ])
         .arg(format!("--filename={}", img.display())));
@@ -110,6 +111,7 @@ fn a_merge_while_fio_writes_and_verifies_loses_nothing() {
             "--ioengine=libaio",
             "--iodepth=8",
             "--verify=crc32c",
+            "--verify_state_save=0",
             "--verify_backlog=64",
             "--time_based",
             "--runtime=4",
@@ -140,6 +142,7 @@ fn a_merge_while_fio_writes_and_verifies_loses_nothing() {
             "--direct=1",
             "--ioengine=libaio",
             "--verify=crc32c",
+            "--verify_state_save=0",
             "--verify_only",
             "--time_based=0",
         ])
