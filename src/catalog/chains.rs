@@ -416,9 +416,7 @@ impl Catalog {
     /// transaction.
     pub fn prop_update_many(&self, object: Guid, changes: &[(&str, Option<&str>)]) -> Result<()> {
         for (k, _) in changes {
-            if *k == NAME_KEY {
-                return Err(Error::ReservedKey((*k).to_owned()));
-            }
+            refuse_reserved(k)?;
         }
         self.write(|c| {
             if !disk_exists(c, object)? && !volume_exists(c, object)? {

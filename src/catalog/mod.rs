@@ -491,18 +491,7 @@ impl Catalog {
     /// Insert or replace a property of a disk or layer (which must exist).
     /// `name` is refused with `ReservedKey`: use `rename_disk`.
     pub fn prop_set(&self, object: Guid, key: &str, value: &str) -> Result<()> {
-        refuse_reserved(key)?;
-        self.write(|c| {
-            if !disk_exists(c, object)? && !volume_exists(c, object)? {
-                return Err(Error::NotFound(object.to_string()).into());
-            }
-            c.execute(
-                "INSERT INTO properties (object, key, value) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (object, key) DO UPDATE SET value = excluded.value",
-                params![object.to_string(), key, value],
-            )?;
-            Ok(())
-        })
+        self.prop_update_many(object, &[(key, Some(value))])
     }
 
     /// Returns whether the key existed.
