@@ -12,7 +12,7 @@ fn argv(args: &[&str]) -> Vec<String> {
 fn engine() -> (tempfile::TempDir, std::sync::Arc<Engine>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store");
-    Engine::init(&path, &InitOptions { write_policy: WritePolicy::Async }).unwrap();
+    Engine::init(&path, &InitOptions { write_policy: WritePolicy::Async, ..Default::default() }).unwrap();
     let engine = Engine::open(&path, &Default::default()).unwrap();
     (dir, engine)
 }

@@ -40,7 +40,7 @@ fn a_full_filesystem_gives_enospc_and_the_store_recovers_when_space_is_freed() {
     assert!(st.success(), "mounting a tmpfs failed");
     let _guard = Tmpfs(mnt.clone());
     let store = mnt.join("store");
-    Engine::init(&store, &InitOptions { write_policy: WritePolicy::Async }).unwrap();
+    Engine::init(&store, &InitOptions { write_policy: WritePolicy::Async, ..Default::default() }).unwrap();
     let e = Engine::open(&store, &OpenOptions::default()).unwrap();
     e.create_volume("filler", 64 << 20).unwrap();
     e.create_volume("keep", 1 << 20).unwrap();

@@ -44,7 +44,7 @@ fn v1_content() -> (Vec<u8>, Vec<u8>) {
 }
 
 fn make_v1(dir: &Path) {
-    Engine::init(dir, &InitOptions { write_policy: WritePolicy::Async }).unwrap();
+    Engine::init(dir, &InitOptions { write_policy: WritePolicy::Async, ..Default::default() }).unwrap();
     let e = Engine::open(dir, &OpenOptions::default()).unwrap();
     let (a, b) = v1_content();
     e.create_volume("vm1", 1 << 20).unwrap();

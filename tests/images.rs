@@ -65,7 +65,7 @@ fn a_qcow2_chain_imports_as_layers_and_exports_equal_and_clean() {
     let dir = d.path();
     make_chain(dir);
     let store = dir.join("store");
-    Engine::init(&store, &InitOptions { write_policy: WritePolicy::Async }).unwrap();
+    Engine::init(&store, &InitOptions { write_policy: WritePolicy::Async, ..Default::default() }).unwrap();
     let e = Engine::open(&store, &OpenOptions::default()).unwrap();
     let info = e.import(&dir.join("top.qcow2"), "vm", &mut |_, _| {}).unwrap();
     assert_eq!(info.depth, 3, "one layer per image");

@@ -17,7 +17,7 @@ const WAIT: Duration = Duration::from_secs(20);
 
 fn store(d: &tempfile::TempDir, name: &str) -> (PathBuf, Arc<Engine>) {
     let p = d.path().join(name);
-    Engine::init(&p, &InitOptions { write_policy: WritePolicy::Async }).unwrap();
+    Engine::init(&p, &InitOptions { write_policy: WritePolicy::Async, ..Default::default() }).unwrap();
     let e = Engine::open(&p, &OpenOptions::default()).unwrap();
     (p, e)
 }

@@ -2,7 +2,9 @@
 //! `init`: `write-policy` (SPEC §4: set at init and changeable; takes effect
 //! at once, also while mounted) and `index-max-entries` (a cap on the dedup
 //! index, which then keeps a window of the newest blocks; 0 = no cap; takes
-//! effect at the next open of the store).
+//! effect at the next open of the store) and `compression` (`deferred`:
+//! writes store new blocks raw and the mount's background packer compresses
+//! them; `inline`: zstd in the write path; takes effect at once).
 
 use std::io::Write;
 
@@ -10,10 +12,10 @@ use anyhow::Result;
 
 use super::exit::{self, ExitCode};
 use super::output::Listing;
-use crate::volume::{Engine, WritePolicy};
+use crate::volume::{Compression, Engine, WritePolicy};
 
 /// The keys `config` knows, for messages.
-const KEYS: &str = "write-policy, index-max-entries";
+const KEYS: &str = "write-policy, index-max-entries, compression";
 
 #[derive(clap::Subcommand, Debug)]
 pub enum ConfigCommand {
@@ -26,19 +28,23 @@ pub enum ConfigCommand {
         index-max-entries  N: cap the dedup index at about N entries (9-14 bytes each); \
         beyond it the index keeps a window of the newest blocks (older data still \
         reads, it just stops deduplicating against new writes); 0 = no cap. Takes \
-        effect at the next open (remount).")]
+        effect at the next open (remount).\n  \
+        compression  deferred | inline: deferred (the default) stores new blocks raw and \
+        lets the mount's background packer compress them when the CPUs are idle (faster \
+        writes, space reclaimed later; `strata gc` also compresses them); inline \
+        compresses in the write path. Takes effect at once.")]
     Set(ConfigSetArgs),
 }
 
 #[derive(clap::Args, Debug)]
 pub struct ConfigGetArgs {
-    /// The setting (write-policy, index-max-entries); all settings when left out.
+    /// The setting (write-policy, index-max-entries, compression); all settings when left out.
     pub key: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
 pub struct ConfigSetArgs {
-    /// The setting (write-policy, index-max-entries).
+    /// The setting (write-policy, index-max-entries, compression).
     pub key: String,
     pub value: String,
 }
@@ -48,8 +54,10 @@ pub fn run(engine: &Engine, cmd: &ConfigCommand, out: &mut dyn Write) -> Result<
         ConfigCommand::Get(a) => {
             let policy = engine.write_policy().as_str();
             let cap = engine.index_max_entries().to_string();
+            let compression = engine.compression().as_str();
             match a.key.as_deref() {
                 Some("index-max-entries") => writeln!(out, "{cap}")?,
+                Some("compression") => writeln!(out, "{compression}")?,
                 Some(key) => {
                     check_key(key)?;
                     writeln!(out, "{policy}")?;
@@ -58,6 +66,7 @@ pub fn run(engine: &Engine, cmd: &ConfigCommand, out: &mut dyn Write) -> Result<
                     let mut l = Listing::new();
                     l.item("write-policy", policy);
                     l.item("index-max-entries", &cap);
+                    l.item("compression", compression);
                     l.write(out, 0)?;
                 }
             }
@@ -72,6 +81,15 @@ pub fn run(engine: &Engine, cmd: &ConfigCommand, out: &mut dyn Write) -> Result<
             })?;
             engine.set_index_max_entries(n).map_err(|e| exit::engine("cannot set index-max-entries", e))?;
             writeln!(out, "index-max-entries is {n}; it takes effect when the store is next opened (remount)")?;
+            Ok(())
+        }
+        ConfigCommand::Set(a) if a.key == "compression" => {
+            let c: Compression = a
+                .value
+                .parse()
+                .map_err(|e: String| exit::fail(ExitCode::InvalidArgument, format!("cannot set compression: {e}")))?;
+            engine.set_compression(c).map_err(|e| exit::engine("cannot set compression", e))?;
+            writeln!(out, "compression is {}", c.as_str())?;
             Ok(())
         }
         ConfigCommand::Set(a) => {
@@ -90,7 +108,7 @@ pub fn run(engine: &Engine, cmd: &ConfigCommand, out: &mut dyn Write) -> Result<
 }
 
 fn check_key(key: &str) -> Result<()> {
-    if key == "write-policy" || key == "index-max-entries" {
+    if key == "write-policy" || key == "index-max-entries" || key == "compression" {
         return Ok(());
     }
     Err(exit::fail(ExitCode::NotFound, format!("unknown setting {key:?}: the settings are {KEYS}")))

@@ -65,6 +65,7 @@ fn write_status(engine: &Engine, s: &StoreStatus, out: &mut dyn Write) -> Result
         format!("{} ({})", s.effective_write_policy.as_str(), s.write_policy_reason)
     };
     l.item("effective write policy", effective);
+    l.item("compression", s.compression.as_str());
     l.item("volumes", s.volumes.to_string());
     l.item("layers", s.layers.to_string());
     l.item("logical bytes used", counted(s.logical_bytes_used, bytes));

@@ -301,6 +301,8 @@ fn serve(cfg: &MountConfig, control: ControlHandler, ready: &mut Ready) -> anyho
     std::fs::write(&pidfile, format!("{}\n{}\n", std::process::id(), mountpoint.display()))
         .with_context(|| format!("writing {}", pidfile.display()))?;
     started.mountpoint = None;
+    // Deferred compression: the packer compresses in the background.
+    engine.start_packer();
     tracing::info!(store = %store.display(), mountpoint = %mountpoint.display(), threads = n_threads, "mounted");
     ready.send("ready\n");
 

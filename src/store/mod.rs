@@ -36,9 +36,9 @@ use crate::fault::{self, Faults, Point};
 use crate::format::{self, BLOCK_SIZE};
 use crate::guid::Guid;
 use crate::journal::ChunkPut;
-use pack::{FLAG_ZSTD, PACK_HEADER_LEN, RECORD_HEADER_LEN, RecordHeader};
+use pack::{FLAG_DEFERRED, FLAG_ZSTD, PACK_HEADER_LEN, RECORD_HEADER_LEN, RecordHeader};
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -212,7 +212,23 @@ pub struct ChunkStore {
     /// Refcounts are being rebuilt: counts are deltas until it finishes.
     recovering: AtomicBool,
     next_id: AtomicU64,
+    /// New unique blocks are stored raw with `FLAG_DEFERRED` and compressed
+    /// later by the packer (`volume::packer`) instead of inline.
+    deferred: AtomicBool,
+    /// Packs that may hold deferred records: every pack found at open
+    /// (until the packer has looked) and every pack a deferred record was
+    /// appended to since.
+    maybe_deferred: Mutex<BTreeSet<u32>>,
     pub stats: Stats,
+}
+
+/// A chunk record read (and, if it was deferred, compressed) for a move to
+/// the active pack by GC or the packer; [`ChunkStore::commit_move`] places it.
+pub struct Moved {
+    from: ChunkLoc,
+    record: Vec<u8>,
+    /// The record was deferred and is now compressed (or found incompressible).
+    pub packed: bool,
 }
 
 impl ChunkStore {
@@ -294,8 +310,12 @@ impl ChunkStore {
             faults,
             recovering: AtomicBool::new(false),
             next_id: AtomicU64::new(image.next_id.max(FIRST_CHUNK_ID)),
+            deferred: AtomicBool::new(false),
+            maybe_deferred: Mutex::new(BTreeSet::new()),
             stats: Stats::default(),
         };
+        *store.maybe_deferred.lock().unwrap_or_else(|p| p.into_inner()) =
+            store.packs.read().unwrap_or_else(|p| p.into_inner()).keys().copied().collect();
         for (id, loc) in image.entries {
             store.table.insert(id, loc);
         }
@@ -433,6 +453,7 @@ impl ChunkStore {
         let mut buf: Vec<u8> = Vec::new();
         // (index in out, offset in buf, stored_len, murmur)
         let mut pending: Vec<(usize, usize, u32, u64)> = Vec::new();
+        let deferred = self.deferred.load(Ordering::Relaxed);
         for b in blocks.iter() {
             debug_assert_eq!(b.len(), BLOCK_SIZE);
             if format::is_zero(b) {
@@ -448,11 +469,11 @@ impl ChunkStore {
             let id = self.next_id.fetch_add(1, Ordering::AcqRel);
             let rec_start = buf.len();
             buf.resize(rec_start + RECORD_HEADER_LEN, 0);
-            let (flags, stored_len) = match compress(self.level, b, &mut buf) {
+            let (flags, stored_len) = match if deferred { None } else { compress(self.level, b, &mut buf) } {
                 Some(n) => (FLAG_ZSTD, n),
                 None => {
                     buf.extend_from_slice(b);
-                    (0, BLOCK_SIZE)
+                    (if deferred { FLAG_DEFERRED } else { 0 }, BLOCK_SIZE)
                 }
             };
             let mut hdr = Vec::with_capacity(RECORD_HEADER_LEN);
@@ -468,7 +489,12 @@ impl ChunkStore {
             return Ok(out);
         }
         let (pack_id, base) = match self.append(&buf) {
-            Ok(v) => v,
+            Ok(v) => {
+                if deferred {
+                    self.maybe_deferred.lock().unwrap_or_else(|p| p.into_inner()).insert(v.0);
+                }
+                v
+            }
             Err(e) => {
                 // Give back the references taken by dedup hits.
                 for p in &out {
@@ -682,35 +708,136 @@ impl ChunkStore {
         v
     }
 
-    /// GC: copy a live chunk's record, unchanged, to the active pack and
-    /// point the table at it. The id stays, so no map changes.
+    /// GC and packer: copy a live chunk's record to the active pack and
+    /// point the table at it (a deferred record is compressed on the way).
+    /// The id stays, so no map changes.
     pub fn relocate(&self, id: u64) -> Result<ChunkPut> {
+        let m = self.prepare_move(id)?;
+        self.commit_move(id, m)
+    }
+
+    /// First half of [`relocate`](Self::relocate), the CPU-heavy part, done
+    /// without the engine's locks: read and check chunk `id`'s record and,
+    /// if its compression was deferred, compress it (after checking the raw
+    /// payload against its BLAKE3 content id: damage is never carried
+    /// forward). Only one mover (GC or packer, under the engine's GC lock)
+    /// runs at a time, so the location cannot change before the commit.
+    pub fn prepare_move(&self, id: u64) -> Result<Moved> {
         let loc = self.table.get(id).ok_or(Error::MissingChunk(id))?;
         let file = self.pack_file(loc.pack_id).ok_or(Error::MissingChunk(id))?;
         let mut rec = vec![0u8; RECORD_HEADER_LEN + loc.stored_len as usize];
         fault::read_exact_at(&self.faults, Point::PackRead, &file, &mut rec, loc.offset)
             .map_err(|e| classify(format!("reading pack {}", loc.pack_id), e))?;
+        let corrupt =
+            |detail: String| Error::Corrupt { chunk_id: id, pack_id: loc.pack_id, offset: loc.offset, detail };
         // Never copy damage forward silently: a bad record stays where it
         // is and is reported.
-        let h = pack::decode_record_header(&rec[..RECORD_HEADER_LEN]).map_err(|d| Error::Corrupt {
-            chunk_id: id,
-            pack_id: loc.pack_id,
-            offset: loc.offset,
-            detail: d,
-        })?;
-        if h.chunk_id != id {
+        let h = pack::decode_record_header(&rec[..RECORD_HEADER_LEN]).map_err(corrupt)?;
+        if h.chunk_id != id || h.stored_len != loc.stored_len {
+            return Err(corrupt(format!("record names chunk {} ({} bytes)", h.chunk_id, h.stored_len)));
+        }
+        if h.flags & FLAG_DEFERRED == 0 {
+            return Ok(Moved { from: loc, record: rec, packed: false });
+        }
+        let payload = &rec[RECORD_HEADER_LEN..];
+        if payload.len() != BLOCK_SIZE || blake3::hash(payload).as_bytes() != &h.content {
+            return Err(corrupt("BLAKE3 checksum mismatch".into()));
+        }
+        let mut out = Vec::with_capacity(RECORD_HEADER_LEN + BLOCK_SIZE);
+        out.resize(RECORD_HEADER_LEN, 0);
+        let (flags, stored_len) = match compress(self.level, payload, &mut out) {
+            Some(n) => (FLAG_ZSTD, n),
+            None => {
+                out.extend_from_slice(payload);
+                (0, BLOCK_SIZE)
+            }
+        };
+        let mut hdr = Vec::with_capacity(RECORD_HEADER_LEN);
+        pack::encode_record_header(
+            &RecordHeader { flags, chunk_id: id, stored_len: stored_len as u32, content: h.content },
+            &mut hdr,
+        );
+        out[..RECORD_HEADER_LEN].copy_from_slice(&hdr);
+        Ok(Moved { from: loc, record: out, packed: true })
+    }
+
+    /// Second half of [`relocate`](Self::relocate): append the prepared
+    /// record and point the table at it (refcount untouched). Call under
+    /// the engine's cut, and journal the returned placement.
+    pub fn commit_move(&self, id: u64, m: Moved) -> Result<ChunkPut> {
+        if self.table.get(id) != Some(m.from) {
+            // Cannot happen while movers are serialized; refuse rather than
+            // point the table at a stale copy.
             return Err(Error::Corrupt {
                 chunk_id: id,
-                pack_id: loc.pack_id,
-                offset: loc.offset,
-                detail: format!("record names chunk {}", h.chunk_id),
+                pack_id: m.from.pack_id,
+                offset: m.from.offset,
+                detail: "the chunk moved while it was being relocated".into(),
             });
         }
-        let (pack_id, offset) = self.append(&rec)?;
-        let new = ChunkLoc { pack_id, offset, ..loc };
+        let stored_len = (m.record.len() - RECORD_HEADER_LEN) as u32;
+        let (pack_id, offset) = self.append(&m.record)?;
+        let new = ChunkLoc { pack_id, offset, stored_len, murmur: m.from.murmur };
         self.table.insert(id, new);
-        // Keep the refcount: insert() does not touch it.
-        Ok(ChunkPut { chunk_id: id, pack_id, offset, stored_len: loc.stored_len, murmur: loc.murmur })
+        Ok(ChunkPut { chunk_id: id, pack_id, offset, stored_len, murmur: m.from.murmur })
+    }
+
+    /// Store new unique blocks raw and leave compression to the packer.
+    pub fn set_deferred(&self, on: bool) {
+        self.deferred.store(on, Ordering::Release);
+    }
+
+    pub fn is_deferred(&self) -> bool {
+        self.deferred.load(Ordering::Acquire)
+    }
+
+    /// Sealed packs that hold deferred records, oldest first. Looks at the
+    /// record headers of raw-sized chunks of packs not examined yet (one
+    /// 64-byte read each) and forgets packs that hold none.
+    pub fn packs_with_deferred(&self) -> Result<Vec<u32>> {
+        let active = self.active_pack_id();
+        let cands: Vec<u32> = self.maybe_deferred.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
+        let mut out = Vec::new();
+        for pack_id in cands {
+            if pack_id == active {
+                continue;
+            }
+            let Some(file) = self.pack_file(pack_id) else {
+                self.forget_deferred(pack_id);
+                continue;
+            };
+            let mut found = false;
+            for (id, loc, _) in self.chunks_in(pack_id) {
+                if loc.stored_len as usize != BLOCK_SIZE {
+                    continue;
+                }
+                let mut hdr = [0u8; RECORD_HEADER_LEN];
+                fault::read_exact_at(&self.faults, Point::PackRead, &file, &mut hdr, loc.offset)
+                    .map_err(|e| classify(format!("reading pack {pack_id}"), e))?;
+                // A damaged header is left to reads and `check` to report.
+                if matches!(pack::decode_record_header(&hdr), Ok(h) if h.chunk_id == id && h.flags & FLAG_DEFERRED != 0)
+                {
+                    found = true;
+                    break;
+                }
+            }
+            if found {
+                out.push(pack_id);
+            } else {
+                self.forget_deferred(pack_id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Does the active pack hold records appended in deferred mode?
+    pub fn active_has_deferred(&self) -> bool {
+        let active = self.active_pack_id();
+        self.maybe_deferred.lock().unwrap_or_else(|p| p.into_inner()).contains(&active)
+    }
+
+    fn forget_deferred(&self, pack_id: u32) {
+        self.maybe_deferred.lock().unwrap_or_else(|p| p.into_inner()).remove(&pack_id);
     }
 
     /// GC: free an unreferenced chunk. False if it gained a reference.
@@ -731,6 +858,7 @@ impl ChunkStore {
             return Ok(());
         }
         self.packs.write().unwrap_or_else(|p| p.into_inner()).remove(&pack_id);
+        self.forget_deferred(pack_id);
         self.unsynced.lock().unwrap_or_else(|p| p.into_inner()).retain(|(i, _)| *i != pack_id);
         let path = self.dir.join(pack::pack_file_name(pack_id));
         match std::fs::remove_file(&path) {

@@ -11,7 +11,10 @@
 //! chunk record (byte-granular, no padding)
 //!   0  magic      u32  0x4B484353 ("SCHK")
 //!   4  version    u8   = 1
-//!   5  flags      u8   bit 0: payload is a zstd frame; other bits must be 0
+//!   5  flags      u8   bit 0: payload is a zstd frame
+//!                      bit 1: payload is raw and compression is deferred
+//!                             (store format ≥ 2; never with bit 0)
+//!                      other bits must be 0
 //!   6  reserved   u16  = 0
 //!   8  chunk_id   u64
 //!  16  stored_len u32  payload bytes (≤ 4096)
@@ -36,6 +39,10 @@ pub const RECORD_MAGIC: u32 = 0x4B48_4353;
 pub const RECORD_VERSION: u8 = 1;
 pub const RECORD_HEADER_LEN: usize = 64;
 pub const FLAG_ZSTD: u8 = 1;
+/// Stored raw by a write that deferred compression to the background
+/// packer (`volume::packer`); the packer rewrites the record compressed or,
+/// if it does not shrink, raw without this flag. Readers treat it as raw.
+pub const FLAG_DEFERRED: u8 = 2;
 
 pub fn pack_file_name(id: u32) -> String {
     format!("{id:08x}.pack")
@@ -115,7 +122,7 @@ pub fn decode_record_header(b: &[u8]) -> Result<RecordHeader, String> {
         return Err(format!("record version {version} is not supported"));
     }
     let flags = r.u8().map_err(|e| e.to_string())?;
-    if flags & !FLAG_ZSTD != 0 {
+    if flags & !(FLAG_ZSTD | FLAG_DEFERRED) != 0 || flags == FLAG_ZSTD | FLAG_DEFERRED {
         return Err(format!("unknown record flags {flags:#x}"));
     }
     r.u16().map_err(|e| e.to_string())?;
@@ -159,6 +166,20 @@ mod tests {
             assert!(decode_record_header(&b).is_err(), "flip at {i} accepted");
         }
         assert!(decode_record_header(&out[..10]).is_err());
+    }
+
+    #[test]
+    fn deferred_flag_is_bit_1_and_never_combined_with_zstd() {
+        let h = RecordHeader { flags: FLAG_DEFERRED, chunk_id: 5, stored_len: 4096, content: [3; 32] };
+        let mut out = vec![];
+        encode_record_header(&h, &mut out);
+        assert_eq!(out[5], 2);
+        assert_eq!(decode_record_header(&out).unwrap(), h);
+        for bad in [FLAG_ZSTD | FLAG_DEFERRED, 4, 0x80] {
+            let mut out = vec![];
+            encode_record_header(&RecordHeader { flags: bad, ..h.clone() }, &mut out);
+            assert!(decode_record_header(&out).unwrap_err().contains("unknown record flags"), "{bad:#x}");
+        }
     }
 
     #[test]

@@ -63,6 +63,11 @@ pub struct GcReport {
     pub packs_compacted: u64,
     pub chunks_freed: u64,
     pub chunks_moved: u64,
+    /// Moved records whose deferred compression was done by the move.
+    pub chunks_compressed: u64,
+    /// Damaged records left where they were (their packs stay).
+    pub chunks_damaged: u64,
+    pub damaged_packs: Vec<u32>,
     pub bytes_before: u64,
     pub bytes_after: u64,
     pub seconds: f64,
@@ -82,12 +87,19 @@ impl Engine {
         // The active pack can only be compacted once it is sealed.
         let usage = self.store.pack_usage();
         let active = self.store.active_pack_id();
-        if usage.iter().any(|u| u.pack_id == active && qualifies(u)) {
+        if usage.iter().any(|u| u.pack_id == active && qualifies(u)) || self.store.active_has_deferred() {
             self.store.seal_active()?;
         }
         let active = self.store.active_pack_id();
-        let mut victims: Vec<PackUsage> =
-            self.store.pack_usage().into_iter().filter(|u| u.pack_id != active && qualifies(u)).collect();
+        // Packs with records whose compression was deferred are compacted
+        // too: the move compresses them (the packer's work, done now).
+        let deferred = self.store.packs_with_deferred().map_err(|e| self.on_write_error(e.into()))?;
+        let mut victims: Vec<PackUsage> = self
+            .store
+            .pack_usage()
+            .into_iter()
+            .filter(|u| u.pack_id != active && (qualifies(u) || deferred.contains(&u.pack_id)))
+            .collect();
         rep.packs_examined = self.store.pack_usage().len() as u64;
         // Fully dead packs first: they free space without copying anything.
         victims.sort_by_key(|u| (u.live_chunks > 0, u.live_bytes));
@@ -97,44 +109,7 @@ impl Engine {
         if free < GC_MIN_FREE_BYTES {
             let _ = std::fs::remove_file(self.path.join(super::Paths::RESERVE));
         }
-        let total = victims.len() as u64;
-        let mut done = 0u64;
-        // Checkpoint and delete every GROUP_BYTES of packs, so space comes
-        // back progressively.
-        for group in group_packs(&victims) {
-            for u in group {
-                let chunks = self.store.chunks_in(u.pack_id);
-                for part in chunks.chunks(GC_BATCH) {
-                    let _cut = rlock(&self.cut);
-                    let mut batch = Batch::new();
-                    for (id, _, refs) in part {
-                        if *refs == 0 && self.store.free_chunk(*id) {
-                            batch.chunk_free(*id);
-                            rep.chunks_freed += 1;
-                        } else {
-                            let p = self.store.relocate(*id).map_err(|e| self.on_write_error(e.into()))?;
-                            batch.chunk_put(&p);
-                            rep.chunks_moved += 1;
-                        }
-                    }
-                    if !batch.is_empty() {
-                        self.journal.append(&batch).map_err(|e| self.on_write_error(e.into()))?;
-                    }
-                }
-                done += 1;
-                progress(done, total);
-            }
-            self.make_durable(self.journal.last_seq())?;
-            self.checkpoint()?;
-            for u in group {
-                // Anything that pointed into it was rewritten above and the
-                // checkpoint is durable: nothing can reference it.
-                if self.store.chunks_in(u.pack_id).is_empty() {
-                    self.store.retire_pack(u.pack_id)?;
-                    rep.packs_compacted += 1;
-                }
-            }
-        }
+        self.compact(&victims, &mut rep, progress, &|| false)?;
         if let Err(e) = super::make_reserve(&self.path) {
             tracing::warn!(%e, "could not re-create the space reserve; GC will try again");
         }
@@ -142,6 +117,91 @@ impl Engine {
         rep.seconds = t0.elapsed().as_secs_f64();
         tracing::info!(?rep, "gc finished");
         Ok(rep)
+    }
+
+    /// Move (or free) every chunk of `victims`, a group of packs at a time:
+    /// dead chunks are claimed and freed, live ones moved to the active
+    /// pack — compressed on the way if their compression was deferred —
+    /// then packs and journal are made durable, a checkpoint is written and
+    /// the emptied packs are deleted. `stop()` is polled between batches
+    /// (the packer's shutdown); what was moved so far stays consistent.
+    pub(crate) fn compact(
+        &self,
+        victims: &[PackUsage],
+        rep: &mut GcReport,
+        progress: &mut dyn FnMut(u64, u64),
+        stop: &dyn Fn() -> bool,
+    ) -> Result<()> {
+        let total = victims.len() as u64;
+        let mut done = 0u64;
+        // Checkpoint and delete every GROUP_BYTES of packs, so space comes
+        // back progressively.
+        for group in group_packs(victims) {
+            let mut stopped = false;
+            let mut finished: Vec<u32> = Vec::new();
+            for u in group {
+                if stop() {
+                    stopped = true;
+                    break;
+                }
+                let chunks = self.store.chunks_in(u.pack_id);
+                for part in chunks.chunks(GC_BATCH) {
+                    // Reading and compressing happen outside the cut, so
+                    // writers and checkpoints never wait on zstd here.
+                    let prepared: Vec<Option<crate::store::Result<crate::store::Moved>>> =
+                        part.iter().map(|(id, _, refs)| (*refs > 0).then(|| self.store.prepare_move(*id))).collect();
+                    let _cut = rlock(&self.cut);
+                    let mut batch = Batch::new();
+                    for ((id, _, refs), prep) in part.iter().zip(prepared) {
+                        if *refs == 0 && self.store.free_chunk(*id) {
+                            batch.chunk_free(*id);
+                            rep.chunks_freed += 1;
+                            continue;
+                        }
+                        // A chunk revived by a dedup hit since the listing
+                        // was not prepared: read it now.
+                        let m = match prep.unwrap_or_else(|| self.store.prepare_move(*id)) {
+                            Ok(m) => m,
+                            Err(e @ crate::store::Error::Corrupt { .. }) => {
+                                // Never copied forward: it stays, with its
+                                // pack, for reads and `check` to report.
+                                tracing::warn!(%e, "not moving a damaged chunk; run `strata check`");
+                                rep.chunks_damaged += 1;
+                                if !rep.damaged_packs.contains(&u.pack_id) {
+                                    rep.damaged_packs.push(u.pack_id);
+                                }
+                                continue;
+                            }
+                            Err(e) => return Err(self.on_write_error(e.into())),
+                        };
+                        rep.chunks_compressed += m.packed as u64;
+                        let p = self.store.commit_move(*id, m).map_err(|e| self.on_write_error(e.into()))?;
+                        batch.chunk_put(&p);
+                        rep.chunks_moved += 1;
+                    }
+                    if !batch.is_empty() {
+                        self.journal.append(&batch).map_err(|e| self.on_write_error(e.into()))?;
+                    }
+                }
+                finished.push(u.pack_id);
+                done += 1;
+                progress(done, total);
+            }
+            self.make_durable(self.journal.last_seq())?;
+            self.checkpoint()?;
+            for pack_id in finished {
+                // Anything that pointed into it was rewritten above and the
+                // checkpoint is durable: nothing can reference it.
+                if self.store.chunks_in(pack_id).is_empty() {
+                    self.store.retire_pack(pack_id)?;
+                    rep.packs_compacted += 1;
+                }
+            }
+            if stopped {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Background collector: run GC when dead bytes are worth it, at most

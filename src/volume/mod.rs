@@ -16,6 +16,7 @@ mod error;
 mod gc;
 mod handle;
 mod images;
+mod packer;
 mod policy;
 /// Replication hooks and queries (issue 6); see the file's docs.
 pub mod replication;
@@ -29,6 +30,7 @@ pub use gc::GcReport;
 pub(crate) use handle::State;
 pub use handle::Volume;
 pub use images::sniff;
+pub use packer::Compression;
 pub use policy::{resolve_auto, resolve_auto_for_dev};
 pub use superblock::FORMAT_VERSION;
 
@@ -97,11 +99,14 @@ pub enum Mode {
 #[derive(Debug, Clone)]
 pub struct InitOptions {
     pub write_policy: WritePolicy,
+    /// Deferred (the default): new blocks are stored raw and compressed by
+    /// the background packer; inline: compressed in the write path.
+    pub compression: Compression,
 }
 
 impl Default for InitOptions {
     fn default() -> Self {
-        InitOptions { write_policy: WritePolicy::Auto }
+        InitOptions { write_policy: WritePolicy::Auto, compression: Compression::Deferred }
     }
 }
 
@@ -145,6 +150,8 @@ pub struct StoreStatus {
     pub operating_mode: Mode,
     pub write_policy: WritePolicy,
     pub effective_write_policy: WritePolicy,
+    /// When new blocks are compressed (inline or deferred to the packer).
+    pub compression: Compression,
     pub volumes: u64,
     pub layers: u64,
     /// 4 KiB blocks referenced by all layers' maps, in bytes. None while
@@ -243,6 +250,7 @@ pub struct Engine {
     read_only_reason: Mutex<Option<String>>,
     closed: AtomicBool,
     worker: Mutex<Option<(crossbeam_channel::Sender<Kick>, std::thread::JoinHandle<()>)>>,
+    packer: Mutex<Option<packer::PackerHandle>>,
     /// Replication hooks (replication.rs); inert until a driver attaches.
     pub(crate) repl: replication::Hooks,
 }
@@ -403,6 +411,7 @@ impl Engine {
             zstd_level: store::DEFAULT_ZSTD_LEVEL,
             checkpoint_seq: 0,
             index_max_entries: 0,
+            deferred_compression: opts.compression == Compression::Deferred,
         };
         sb.write(&path.join(Paths::SUPERBLOCK)).map_err(store_err("writing the superblock"))?;
         format::fsync_dir(path).map_err(store_err("syncing the store directory"))?;
@@ -549,6 +558,10 @@ impl Engine {
         let journal = Journal::start(&jdir, sb.store_uuid, info.last_seq + 1, faults.clone())?;
         if !ro {
             sb.clean = false;
+            // An older format is upgraded by the first writable open: every
+            // structure of format 1 is valid in format 2 (FORMAT.md).
+            sb.format_version = FORMAT_VERSION;
+            store.set_deferred(sb.deferred_compression);
             if sb.mode == Mode::Recovering {
                 sb.mode = Mode::Normal;
             }
@@ -585,6 +598,7 @@ impl Engine {
             })),
             closed: AtomicBool::new(false),
             worker: Mutex::new(None),
+            packer: Mutex::new(None),
             repl: replication::Hooks::default(),
         });
         if !engine.read_only && !persisted_ro {
@@ -810,6 +824,7 @@ impl Engine {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        self.stop_packer();
         self.stop_worker();
         if self.read_only {
             return Ok(());
@@ -829,6 +844,7 @@ impl Engine {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
+        self.stop_packer();
         self.stop_worker();
         // SAFETY: flock on the store lock's fd, which we own.
         unsafe { libc::flock(self._lock.as_raw_fd(), libc::LOCK_UN) };
@@ -1306,6 +1322,7 @@ impl Engine {
             operating_mode: self.mode(),
             write_policy: sb.write_policy,
             effective_write_policy: self.effective_write_policy(),
+            compression: self.compression(),
             volumes: disks,
             layers: rlock(&self.layers).len() as u64,
             logical_bytes_used: known.then_some(logical),

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!   0  magic          [8]  "STRATASB"
-//!   8  format_version u32  = 1
+//!   8  format_version u32  = 2 (1 is read and upgraded at the first writable open)
 //!  12  flags          u32  bit 0: clean (set by a clean close, cleared at open)
 //!  16  store_uuid     [16]
 //!  32  created_unix   u64
@@ -12,7 +12,7 @@
 //!  44  write_policy   u8   0 sync, 1 async, 2 async-unsafe, 3 auto
 //!  45  mode           u8   0 normal, 1 recovering, 2 read-only
 //!  46  zstd_level     i8
-//!  47  reserved       u8
+//!  47  compression    u8   0 inline, 1 deferred (format 2; always 0 in format 1)
 //!  48  checkpoint_seq u64  journal seq of the last complete checkpoint
 //!  56  index_max      u64  dedup index entries cap (0 = unbounded)
 //!  64  reserved       [4028]
@@ -29,7 +29,12 @@ use crate::guid::Guid;
 use std::path::Path;
 
 pub const MAGIC: &[u8; 8] = b"STRATASB";
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2 added the compression byte and pack records with
+/// `FLAG_DEFERRED`; version 1 stores open unchanged and are rewritten as
+/// version 2 by the first writable open (their records are all valid in 2).
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest version this strata reads.
+pub const MIN_FORMAT_VERSION: u32 = 1;
 pub const LEN: usize = 4096;
 pub const FLAG_CLEAN: u32 = 1;
 
@@ -45,6 +50,8 @@ pub struct Superblock {
     pub checkpoint_seq: u64,
     /// Cap on dedup index entries; 0 = unbounded (a dedup window otherwise).
     pub index_max_entries: u64,
+    /// Compress new blocks in the background (packer) rather than inline.
+    pub deferred_compression: bool,
 }
 
 fn policy_code(p: WritePolicy) -> u8 {
@@ -76,7 +83,7 @@ impl Superblock {
             .u8(policy_code(self.write_policy))
             .u8(mode_code(self.mode))
             .u8(self.zstd_level as i8 as u8)
-            .u8(0)
+            .u8(self.deferred_compression as u8)
             .u64(self.checkpoint_seq)
             .u64(self.index_max_entries);
         w.zeros(LEN - 4 - w.len());
@@ -98,9 +105,9 @@ impl Superblock {
             return Err("superblock checksum mismatch".into());
         }
         let format_version = r.u32().map_err(|e| e.to_string())?;
-        if format_version != FORMAT_VERSION {
+        if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&format_version) {
             return Err(format!(
-                "store format version {format_version} is not supported (this strata reads version {FORMAT_VERSION}); use a matching strata release"
+                "store format version {format_version} is not supported (this strata reads versions {MIN_FORMAT_VERSION} to {FORMAT_VERSION}); use a matching strata release"
             ));
         }
         let flags = r.u32().map_err(|e| e.to_string())?;
@@ -127,7 +134,11 @@ impl Superblock {
             x => return Err(format!("unknown operating mode code {x}")),
         };
         let zstd_level = r.u8().map_err(|e| e.to_string())? as i8 as i32;
-        r.u8().map_err(|e| e.to_string())?;
+        let deferred_compression = match (format_version, r.u8().map_err(|e| e.to_string())?) {
+            (_, 0) => false,
+            (2.., 1) => true,
+            (_, x) => return Err(format!("unknown compression mode code {x}")),
+        };
         let checkpoint_seq = r.u64().map_err(|e| e.to_string())?;
         let index_max_entries = r.u64().map_err(|e| e.to_string())?;
         Ok(Superblock {
@@ -140,6 +151,7 @@ impl Superblock {
             zstd_level,
             checkpoint_seq,
             index_max_entries,
+            deferred_compression,
         })
     }
 
@@ -168,7 +180,24 @@ mod tests {
             zstd_level: 3,
             checkpoint_seq: 42,
             index_max_entries: 0,
+            deferred_compression: false,
         }
+    }
+
+    #[test]
+    fn golden_v2_superblock_bytes_carry_the_compression_mode() {
+        let s2 = Superblock { format_version: 2, deferred_compression: true, index_max_entries: 7, ..sample() };
+        let b = s2.encode();
+        assert_eq!(&b[8..12], &[2, 0, 0, 0]);
+        assert_eq!(b[47], 1);
+        assert_eq!(&b[56..64], &7u64.to_le_bytes());
+        assert_eq!(Superblock::decode(&b).unwrap(), s2);
+        // Format 1 has no compression byte: a 1 there is damage, not a mode.
+        let mut b1 = sample().encode();
+        b1[47] = 1;
+        let c = checksum32(&b1[..LEN - 4]);
+        b1[LEN - 4..].copy_from_slice(&c.to_le_bytes());
+        assert!(Superblock::decode(&b1).unwrap_err().contains("compression mode"));
     }
 
     #[test]
@@ -190,7 +219,7 @@ mod tests {
     #[test]
     fn unknown_versions_and_damage_are_refused() {
         let mut b = sample().encode();
-        b[8] = 2;
+        b[8] = 3;
         let c = checksum32(&b[..LEN - 4]);
         b[LEN - 4..].copy_from_slice(&c.to_le_bytes());
         assert!(Superblock::decode(&b).unwrap_err().contains("not supported"));

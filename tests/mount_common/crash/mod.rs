@@ -350,7 +350,7 @@ pub fn run(plan: &Plan, root: &Path) -> Outcome {
         let mnt = sdir.join("mnt");
         std::fs::create_dir_all(&mnt).expect("mkdir mnt");
         let mnt = mnt.canonicalize().expect("canonical mountpoint");
-        if let Err(e) = Engine::init(&store, &InitOptions { write_policy: plan.policy }) {
+        if let Err(e) = Engine::init(&store, &InitOptions { write_policy: plan.policy, ..Default::default() }) {
             out.failures.push(format!("init: {e}"));
             return out;
         }
