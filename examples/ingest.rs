@@ -11,7 +11,7 @@ fn main() {
     let threads: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(2);
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let p = dir.path().join("store");
-    Engine::init(&p, &InitOptions { write_policy: WritePolicy::Async }).unwrap();
+    Engine::init(&p, &InitOptions { write_policy: WritePolicy::Async, ..Default::default() }).unwrap();
     let e = Engine::open(&p, &OpenOptions::default()).unwrap();
     // A real data file, or half-compressible synthetic data.
     let data: Vec<u8> = if let Some(f) = args.get(3) {

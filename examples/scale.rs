@@ -23,7 +23,7 @@ fn main() {
     let what = args.get(1).map(String::as_str).unwrap_or("big");
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let p = dir.path().join("store");
-    Engine::init(&p, &InitOptions { write_policy: WritePolicy::Async }).unwrap();
+    Engine::init(&p, &InitOptions { write_policy: WritePolicy::Async, ..Default::default() }).unwrap();
     match what {
         "big" => {
             let gib: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(20);
