@@ -26,6 +26,7 @@
 //! of layers or volumes. Lock order: active pack → packs map; index shards
 //! and table segments are leaf locks.
 
+mod appender;
 pub mod index;
 pub mod murmur;
 pub mod pack;
@@ -43,7 +44,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 pub use table::{ChunkLoc, ChunkTable, FIRST_CHUNK_ID};
 
@@ -142,11 +143,7 @@ impl Put {
     }
 }
 
-struct ActivePack {
-    id: u32,
-    file: Arc<File>,
-    len: u64,
-}
+use appender::ActivePack;
 
 /// Event counters for `status`. Usage (references, live chunks, stored
 /// bytes) is not counted here but computed from the table on demand
@@ -219,8 +216,16 @@ pub struct ChunkStore {
     /// (until the packer has looked) and every pack a deferred record was
     /// appended to since.
     maybe_deferred: Mutex<BTreeSet<u32>>,
+    /// `put_blocks` calls hashing right now (see `signatures`).
+    hashing: AtomicUsize,
     pub stats: Stats,
 }
+
+/// Requests of at least this many blocks may be hashed on two threads.
+const PARALLEL_HASH_MIN_BLOCKS: usize = 64;
+
+static CPUS: std::sync::LazyLock<usize> =
+    std::sync::LazyLock::new(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
 
 /// A chunk record read (and, if it was deferred, compressed) for a move to
 /// the active pack by GC or the packer; [`ChunkStore::commit_move`] places it.
@@ -298,12 +303,15 @@ impl ChunkStore {
         }
         let active_file = packs[&max_id].clone();
         let len = active_file.metadata().map_err(|e| classify("pack metadata".into(), e))?.len();
+        let active_path = dir.join(pack::pack_file_name(max_id));
+        let active = ActivePack::new(max_id, active_file, &active_path, len)
+            .map_err(|e| classify(format!("pack {}", active_path.display()), e))?;
         let store = ChunkStore {
             dir: dir.to_path_buf(),
             store_uuid,
             level,
             packs: RwLock::new(packs),
-            active: Mutex::new(ActivePack { id: max_id, file: active_file, len }),
+            active: Mutex::new(active),
             unsynced: Mutex::new(Vec::new()),
             table: ChunkTable::default(),
             index: index::DedupIndex::new(index_max_entries),
@@ -312,6 +320,7 @@ impl ChunkStore {
             next_id: AtomicU64::new(image.next_id.max(FIRST_CHUNK_ID)),
             deferred: AtomicBool::new(false),
             maybe_deferred: Mutex::new(BTreeSet::new()),
+            hashing: AtomicUsize::new(0),
             stats: Stats::default(),
         };
         *store.maybe_deferred.lock().unwrap_or_else(|p| p.into_inner()) =
@@ -454,14 +463,13 @@ impl ChunkStore {
         // (index in out, offset in buf, stored_len, murmur)
         let mut pending: Vec<(usize, usize, u32, u64)> = Vec::new();
         let deferred = self.deferred.load(Ordering::Relaxed);
-        for b in blocks.iter() {
+        let sigs = self.signatures(blocks);
+        for (b, sig) in blocks.iter().zip(sigs) {
             debug_assert_eq!(b.len(), BLOCK_SIZE);
-            if format::is_zero(b) {
+            let Some((murmur, content)) = sig else {
                 out.push(Put::Zero);
                 continue;
-            }
-            let murmur = murmur64(b);
-            let content = blake3::hash(b);
+            };
             if let Some(id) = self.dedup(murmur, &content)? {
                 out.push(Put::Dedup(id));
                 continue;
@@ -521,6 +529,31 @@ impl ChunkStore {
         Ok(out)
     }
 
+    /// The dedup signature and content id of each block (None: all zeros).
+    /// A large request is hashed on two threads while fewer writers than
+    /// CPUs are busy: one 1 MiB write at queue depth 1 would otherwise
+    /// leave the other CPU idle.
+    fn signatures(&self, blocks: &[&[u8]]) -> Vec<Option<(u64, blake3::Hash)>> {
+        fn sig(b: &[u8]) -> Option<(u64, blake3::Hash)> {
+            (!format::is_zero(b)).then(|| (murmur64(b), blake3::hash(b)))
+        }
+        let busy = self.hashing.fetch_add(1, Ordering::AcqRel) + 1;
+        let split = blocks.len() >= PARALLEL_HASH_MIN_BLOCKS && busy < *CPUS;
+        let out = if split {
+            let (a, b) = blocks.split_at(blocks.len() / 2);
+            std::thread::scope(|s| {
+                let other = s.spawn(|| b.iter().map(|x| sig(x)).collect::<Vec<_>>());
+                let mut v: Vec<_> = a.iter().map(|x| sig(x)).collect();
+                v.extend(other.join().expect("hashing thread"));
+                v
+            })
+        } else {
+            blocks.iter().map(|x| sig(x)).collect()
+        };
+        self.hashing.fetch_sub(1, Ordering::AcqRel);
+        out
+    }
+
     /// Make new chunks findable by dedup (after their journal record).
     pub fn publish(&self, puts: &[Put]) {
         for p in puts {
@@ -530,22 +563,32 @@ impl ChunkStore {
         }
     }
 
+    /// Make a new, empty pack the active one; returns the old one (already
+    /// in `unsynced` if it was ever appended to), its padding trimmed.
+    fn start_pack(&self, a: &mut ActivePack) -> Result<ActivePack> {
+        let id = a.id + 1;
+        let path = self.dir.join(pack::pack_file_name(id));
+        let f = Arc::new(Self::new_pack_file(&self.dir, id, self.store_uuid)?);
+        let new = ActivePack::new(id, f.clone(), &path, PACK_HEADER_LEN)
+            .map_err(|e| classify(format!("pack {}", path.display()), e))?;
+        self.packs.write().unwrap_or_else(|p| p.into_inner()).insert(id, f);
+        let old = std::mem::replace(a, new);
+        old.trim_padding();
+        Ok(old)
+    }
+
     /// Append bytes to the active pack; returns (pack id, offset).
     fn append(&self, bytes: &[u8]) -> Result<(u32, u64)> {
         let mut a = self.active.lock().unwrap_or_else(|p| p.into_inner());
         if a.len + bytes.len() as u64 > PACK_TARGET_BYTES && a.len > PACK_HEADER_LEN {
-            let id = a.id + 1;
-            let f = Arc::new(Self::new_pack_file(&self.dir, id, self.store_uuid)?);
-            self.packs.write().unwrap_or_else(|p| p.into_inner()).insert(id, f.clone());
-            *a = ActivePack { id, file: f, len: PACK_HEADER_LEN };
+            self.start_pack(&mut a)?;
         }
         let off = a.len;
-        if let Err(e) = fault::write_at(&self.faults, Point::PackWrite, &a.file, bytes, off) {
+        if let Err(e) = a.append(&self.faults, bytes) {
             // Drop whatever part landed so the next append starts clean.
             let _ = a.file.set_len(off);
             return Err(classify(format!("appending to pack {}", a.id), e));
         }
-        a.len += bytes.len() as u64;
         let (id, file) = (a.id, a.file.clone());
         drop(a);
         let mut u = self.unsynced.lock().unwrap_or_else(|p| p.into_inner());
@@ -685,10 +728,7 @@ impl ChunkStore {
         if a.len <= PACK_HEADER_LEN {
             return Ok(());
         }
-        let id = a.id + 1;
-        let f = Arc::new(Self::new_pack_file(&self.dir, id, self.store_uuid)?);
-        self.packs.write().unwrap_or_else(|p| p.into_inner()).insert(id, f.clone());
-        let old = std::mem::replace(&mut *a, ActivePack { id, file: f, len: PACK_HEADER_LEN });
+        let old = self.start_pack(&mut a)?;
         drop(a);
         let mut u = self.unsynced.lock().unwrap_or_else(|p| p.into_inner());
         if !u.iter().any(|(i, _)| *i == old.id) {
@@ -889,9 +929,7 @@ impl ChunkStore {
         });
         if a.len > end {
             tracing::info!(pack = active, from = a.len, to = end, "dropping an unfinished pack tail");
-            a.file.set_len(end).map_err(|e| classify(format!("truncating pack {active}"), e))?;
-            a.file.sync_all().map_err(|e| classify(format!("syncing pack {active}"), e))?;
-            a.len = end;
+            a.truncate(end).map_err(|e| classify(format!("truncating pack {active}"), e))?;
         }
         Ok(())
     }

@@ -172,6 +172,11 @@ fn scan_pack(
                 progress(RECORD_HEADER_LEN as u64 + h.stored_len as u64);
             }
             Err(d) => {
+                // Zeros after the last record: O_DIRECT padding of the
+                // partial last block (FORMAT.md, "Packs"), not damage.
+                if bytes[pos..].iter().all(|&b| b == 0) {
+                    break;
+                }
                 if !resyncing {
                     rep.add("error", &obj, format!("bad record header at offset {pos}: {d}"));
                     rep.bad_records += 1;
