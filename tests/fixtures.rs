@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use strata::volume::check::{self, CheckOptions};
-use strata::volume::{Engine, InitOptions, OpenOptions, WritePolicy};
+use strata::volume::{Compression, Engine, InitOptions, OpenOptions, WritePolicy};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
@@ -58,6 +58,27 @@ fn make_v1(dir: &Path) {
     e.close().unwrap();
     // Remove the lock file's PID and SQLite side files: not part of the format.
     let _ = std::fs::write(dir.join("lock"), b"");
+}
+
+/// Format 2: the v1 content, the first write compressed by the packer and
+/// the second still deferred (raw records with flag bit 1).
+fn make_v2(dir: &Path) {
+    Engine::init(dir, &InitOptions { write_policy: WritePolicy::Async, compression: Compression::Deferred }).unwrap();
+    let e = Engine::open(dir, &OpenOptions::default()).unwrap();
+    let (a, b) = v1_content();
+    e.create_volume("vm1", 1 << 20).unwrap();
+    let v = e.open_volume("vm1").unwrap();
+    v.write_at(&a, 0).unwrap();
+    e.snapshot_create("vm1", "before-upgrade").unwrap();
+    assert!(e.pack_deferred(true, &|| false).unwrap() > 0);
+    v.write_at(&b, 8192).unwrap();
+    e.create_volume("empty", 4 << 20).unwrap();
+    e.set_property("vm1", "owner", "fixtures").unwrap();
+    drop(v);
+    e.close().unwrap();
+    let _ = std::fs::write(dir.join("lock"), b"");
+    // The GC space reserve is 8 MiB of nothing: not part of the format.
+    let _ = std::fs::remove_file(dir.join("reserve"));
 }
 
 fn damage(kind: &str, dir: &Path) {
@@ -114,9 +135,16 @@ fn report(dir: &Path) -> String {
 #[ignore]
 fn regenerate_fixtures() {
     let root = fixtures();
+    // Each format's store is made once, by the release that wrote that
+    // format, and never replaced: v1-store came from format 1.
     let v1 = root.join("v1-store");
-    let _ = std::fs::remove_dir_all(&v1);
-    make_v1(&v1);
+    if !v1.exists() {
+        make_v1(&v1);
+    }
+    let v2 = root.join("v2-store");
+    if !v2.exists() {
+        make_v2(&v2);
+    }
     for d in DAMAGES {
         let dir = root.join("damaged").join(d);
         let _ = std::fs::remove_dir_all(&dir);
@@ -146,6 +174,34 @@ fn the_v1_store_still_opens_and_reads_back() {
     assert!(buf == a);
     assert_eq!(e.get_property("vm1", "owner").unwrap().as_deref(), Some("fixtures"));
     assert_eq!(e.volume_info("empty").unwrap().capacity, 4 << 20);
+    // The first writable open upgraded it to the current format.
+    assert_eq!(e.status().unwrap().format_version, strata::volume::FORMAT_VERSION);
+    drop(e);
+    assert!(check::check(&work, &CheckOptions::default(), &mut |_, _| {}).unwrap().clean);
+}
+
+#[test]
+fn the_v2_store_still_opens_reads_back_and_packs_its_deferred_blocks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("store");
+    copy_dir(&fixtures().join("v2-store"), &work);
+    assert!(check::check(&work, &CheckOptions::default(), &mut |_, _| {}).unwrap().clean);
+    let e = Engine::open(&work, &OpenOptions::default()).unwrap();
+    assert_eq!(e.compression(), Compression::Deferred);
+    let (a, b) = v1_content();
+    let mut now = a.clone();
+    now[8192..16384].copy_from_slice(&b);
+    let read = |e: &Engine| {
+        let mut buf = vec![0u8; a.len()];
+        e.open_volume("vm1").unwrap().read_at(&mut buf, 0).unwrap();
+        let mut snap = vec![0u8; a.len()];
+        e.open_snapshot("vm1", "before-upgrade").unwrap().read_at(&mut snap, 0).unwrap();
+        (buf, snap)
+    };
+    assert!(read(&e) == (now.clone(), a.clone()));
+    // The two deferred blocks written last get compressed now.
+    assert_eq!(e.pack_deferred(true, &|| false).unwrap(), 2);
+    assert!(read(&e) == (now, a));
     drop(e);
     assert!(check::check(&work, &CheckOptions::default(), &mut |_, _| {}).unwrap().clean);
 }
