@@ -212,10 +212,10 @@ pub struct ChunkStore {
     /// New unique blocks are stored raw with `FLAG_DEFERRED` and compressed
     /// later by the packer (`volume::packer`) instead of inline.
     deferred: AtomicBool,
-    /// Packs that may hold deferred records: every pack found at open
-    /// (until the packer has looked) and every pack a deferred record was
-    /// appended to since.
-    maybe_deferred: Mutex<BTreeSet<u32>>,
+    /// Which packs hold deferred records: `.0` = packs a deferred record
+    /// was appended to since open (known), `.1` = packs found at open that
+    /// nobody has examined yet.
+    maybe_deferred: Mutex<(BTreeSet<u32>, BTreeSet<u32>)>,
     /// `put_blocks` calls hashing right now (see `signatures`).
     hashing: AtomicUsize,
     pub stats: Stats,
@@ -319,11 +319,11 @@ impl ChunkStore {
             recovering: AtomicBool::new(false),
             next_id: AtomicU64::new(image.next_id.max(FIRST_CHUNK_ID)),
             deferred: AtomicBool::new(false),
-            maybe_deferred: Mutex::new(BTreeSet::new()),
+            maybe_deferred: Mutex::new((BTreeSet::new(), BTreeSet::new())),
             hashing: AtomicUsize::new(0),
             stats: Stats::default(),
         };
-        *store.maybe_deferred.lock().unwrap_or_else(|p| p.into_inner()) =
+        store.maybe_deferred.lock().unwrap_or_else(|p| p.into_inner()).1 =
             store.packs.read().unwrap_or_else(|p| p.into_inner()).keys().copied().collect();
         for (id, loc) in image.entries {
             store.table.insert(id, loc);
@@ -499,7 +499,7 @@ impl ChunkStore {
         let (pack_id, base) = match self.append(&buf) {
             Ok(v) => {
                 if deferred {
-                    self.maybe_deferred.lock().unwrap_or_else(|p| p.into_inner()).insert(v.0);
+                    self.maybe_deferred.lock().unwrap_or_else(|p| p.into_inner()).0.insert(v.0);
                 }
                 v
             }
@@ -831,53 +831,61 @@ impl ChunkStore {
         self.deferred.load(Ordering::Acquire)
     }
 
-    /// Sealed packs that hold deferred records, oldest first. Looks at the
-    /// record headers of raw-sized chunks of packs not examined yet (one
-    /// 64-byte read each) and forgets packs that hold none.
+    /// Sealed packs that hold deferred records, oldest first. Packs found
+    /// at open are examined once, in one pass over the table: the record
+    /// headers of their raw-sized chunks (one 64-byte read each, stopping
+    /// at the first deferred one).
     pub fn packs_with_deferred(&self) -> Result<Vec<u32>> {
         let active = self.active_pack_id();
-        let cands: Vec<u32> = self.maybe_deferred.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
-        let mut out = Vec::new();
-        for pack_id in cands {
-            if pack_id == active {
-                continue;
-            }
-            let Some(file) = self.pack_file(pack_id) else {
-                self.forget_deferred(pack_id);
-                continue;
-            };
-            let mut found = false;
-            for (id, loc, _) in self.chunks_in(pack_id) {
-                if loc.stored_len as usize != BLOCK_SIZE {
-                    continue;
+        let unexamined: BTreeSet<u32> = {
+            let g = self.maybe_deferred.lock().unwrap_or_else(|p| p.into_inner());
+            g.1.iter().copied().filter(|p| *p != active).collect()
+        };
+        if !unexamined.is_empty() {
+            let mut raw: HashMap<u32, Vec<(u64, ChunkLoc)>> = HashMap::new();
+            self.table.for_each(|id, loc, _| {
+                if loc.stored_len as usize == BLOCK_SIZE && unexamined.contains(&loc.pack_id) {
+                    raw.entry(loc.pack_id).or_default().push((id, loc));
                 }
-                let mut hdr = [0u8; RECORD_HEADER_LEN];
-                fault::read_exact_at(&self.faults, Point::PackRead, &file, &mut hdr, loc.offset)
-                    .map_err(|e| classify(format!("reading pack {pack_id}"), e))?;
-                // A damaged header is left to reads and `check` to report.
-                if matches!(pack::decode_record_header(&hdr), Ok(h) if h.chunk_id == id && h.flags & FLAG_DEFERRED != 0)
-                {
-                    found = true;
-                    break;
+            });
+            for pack_id in unexamined {
+                let mut found = false;
+                if let Some(file) = self.pack_file(pack_id) {
+                    for (id, loc) in raw.remove(&pack_id).unwrap_or_default() {
+                        let mut hdr = [0u8; RECORD_HEADER_LEN];
+                        fault::read_exact_at(&self.faults, Point::PackRead, &file, &mut hdr, loc.offset)
+                            .map_err(|e| classify(format!("reading pack {pack_id}"), e))?;
+                        // A damaged header is left to reads and `check`.
+                        if matches!(pack::decode_record_header(&hdr),
+                                    Ok(h) if h.chunk_id == id && h.flags & FLAG_DEFERRED != 0)
+                        {
+                            found = true;
+                            break;
+                        }
+                    }
                 }
-            }
-            if found {
-                out.push(pack_id);
-            } else {
-                self.forget_deferred(pack_id);
+                let mut g = self.maybe_deferred.lock().unwrap_or_else(|p| p.into_inner());
+                g.1.remove(&pack_id);
+                if found {
+                    g.0.insert(pack_id);
+                }
             }
         }
-        Ok(out)
+        let g = self.maybe_deferred.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(g.0.iter().copied().filter(|p| *p != active).collect())
     }
 
     /// Does the active pack hold records appended in deferred mode?
     pub fn active_has_deferred(&self) -> bool {
         let active = self.active_pack_id();
-        self.maybe_deferred.lock().unwrap_or_else(|p| p.into_inner()).contains(&active)
+        let g = self.maybe_deferred.lock().unwrap_or_else(|p| p.into_inner());
+        g.0.contains(&active) || g.1.contains(&active)
     }
 
     fn forget_deferred(&self, pack_id: u32) {
-        self.maybe_deferred.lock().unwrap_or_else(|p| p.into_inner()).remove(&pack_id);
+        let mut g = self.maybe_deferred.lock().unwrap_or_else(|p| p.into_inner());
+        g.0.remove(&pack_id);
+        g.1.remove(&pack_id);
     }
 
     /// GC: free an unreferenced chunk. False if it gained a reference.
