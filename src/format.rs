@@ -134,6 +134,41 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
 /// Replace `path` atomically with `bytes`: write `path.tmp`, fsync it,
 /// rename over `path`, fsync the directory. A crash leaves either the old
 /// or the new file, never a mix (FORMAT.md, "Atomic replacement").
+/// Like [`write_atomic`], but the content is produced by `fill`, which
+/// writes (and may seek in) a buffered writer on the temporary file — so a
+/// large file is streamed, never held in memory whole.
+pub fn write_atomic_with(
+    path: &Path,
+    fill: impl FnOnce(&mut io::BufWriter<std::fs::File>) -> io::Result<()>,
+) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+        let mut w = io::BufWriter::with_capacity(1 << 20, f);
+        fill(&mut w)?;
+        let f = w.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        fsync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// checksum32 computed over data that arrives in pieces.
+#[derive(Default)]
+pub struct Checksum32(blake3::Hasher);
+
+impl Checksum32 {
+    pub fn update(&mut self, b: &[u8]) {
+        self.0.update(b);
+    }
+    pub fn finish(&self) -> u32 {
+        u32::from_le_bytes(self.0.finalize().as_bytes()[..4].try_into().expect("4 bytes"))
+    }
+}
+
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     {

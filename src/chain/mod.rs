@@ -146,22 +146,50 @@ impl PageMap {
 
     /// Encode as a map file.
     pub fn encode(&self, layer: Guid, stamp_seq: u64) -> Vec<u8> {
-        let mut body = Writer::with_capacity(self.count as usize * 16);
+        let mut c = std::io::Cursor::new(Vec::with_capacity(64 + self.count as usize * 16));
+        self.encode_to(&mut c, layer, stamp_seq).expect("writing to memory");
+        c.into_inner()
+    }
+
+    /// [`encode`](Self::encode), streamed: a placeholder header, the body
+    /// page by page, then the real header at offset 0.
+    pub fn encode_to<W: std::io::Write + std::io::Seek>(
+        &self,
+        w: &mut W,
+        layer: Guid,
+        stamp_seq: u64,
+    ) -> std::io::Result<()> {
+        use std::io::SeekFrom;
+        let start = w.stream_position()?;
+        w.write_all(&[0u8; 64])?;
+        let mut sum = crate::format::Checksum32::default();
+        let mut body = Writer::with_capacity(PAGE_LEN * 16);
         for (b, e) in self.iter() {
             body.u64(b).u64(e);
+            if body.len() >= PAGE_LEN * 16 {
+                sum.update(&body.buf);
+                w.write_all(&body.buf)?;
+                body = Writer::with_capacity(PAGE_LEN * 16);
+            }
         }
-        let mut w = Writer::with_capacity(64 + body.len());
-        w.bytes(MAP_MAGIC)
+        sum.update(&body.buf);
+        w.write_all(&body.buf)?;
+        let mut h = Writer::with_capacity(64);
+        h.bytes(MAP_MAGIC)
             .u32(MAP_VERSION)
             .u32(0)
             .bytes(layer.as_bytes())
             .u64(stamp_seq)
             .u64(self.count)
-            .u32(checksum32(&body.buf))
+            .u32(sum.finish())
             .zeros(8);
-        let c = checksum32(&w.buf);
-        w.u32(c).bytes(&body.buf);
-        w.buf
+        let c = checksum32(&h.buf);
+        h.u32(c);
+        let end = w.stream_position()?;
+        w.seek(SeekFrom::Start(start))?;
+        w.write_all(&h.buf)?;
+        w.seek(SeekFrom::Start(end))?;
+        Ok(())
     }
 }
 

@@ -207,26 +207,75 @@ impl ChunkTable {
     /// caller read its `next_id` (a crash after such a checkpoint left a
     /// table `decode` refuses, and a store that did not open).
     pub fn encode(&self, store_uuid: Guid, stamp_seq: u64, next_id: u64) -> Vec<u8> {
-        let mut body = Writer::default();
+        let mut c = std::io::Cursor::new(Vec::new());
+        self.encode_to(&mut c, store_uuid, stamp_seq, next_id).expect("writing to memory");
+        c.into_inner()
+    }
+
+    /// [`encode`](Self::encode), streamed: a placeholder header, the body
+    /// entry by entry, then the real header at offset 0. Holds no lock, so
+    /// entries inserted or removed meanwhile may or may not be in it — fine
+    /// for a checkpoint: replay re-applies every journal record after
+    /// `stamp_seq`, and each record sets or removes an entry outright.
+    pub fn encode_to<W: std::io::Write + std::io::Seek>(
+        &self,
+        w: &mut W,
+        store_uuid: Guid,
+        stamp_seq: u64,
+        next_id: u64,
+    ) -> std::io::Result<()> {
+        use std::io::SeekFrom;
+        let start = w.stream_position()?;
+        w.write_all(&[0u8; 64])?;
+        let mut sum = crate::format::Checksum32::default();
         let mut count = 0u64;
         let mut next_id = next_id;
+        let mut err = None;
+        // 64 KiB at a time through the checksum and the writer.
+        let mut chunk: Vec<u8> = Vec::with_capacity(64 << 10);
+        let mut flush = |chunk: &mut Vec<u8>, w: &mut W| -> std::io::Result<()> {
+            sum.update(chunk);
+            w.write_all(chunk)?;
+            chunk.clear();
+            Ok(())
+        };
         self.for_each(|id, loc, _| {
-            body.u64(id).u32(loc.pack_id).u32(loc.stored_len).u64(loc.offset).u64(loc.murmur);
+            if err.is_some() {
+                return;
+            }
+            chunk.extend_from_slice(&id.to_le_bytes());
+            chunk.extend_from_slice(&loc.pack_id.to_le_bytes());
+            chunk.extend_from_slice(&loc.stored_len.to_le_bytes());
+            chunk.extend_from_slice(&loc.offset.to_le_bytes());
+            chunk.extend_from_slice(&loc.murmur.to_le_bytes());
             count += 1;
             next_id = next_id.max(id + 1);
+            if chunk.len() >= 64 << 10
+                && let Err(x) = flush(&mut chunk, w)
+            {
+                err = Some(x);
+            }
         });
-        let mut w = Writer::with_capacity(64 + body.len());
-        w.bytes(TABLE_MAGIC)
+        if let Some(e) = err {
+            return Err(e);
+        }
+        flush(&mut chunk, w)?;
+        let mut h = Writer::with_capacity(64);
+        h.bytes(TABLE_MAGIC)
             .u32(TABLE_VERSION)
             .u32(0)
             .bytes(store_uuid.as_bytes())
             .u64(stamp_seq)
             .u64(count)
             .u64(next_id)
-            .u32(checksum32(&body.buf));
-        let c = checksum32(&w.buf);
-        w.u32(c).bytes(&body.buf);
-        w.buf
+            .u32(sum.finish());
+        let c = checksum32(&h.buf);
+        h.u32(c);
+        let end = w.stream_position()?;
+        w.seek(SeekFrom::Start(start))?;
+        w.write_all(&h.buf)?;
+        w.seek(SeekFrom::Start(end))?;
+        Ok(())
     }
 }
 

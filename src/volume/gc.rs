@@ -151,6 +151,7 @@ impl Engine {
                     let prepared: Vec<Option<crate::store::Result<crate::store::Moved>>> =
                         part.iter().map(|(id, _, refs)| (*refs > 0).then(|| self.store.prepare_move(*id))).collect();
                     let _cut = rlock(&self.cut);
+                    let _gate = rlock(&self.gc_gate);
                     let mut batch = Batch::new();
                     for ((id, _, refs), prep) in part.iter().zip(prepared) {
                         if *refs == 0 && self.store.free_chunk(*id) {

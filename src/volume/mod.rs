@@ -236,6 +236,11 @@ pub struct Engine {
     /// Writers hold it shared across "map update + journal append";
     /// a checkpoint holds it exclusively to cut a consistent state.
     pub(crate) cut: RwLock<()>,
+    /// GC and the packer hold it shared while they free or move chunks; a
+    /// checkpoint holds it exclusively from its cut until the chunk table
+    /// is written, so the (otherwise fuzzy) table image never lacks a chunk
+    /// freed, nor holds a half-moved one, after the stamp.
+    pub(crate) gc_gate: RwLock<()>,
     durable: Durability,
     ckpt_lock: Mutex<()>,
     gc_lock: Mutex<()>,
@@ -580,6 +585,7 @@ impl Engine {
             layers: RwLock::new(layers),
             open: Mutex::new(HashMap::new()),
             cut: RwLock::new(()),
+            gc_gate: RwLock::new(()),
             durable: Durability { state: Mutex::new((info.last_seq, false)), cv: Condvar::new() },
             ckpt_lock: Mutex::new(()),
             gc_lock: Mutex::new(()),
@@ -729,35 +735,62 @@ impl Engine {
     fn checkpoint_inner(&self) -> Result<()> {
         let _one = lock(&self.ckpt_lock);
         let uuid = lock(&self.sb).store_uuid;
-        let (stamp, images, table) = {
+        // The cut is held only to fix the stamp, copy the changed maps (8
+        // bytes per entry, no encoding) and rotate the journal; writers wait
+        // for nothing else. The chunk table is streamed out after it, fuzzy:
+        // entries changed meanwhile are re-applied by replay (FORMAT.md,
+        // "Checkpoint").
+        let gate;
+        let (stamp, images) = {
             let _cut = wlock(&self.cut);
+            gate = wlock(&self.gc_gate);
             let stamp = self.journal.last_seq();
             let mut images = Vec::new();
             for l in rlock(&self.layers).values() {
                 if l.dirty.swap(false, Ordering::AcqRel) {
-                    images.push((l.clone(), rlock(&l.map).encode(l.guid, stamp)));
+                    images.push((l.clone(), rlock(&l.map).clone()));
                 }
             }
-            let table = self.store.table().encode(uuid, stamp, self.store.next_id());
             if let Err(e) = self.journal.rotate() {
                 for (l, _) in &images {
                     l.dirty.store(true, Ordering::Release);
                 }
                 return Err(e.into());
             }
-            (stamp, images, table)
+            (stamp, images)
         };
+        let tbl_tmp = self.path.join(Paths::CHUNKS).with_extension("tmp");
         let res = (|| -> Result<()> {
             if let Some(f) = self.faults.hit(crate::fault::Point::MetaWrite) {
                 let code = if f == crate::fault::Fault::Enospc { libc::ENOSPC } else { libc::EIO };
                 return Err(store_err("writing a checkpoint")(std::io::Error::from_raw_os_error(code)));
             }
-            // Packs before the table that points into them.
-            self.store.sync()?;
-            for (l, bytes) in &images {
-                format::write_atomic(&map_path(&self.path, l.guid), bytes).map_err(store_err("writing a layer map"))?;
+            // The table first, into its temporary file: every chunk it
+            // names was appended before the pack sync below.
+            {
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&tbl_tmp)
+                    .map_err(store_err("writing chunks.tbl"))?;
+                let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+                self.store
+                    .table()
+                    .encode_to(&mut w, uuid, stamp, self.store.next_id())
+                    .map_err(store_err("writing chunks.tbl"))?;
+                let f = w.into_inner().map_err(|e| store_err("writing chunks.tbl")(e.into_error()))?;
+                f.sync_all().map_err(store_err("writing chunks.tbl"))?;
             }
-            format::write_atomic(&self.path.join(Paths::CHUNKS), &table).map_err(store_err("writing chunks.tbl"))?;
+            drop(gate);
+            // Packs before the maps and table that point into them.
+            self.store.sync()?;
+            for (l, map) in &images {
+                format::write_atomic_with(&map_path(&self.path, l.guid), |w| map.encode_to(w, l.guid, stamp))
+                    .map_err(store_err("writing a layer map"))?;
+            }
+            std::fs::rename(&tbl_tmp, self.path.join(Paths::CHUNKS)).map_err(store_err("writing chunks.tbl"))?;
+            format::fsync_dir(&self.path).map_err(store_err("writing chunks.tbl"))?;
             self.remove_orphan_maps()?;
             self.journal.remove_upto(stamp)?;
             let mut sb = lock(&self.sb);
@@ -766,6 +799,7 @@ impl Engine {
             Ok(())
         })();
         if res.is_err() {
+            let _ = std::fs::remove_file(&tbl_tmp);
             for (l, _) in &images {
                 l.dirty.store(true, Ordering::Release);
             }

@@ -1272,8 +1272,20 @@ mod more_faults {
         let mut b = vec![0u8; before.len()];
         e.open_volume("v").unwrap().read_at(&mut b, 0).unwrap();
         assert!(b == before, "data written before the fault changed");
+        // The background recovery thread holds the engine (and the store
+        // lock `check` needs) until it finishes.
+        wait_normal(&e);
         drop(e);
-        let r = check::check(p, &CheckOptions::default(), &mut |_, _| {}).unwrap();
+        let mut tries = 0;
+        let r = loop {
+            match check::check(p, &CheckOptions::default(), &mut |_, _| {}) {
+                Err(Error::Busy { .. }) if tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                r => break r.unwrap(),
+            }
+        };
         assert!(r.errors() == 0, "{}", check::render(&r));
     }
 
