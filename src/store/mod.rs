@@ -216,13 +216,32 @@ pub struct ChunkStore {
     /// was appended to since open (known), `.1` = packs found at open that
     /// nobody has examined yet.
     maybe_deferred: Mutex<(BTreeSet<u32>, BTreeSet<u32>)>,
-    /// `put_blocks` calls hashing right now (see `signatures`).
+    /// Large requests (hashing writes, verifying reads) in flight now.
     hashing: AtomicUsize,
     pub stats: Stats,
 }
 
-/// Requests of at least this many blocks may be hashed on two threads.
-const PARALLEL_HASH_MIN_BLOCKS: usize = 64;
+/// Requests of at least this many blocks may be split over two threads.
+const PARALLEL_MIN_BLOCKS: usize = 64;
+
+/// A request counted as in flight (see [`ChunkStore::busy`]).
+pub struct Busy<'a> {
+    count: &'a AtomicUsize,
+    split: bool,
+}
+
+impl Busy<'_> {
+    /// Large enough, and a CPU is free: worth a second thread.
+    pub fn split(&self) -> bool {
+        self.split
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 static CPUS: std::sync::LazyLock<usize> =
     std::sync::LazyLock::new(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
@@ -537,9 +556,8 @@ impl ChunkStore {
         fn sig(b: &[u8]) -> Option<(u64, blake3::Hash)> {
             (!format::is_zero(b)).then(|| (murmur64(b), blake3::hash(b)))
         }
-        let busy = self.hashing.fetch_add(1, Ordering::AcqRel) + 1;
-        let split = blocks.len() >= PARALLEL_HASH_MIN_BLOCKS && busy < *CPUS;
-        let out = if split {
+        let busy = self.busy(blocks.len());
+        if busy.split() {
             let (a, b) = blocks.split_at(blocks.len() / 2);
             std::thread::scope(|s| {
                 let other = s.spawn(|| b.iter().map(|x| sig(x)).collect::<Vec<_>>());
@@ -549,9 +567,14 @@ impl ChunkStore {
             })
         } else {
             blocks.iter().map(|x| sig(x)).collect()
-        };
-        self.hashing.fetch_sub(1, Ordering::AcqRel);
-        out
+        }
+    }
+
+    /// Count a request of `blocks` blocks as in flight until the guard is
+    /// dropped; [`Busy::split`] says whether to use a second thread for it.
+    pub fn busy(&self, blocks: usize) -> Busy<'_> {
+        let n = self.hashing.fetch_add(1, Ordering::AcqRel) + 1;
+        Busy { count: &self.hashing, split: blocks >= PARALLEL_MIN_BLOCKS && n < *CPUS }
     }
 
     /// Make new chunks findable by dedup (after their journal record).
