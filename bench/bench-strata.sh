@@ -171,6 +171,10 @@ for d in $DEPTHS; do
             "$STRATA" --store "$sstore" snapshot create vol "L$k" >/dev/null
         fi
     done
+    # Let the packer's work (deferred compression of the chain just written)
+    # finish now, so it runs during neither side's fio jobs.
+    log "depth $d: strata gc (compresses what the chain build deferred)"
+    "$STRATA" --store "$sstore" gc >/dev/null
     n=$(qemu-img info --backing-chain "$dir/L$((d - 1)).qcow2" | grep -c '^image:')
     [ "$n" -eq "$d" ] || { echo "qcow2 chain length $n != $d" >&2; exit 1; }
     log "depth $d: comparing the two chains"
