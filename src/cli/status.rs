@@ -65,7 +65,10 @@ fn write_status(engine: &Engine, s: &StoreStatus, out: &mut dyn Write) -> Result
         format!("{} ({})", s.effective_write_policy.as_str(), s.write_policy_reason)
     };
     l.item("effective write policy", effective);
-    l.item("compression", s.compression.as_str());
+    l.item(
+        "compression",
+        format!("{} ({} packs awaiting the packer)", s.compression.as_str(), s.packs_awaiting_packer),
+    );
     l.item("volumes", s.volumes.to_string());
     l.item("layers", s.layers.to_string());
     l.item("logical bytes used", counted(s.logical_bytes_used, bytes));

@@ -898,6 +898,13 @@ impl ChunkStore {
         Ok(g.0.iter().copied().filter(|p| *p != active).collect())
     }
 
+    /// Packs that hold (or, found at open and not examined yet, may hold)
+    /// records whose compression is deferred: the packer's backlog.
+    pub fn deferred_pack_count(&self) -> u64 {
+        let g = self.maybe_deferred.lock().unwrap_or_else(|p| p.into_inner());
+        g.0.union(&g.1).count() as u64
+    }
+
     /// Does the active pack hold records appended in deferred mode?
     pub fn active_has_deferred(&self) -> bool {
         let active = self.active_pack_id();

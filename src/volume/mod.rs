@@ -152,6 +152,9 @@ pub struct StoreStatus {
     pub effective_write_policy: WritePolicy,
     /// When new blocks are compressed (inline or deferred to the packer).
     pub compression: Compression,
+    /// Packs holding blocks not compressed yet (deferred compression; packs
+    /// found at open count until the packer has looked at them).
+    pub packs_awaiting_packer: u64,
     pub volumes: u64,
     pub layers: u64,
     /// 4 KiB blocks referenced by all layers' maps, in bytes. None while
@@ -1357,6 +1360,7 @@ impl Engine {
             write_policy: sb.write_policy,
             effective_write_policy: self.effective_write_policy(),
             compression: self.compression(),
+            packs_awaiting_packer: self.store.deferred_pack_count(),
             volumes: disks,
             layers: rlock(&self.layers).len() as u64,
             logical_bytes_used: known.then_some(logical),
