@@ -493,3 +493,40 @@ fn snapshots_appear_read_only_in_both_views_and_revert_shows_at_once() {
     assert_eq!(errno_of(std::fs::metadata(&snap)), libc::ENOENT);
     assert_eq!(std::fs::read(&p).unwrap(), pattern(2 * MIB as usize, 10));
 }
+
+#[test]
+fn the_packer_compresses_deferred_blocks_in_the_background_and_nothing_changes() {
+    if !ready(&[]) {
+        return;
+    }
+    let mut m = Mounted::new();
+    let p = m.path("packme.raw");
+    // Compressible and unique: text-like bytes with the block number in.
+    let data: Vec<u8> = (0..8 * MIB as usize)
+        .map(|i| if i % 64 == 0 { (i / 4096) as u8 } else { b"strata packs deferred blocks "[i % 29] })
+        .collect();
+    std::fs::write(&p, &data).unwrap();
+    let status = |m: &Mounted| -> serde_json::Value {
+        let (out, err, code) = m.control(&["status"]);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    // Stored raw first (deferred); the packer compresses within seconds of
+    // the writes going quiet.
+    let start = std::time::Instant::now();
+    loop {
+        let s = status(&m);
+        let ratio = s["compression_ratio"].as_f64().unwrap_or(0.0);
+        if ratio > 4.0 && s["packs_awaiting_packer"] == 0 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "the packer did not finish: {s}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(std::fs::read(&p).unwrap(), data);
+    assert!(m.umount().success());
+    let r = strata::volume::check::check(&m.store, &Default::default(), &mut |_, _| {}).unwrap();
+    assert_eq!(r.errors(), 0, "{}", strata::volume::check::render(&r));
+    m.mount();
+    assert_eq!(std::fs::read(&p).unwrap(), data);
+}
