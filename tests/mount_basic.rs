@@ -530,3 +530,64 @@ fn the_packer_compresses_deferred_blocks_in_the_background_and_nothing_changes()
     m.mount();
     assert_eq!(std::fs::read(&p).unwrap(), data);
 }
+
+#[test]
+fn every_fuse_lever_mounts_and_data_round_trips_through_the_page_cache() {
+    if !ready(&[]) {
+        return;
+    }
+    // Every non-default lever at once: one shared /dev/fuse fd, 128 KiB
+    // requests, the page cache kept and written back.
+    let m = Mounted::with_options("threads=2,clone_fd=0,max_write=128K,max_read=128K,keep_cache,writeback_cache");
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let line = mounts.lines().find(|l| l.contains(m.mnt.to_str().unwrap())).expect("mount listed");
+    assert!(line.contains("max_read=131072"), "max_read reaches the kernel: {line}");
+    // The daemon log (colours stripped) records what was negotiated.
+    let mut log = String::new();
+    let mut in_escape = false;
+    for c in m.log().chars() {
+        match (in_escape, c) {
+            (false, '\x1b') => in_escape = true,
+            (true, 'm') => in_escape = false,
+            (false, c) => log.push(c),
+            (true, _) => {}
+        }
+    }
+    for field in ["keep_cache=true", "writeback_cache=true", "max_write=131072", "clone_fd=false"] {
+        assert!(log.contains(field), "{field} not in the daemon log:\n{log}");
+    }
+
+    let p = m.path("cached.raw");
+    let data = pattern(3 * MIB as usize + 4096, 20);
+    std::fs::write(&p, &data).unwrap();
+    File::open(&p).unwrap().sync_all().unwrap();
+    assert_eq!(stat(&p).len(), data.len() as u64);
+    assert_eq!(std::fs::read(&p).unwrap(), data, "buffered read back");
+
+    // O_DIRECT bypasses the page cache and still sees the written data.
+    let mut f = OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(&p).unwrap();
+    let layout = std::alloc::Layout::from_size_align(MIB as usize, 4096).unwrap();
+    // SAFETY: allocation of a non-zero, aligned layout; freed below.
+    let ptr = unsafe { std::alloc::alloc(layout) };
+    assert!(!ptr.is_null());
+    // SAFETY: ptr points at MIB bytes we own.
+    let aligned = unsafe { std::slice::from_raw_parts_mut(ptr, MIB as usize) };
+    f.seek(SeekFrom::Start(MIB)).unwrap();
+    f.read_exact(aligned).unwrap();
+    assert_eq!(aligned, &data[MIB as usize..2 * MIB as usize]);
+    // SAFETY: same layout as allocated.
+    unsafe { std::alloc::dealloc(ptr, layout) };
+    drop(f);
+
+    // A revert through the control socket drops the kept pages.
+    let (_, err, code) = m.control(&["snapshot", "cached.raw", "before"]);
+    assert_eq!(code, 0, "{err}");
+    let mut f = File::options().write(true).open(&p).unwrap();
+    f.write_all(&pattern(MIB as usize, 21)).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    assert_eq!(std::fs::read(&p).unwrap()[..MIB as usize], pattern(MIB as usize, 21)[..]);
+    let (_, err, code) = m.control(&["revert", "cached.raw", "before"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read(&p).unwrap(), data, "no stale cached pages after a revert");
+}

@@ -30,7 +30,7 @@ mod mount;
 mod output;
 mod peer;
 mod progress;
-mod size;
+pub(crate) mod size;
 mod snapshot;
 mod status;
 mod transfer;

@@ -33,7 +33,8 @@ pub struct MountArgs {
     /// Stay in the foreground (for systemd or debugging) instead of daemonizing.
     #[arg(long, short = 'f')]
     pub foreground: bool,
-    /// Mount options, comma separated (e.g. ro,threads=4; see docs/mount.md); may be repeated.
+    /// Mount options, comma separated (e.g. ro,threads=4,clone_fd=0,max_write=128K,max_read=128K,keep_cache,writeback_cache;
+    /// see docs/mount.md); may be repeated.
     #[arg(short = 'o', value_name = "OPTS", value_delimiter = ',')]
     pub options: Vec<String>,
     /// First rebuild the store's metadata from its packs and maps offline

@@ -259,7 +259,15 @@ fn serve(cfg: &MountConfig, control: ControlHandler, ready: &mut Ready) -> anyho
     let fs = StrataFs::new(
         engine.clone(),
         inodes.clone(),
-        FsSettings { read_only: opts.read_only, max_background: opts.max_background, uid, gid },
+        FsSettings {
+            read_only: opts.read_only,
+            max_background: opts.max_background,
+            max_write: opts.max_write,
+            writeback_cache: opts.writeback_cache,
+            keep_cache: opts.keep_cache,
+            uid,
+            gid,
+        },
     );
     let mut config = fuser::Config::default();
     config.mount_options = vec![
@@ -275,10 +283,17 @@ fn serve(cfg: &MountConfig, control: ControlHandler, ready: &mut Ready) -> anyho
     if opts.auto_unmount {
         config.mount_options.push(fuser::MountOption::AutoUnmount);
     }
+    if let Some(n) = opts.max_read {
+        // A kernel mount option: direct-I/O reads are split into pieces
+        // of at most this size.
+        config.mount_options.push(fuser::MountOption::CUSTOM(format!("max_read={n}")));
+    }
     config.mount_options.extend(opts.kernel.iter().cloned());
     config.acl = if opts.allow_other { fuser::SessionACL::All } else { fuser::SessionACL::Owner };
     config.n_threads = Some(n_threads);
-    config.clone_fd = n_threads > 1;
+    // Cloned fds by default when there are several workers: each reads
+    // its own fd (the kernel still feeds them from one input queue).
+    config.clone_fd = opts.clone_fd.unwrap_or(n_threads > 1) && n_threads > 1;
 
     // Memory reclaim may wait for writes to this mount; our own
     // allocations must then not wait for reclaim (qsd lesson 9). Needs
@@ -303,7 +318,14 @@ fn serve(cfg: &MountConfig, control: ControlHandler, ready: &mut Ready) -> anyho
     started.mountpoint = None;
     // Deferred compression: the packer compresses in the background.
     engine.start_packer();
-    tracing::info!(store = %store.display(), mountpoint = %mountpoint.display(), threads = n_threads, "mounted");
+    tracing::info!(
+        store = %store.display(),
+        mountpoint = %mountpoint.display(),
+        threads = n_threads,
+        clone_fd = config.clone_fd,
+        max_read = opts.max_read,
+        "mounted"
+    );
     ready.send("ready\n");
 
     let run = session.run();

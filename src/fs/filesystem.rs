@@ -12,7 +12,11 @@
 //! * Every handle of a volume file is opened `FOPEN_DIRECT_IO |
 //!   FOPEN_PARALLEL_DIRECT_WRITES`: there is one cache (the engine's), so a
 //!   change made through the control socket or the other view is visible
-//!   at once, and O_DIRECT (qemu `cache=none`) works.
+//!   at once, and O_DIRECT (qemu `cache=none`) works. The exception is the
+//!   `keep_cache` mount option (off by default): handles are then opened
+//!   `FOPEN_KEEP_CACHE | FOPEN_PARALLEL_DIRECT_WRITES` and the kernel page
+//!   cache serves buffered readers; control commands still invalidate it
+//!   ([`super::invalidate`]).
 //! * Directory contents are read from the catalogue on every `opendir`
 //!   and never cached here; the kernel caches entries and attributes for
 //!   [`TTL`] only.
@@ -45,8 +49,6 @@ use std::time::{Duration, SystemTime};
 /// the control socket can change the catalogue behind the kernel's back
 /// (it also invalidates explicitly; this bounds any miss).
 pub const TTL: Duration = Duration::from_secs(1);
-/// Largest request we negotiate; the kernel clamps to max_pages_limit.
-pub const MAX_WRITE: u32 = 1 << 20;
 const BLKSIZE: u32 = 4096;
 
 // fallocate(2) mode bits (linux/falloc.h).
@@ -62,6 +64,14 @@ const XATTR_REPLACE: i32 = 2;
 pub struct FsSettings {
     pub read_only: bool,
     pub max_background: u16,
+    /// Largest write request we negotiate (`max_write`); the kernel clamps
+    /// to max_pages_limit.
+    pub max_write: u32,
+    /// Ask for FUSE_WRITEBACK_CACHE at init (`writeback_cache`).
+    pub writeback_cache: bool,
+    /// Open volume files in page-cache mode with FOPEN_KEEP_CACHE
+    /// instead of FOPEN_DIRECT_IO (`keep_cache`).
+    pub keep_cache: bool,
     /// Owner of the directories and default owner of volume files.
     pub uid: u32,
     pub gid: u32,
@@ -858,8 +868,9 @@ fn open_flags_writable(flags: i32) -> bool {
 }
 
 /// Flags of every volume file handle (see the module invariants).
-fn fopen_flags() -> FopenFlags {
-    FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES
+fn fopen_flags(keep_cache: bool) -> FopenFlags {
+    let cache = if keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::FOPEN_DIRECT_IO };
+    cache | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES
 }
 
 impl Filesystem for StrataFs {
@@ -875,22 +886,33 @@ impl Filesystem for StrataFs {
             // Lets tools mmap a direct-I/O file instead of getting ENODEV.
             ("FUSE_DIRECT_IO_ALLOW_MMAP", InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP),
         ];
-        for (name, flag) in wanted {
+        let writeback =
+            self.settings.writeback_cache.then_some(("FUSE_WRITEBACK_CACHE", InitFlags::FUSE_WRITEBACK_CACHE));
+        for (name, flag) in wanted.into_iter().chain(writeback) {
             if config.add_capabilities(flag).is_err() {
                 if flag == InitFlags::FUSE_ASYNC_DIO {
                     tracing::warn!("kernel lacks FUSE_ASYNC_DIO: queued O_DIRECT I/O will be serialised");
+                } else if flag == InitFlags::FUSE_WRITEBACK_CACHE {
+                    tracing::warn!("kernel lacks FUSE_WRITEBACK_CACHE: the writeback_cache option does nothing");
                 } else {
                     tracing::debug!(capability = name, "not supported by the kernel");
                 }
             }
         }
-        if let Err(nearest) = config.set_max_write(MAX_WRITE) {
+        if let Err(nearest) = config.set_max_write(self.settings.max_write) {
             let _ = config.set_max_write(nearest);
         }
         if let Err(nearest) = config.set_max_background(self.settings.max_background) {
             let _ = config.set_max_background(nearest);
         }
-        tracing::info!(kernel_abi = ?config.kernel_abi(), max_background = self.settings.max_background, "FUSE session initialised");
+        tracing::info!(
+            kernel_abi = ?config.kernel_abi(),
+            max_background = self.settings.max_background,
+            max_write = self.settings.max_write,
+            writeback_cache = self.settings.writeback_cache,
+            keep_cache = self.settings.keep_cache,
+            "FUSE session initialised"
+        );
         Ok(())
     }
 
@@ -1012,7 +1034,7 @@ impl Filesystem for StrataFs {
             _ => self.volume_node(ino.0).and_then(|(disk, _)| self.open_handle(disk, writable)),
         };
         match res {
-            Ok((fh, _)) => reply.opened(FileHandle(fh), fopen_flags()),
+            Ok((fh, _)) => reply.opened(FileHandle(fh), fopen_flags(self.settings.keep_cache)),
             Err(e) => reply.error(e),
         }
     }
@@ -1037,7 +1059,9 @@ impl Filesystem for StrataFs {
             Ok((fh, self.file_attr(of.ino, &of.state, &info)))
         })();
         match res {
-            Ok((fh, attr)) => reply.created(&TTL, &attr, Generation(0), FileHandle(fh), fopen_flags()),
+            Ok((fh, attr)) => {
+                reply.created(&TTL, &attr, Generation(0), FileHandle(fh), fopen_flags(self.settings.keep_cache))
+            }
             Err(e) => reply.error(e),
         }
     }

@@ -16,6 +16,12 @@ const IGNORED: &[&str] = &[
     "loud", "silent",
 ];
 
+/// Default and bounds of `max_write` / `max_read`. 1 MiB is what the kernel
+/// allows here (`fs.fuse.max_pages_limit` 256); fuser's buffers hold 16 MiB.
+pub const DEFAULT_MAX_WRITE: u32 = 1 << 20;
+const MIN_REQUEST: u64 = 4096;
+const MAX_REQUEST: u64 = 16 << 20;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountOptions {
     pub read_only: bool,
@@ -27,6 +33,27 @@ pub struct MountOptions {
     /// against it, so qemu with several queues needs more than the
     /// kernel's 12 (research/fuser-ceiling.md).
     pub max_background: u16,
+    /// `clone_fd=0|1`: give every worker its own cloned `/dev/fuse` fd
+    /// (1) or let all workers read one shared fd (0). None = cloned when
+    /// there is more than one worker.
+    pub clone_fd: Option<bool>,
+    /// `max_write=BYTES` (default 1 MiB, the kernel's `max_pages_limit`
+    /// here): the largest write request. fuser derives `max_pages` from
+    /// it, so it also caps read requests.
+    pub max_write: u32,
+    /// `max_read=BYTES`: a kernel mount option capping read requests
+    /// (direct I/O reads are split into pieces this big). None = no cap
+    /// beyond `max_pages`.
+    pub max_read: Option<u32>,
+    /// `writeback_cache`: ask for FUSE_WRITEBACK_CACHE at init. Volume
+    /// files are still opened FOPEN_DIRECT_IO unless `keep_cache` is also
+    /// given, so alone it changes only attribute caching (the kernel then
+    /// trusts its own size and mtime of open regular files).
+    pub writeback_cache: bool,
+    /// `keep_cache`: open volume files without FOPEN_DIRECT_IO and with
+    /// FOPEN_KEEP_CACHE, so the kernel page cache serves buffered readers
+    /// (O_DIRECT clients bypass it either way).
+    pub keep_cache: bool,
     /// Kernel mount flags passed through (nodev, noexec, noatime, ...).
     pub kernel: Vec<MountOption>,
 }
@@ -39,6 +66,11 @@ impl Default for MountOptions {
             auto_unmount: false,
             threads: None,
             max_background: 64,
+            clone_fd: None,
+            max_write: DEFAULT_MAX_WRITE,
+            max_read: None,
+            writeback_cache: false,
+            keep_cache: false,
             kernel: Vec::new(),
         }
     }
@@ -56,6 +88,24 @@ pub fn parse(options: &[String]) -> Result<MountOptions, String> {
             value
                 .and_then(|v| v.parse::<u64>().ok())
                 .ok_or_else(|| format!("mount option {what} needs a number, as in {what}=4 (got {opt:?})"))
+        };
+        // A request size: a multiple of 4 KiB from 4K to 16M.
+        let request_size = |what: &str| -> Result<u32, String> {
+            let v =
+                value.ok_or_else(|| format!("mount option {what} needs a size, as in {what}=128K (got {opt:?})"))?;
+            let n = crate::cli::size::parse_size(v).map_err(|e| format!("mount option {what}: {e}"))?;
+            if !(MIN_REQUEST..=MAX_REQUEST).contains(&n) || n % MIN_REQUEST != 0 {
+                return Err(format!("mount option {opt}: use a multiple of 4K from 4K to 16M, e.g. 128K or 1M"));
+            }
+            Ok(n as u32)
+        };
+        // An on/off switch: bare `name` or `name=1` is on, `name=0` off.
+        let switch = |what: &str| -> Result<bool, String> {
+            match value {
+                None | Some("1") => Ok(true),
+                Some("0") => Ok(false),
+                Some(_) => Err(format!("mount option {what} takes 0 or 1, as in {what}=0 (got {opt:?})")),
+            }
         };
         match key {
             k if IGNORED.contains(&k) || k.starts_with("x-") || k == "comment" => {}
@@ -80,6 +130,11 @@ pub fn parse(options: &[String]) -> Result<MountOptions, String> {
                     .filter(|&n| n > 0)
                     .ok_or_else(|| format!("mount option max_background={n}: use 1 to 65535"))?;
             }
+            "clone_fd" => o.clone_fd = Some(switch("clone_fd")?),
+            "max_write" => o.max_write = request_size("max_write")?,
+            "max_read" => o.max_read = Some(request_size("max_read")?),
+            "writeback_cache" => o.writeback_cache = switch("writeback_cache")?,
+            "keep_cache" => o.keep_cache = switch("keep_cache")?,
             "nodev" => o.kernel.push(MountOption::NoDev),
             "dev" => o.kernel.push(MountOption::Dev),
             "nosuid" => o.kernel.push(MountOption::NoSuid),
@@ -93,8 +148,8 @@ pub fn parse(options: &[String]) -> Result<MountOptions, String> {
             "relatime" | "norelatime" | "strictatime" | "lazytime" | "nodiratime" => {}
             _ => {
                 return Err(format!(
-                    "unknown mount option {opt:?}; strata understands ro, threads=N, max_background=N, noallow_other, auto_unmount, \
-                     nodev, nosuid, noexec, noatime, sync, dirsync (and ignores defaults, _netdev, auto, noauto, user, nofail, x-*)"
+                    "unknown mount option {opt:?}; strata understands ro, threads=N, max_background=N, clone_fd=0|1, \
+                     max_write=SIZE, max_read=SIZE, writeback_cache, keep_cache, noallow_other, auto_unmount, nodev, nosuid, noexec, noatime, sync, dirsync (and ignores defaults, _netdev, auto, noauto, user, nofail, x-*)"
                 ));
             }
         }
@@ -144,6 +199,57 @@ mod tests {
         assert!(p(&["threads=x"]).unwrap_err().contains("threads"));
         assert!(p(&["max_background=70000"]).is_err());
         assert!(p(&["frobnicate"]).unwrap_err().contains("frobnicate"));
+    }
+
+    #[test]
+    fn clone_fd_takes_zero_or_one() {
+        assert_eq!(p(&[]).unwrap().clone_fd, None);
+        assert_eq!(p(&["clone_fd=0"]).unwrap().clone_fd, Some(false));
+        assert_eq!(p(&["clone_fd=1"]).unwrap().clone_fd, Some(true));
+        assert_eq!(p(&["clone_fd"]).unwrap().clone_fd, Some(true));
+        let e = p(&["clone_fd=yes"]).unwrap_err();
+        assert!(e.contains("clone_fd") && e.contains("0 or 1"), "{e}");
+    }
+
+    #[test]
+    fn max_write_takes_a_size_in_4k_steps() {
+        assert_eq!(p(&[]).unwrap().max_write, 1 << 20);
+        assert_eq!(p(&["max_write=128K"]).unwrap().max_write, 128 << 10);
+        assert_eq!(p(&["max_write=1M"]).unwrap().max_write, 1 << 20);
+        assert_eq!(p(&["max_write=65536"]).unwrap().max_write, 65536);
+        assert_eq!(p(&["max_write=16M"]).unwrap().max_write, 16 << 20);
+        for bad in ["max_write=1000", "max_write=0", "max_write=32M", "max_write=2K"] {
+            let e = p(&[bad]).unwrap_err();
+            assert!(e.contains(bad) && e.contains("multiple of 4K"), "{bad}: {e}");
+        }
+        let e = p(&["max_write=lots"]).unwrap_err();
+        assert!(e.contains("max_write") && e.contains("invalid size"), "{e}");
+        assert!(p(&["max_write"]).unwrap_err().contains("needs a size"));
+    }
+
+    #[test]
+    fn max_read_takes_a_size_in_4k_steps() {
+        assert_eq!(p(&[]).unwrap().max_read, None);
+        assert_eq!(p(&["max_read=128K"]).unwrap().max_read, Some(128 << 10));
+        assert_eq!(p(&["max_read=4096"]).unwrap().max_read, Some(4096));
+        let e = p(&["max_read=5000"]).unwrap_err();
+        assert!(e.contains("max_read=5000") && e.contains("multiple of 4K"), "{e}");
+        assert!(p(&["max_read=1X"]).unwrap_err().contains("max_read"));
+        assert!(p(&["max_read"]).unwrap_err().contains("needs a size"));
+    }
+
+    #[test]
+    fn writeback_cache_and_keep_cache_are_switches_off_by_default() {
+        let o = p(&[]).unwrap();
+        assert!(!o.writeback_cache && !o.keep_cache);
+        let o = p(&["writeback_cache,keep_cache"]).unwrap();
+        assert!(o.writeback_cache && o.keep_cache);
+        let o = p(&["writeback_cache=1", "keep_cache=0"]).unwrap();
+        assert!(o.writeback_cache && !o.keep_cache);
+        for bad in ["writeback_cache=on", "keep_cache=2"] {
+            let e = p(&[bad]).unwrap_err();
+            assert!(e.contains(bad) && e.contains("0 or 1"), "{bad}: {e}");
+        }
     }
 
     #[test]
