@@ -828,21 +828,40 @@ impl ChunkStore {
     /// record and point the table at it (refcount untouched). Call under
     /// the engine's cut, and journal the returned placement.
     pub fn commit_move(&self, id: u64, m: Moved) -> Result<ChunkPut> {
-        if self.table.get(id) != Some(m.from) {
-            // Cannot happen while movers are serialized; refuse rather than
-            // point the table at a stale copy.
-            return Err(Error::Corrupt {
-                chunk_id: id,
-                pack_id: m.from.pack_id,
-                offset: m.from.offset,
-                detail: "the chunk moved while it was being relocated".into(),
-            });
+        Ok(self.commit_moves(vec![(id, m)])?.pop().expect("one move"))
+    }
+
+    /// [`commit_move`](Self::commit_move) for many chunks, appended with
+    /// one write (large enough for the O_DIRECT path).
+    pub fn commit_moves(&self, moves: Vec<(u64, Moved)>) -> Result<Vec<ChunkPut>> {
+        let mut buf = Vec::with_capacity(moves.iter().map(|(_, m)| m.record.len()).sum());
+        let mut offs = Vec::with_capacity(moves.len());
+        for (id, m) in &moves {
+            if self.table.get(*id) != Some(m.from) {
+                // Cannot happen while movers are serialized; refuse rather
+                // than point the table at a stale copy.
+                return Err(Error::Corrupt {
+                    chunk_id: *id,
+                    pack_id: m.from.pack_id,
+                    offset: m.from.offset,
+                    detail: "the chunk moved while it was being relocated".into(),
+                });
+            }
+            offs.push(buf.len() as u64);
+            buf.extend_from_slice(&m.record);
         }
-        let stored_len = (m.record.len() - RECORD_HEADER_LEN) as u32;
-        let (pack_id, offset) = self.append(&m.record)?;
-        let new = ChunkLoc { pack_id, offset, stored_len, murmur: m.from.murmur };
-        self.table.insert(id, new);
-        Ok(ChunkPut { chunk_id: id, pack_id, offset, stored_len, murmur: m.from.murmur })
+        if moves.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (pack_id, base) = self.append(&buf)?;
+        let mut out = Vec::with_capacity(moves.len());
+        for ((id, m), off) in moves.into_iter().zip(offs) {
+            let stored_len = (m.record.len() - RECORD_HEADER_LEN) as u32;
+            let offset = base + off;
+            self.table.insert(id, ChunkLoc { pack_id, offset, stored_len, murmur: m.from.murmur });
+            out.push(ChunkPut { chunk_id: id, pack_id, offset, stored_len, murmur: m.from.murmur });
+        }
+        Ok(out)
     }
 
     /// Store new unique blocks raw and leave compression to the packer.

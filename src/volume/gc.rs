@@ -153,6 +153,7 @@ impl Engine {
                     let _cut = rlock(&self.cut);
                     let _gate = rlock(&self.gc_gate);
                     let mut batch = Batch::new();
+                    let mut moves = Vec::new();
                     for ((id, _, refs), prep) in part.iter().zip(prepared) {
                         if *refs == 0 && self.store.free_chunk(*id) {
                             batch.chunk_free(*id);
@@ -176,7 +177,10 @@ impl Engine {
                             Err(e) => return Err(self.on_write_error(e.into())),
                         };
                         rep.chunks_compressed += m.packed as u64;
-                        let p = self.store.commit_move(*id, m).map_err(|e| self.on_write_error(e.into()))?;
+                        moves.push((*id, m));
+                    }
+                    // One append for the whole batch.
+                    for p in self.store.commit_moves(moves).map_err(|e| self.on_write_error(e.into()))? {
                         batch.chunk_put(&p);
                         rep.chunks_moved += 1;
                     }

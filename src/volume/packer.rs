@@ -14,11 +14,14 @@
 //! list, and `strata gc` does its work too.
 //!
 //! The packer is a thread of the mount daemon (`Engine::start_packer`) at the
-//! lowest CPU priority (nice 19): foreground I/O keeps the CPUs, and the
-//! packer catches up when they are idle. Every `PACKER_TICK` it compacts
-//! the sealed packs that hold deferred records; it seals the active pack
-//! once no new chunk has been stored for one tick, so a quiet store ends up
-//! fully compressed. Reads of a deferred record are plain raw reads.
+//! lowest CPU priority (SCHED_IDLE). Every `PACKER_TICK` in which no new
+//! chunk was stored it seals the active pack and compacts the packs that
+//! hold deferred records, stopping between packs as soon as new chunks
+//! arrive; so foreground writes keep the CPUs and the disk, and a quiet
+//! store ends up fully compressed. Under writes that never pause it starts
+//! anyway once `PACKER_MAX_BACKLOG_PACKS` packs are waiting, which bounds
+//! the extra space raw blocks take. Reads of a deferred record are plain
+//! raw reads.
 
 use super::{Engine, Result, lock};
 use std::sync::atomic::Ordering;
@@ -27,6 +30,21 @@ use std::time::Duration;
 
 /// How often the packer looks for work.
 pub const PACKER_TICK: Duration = Duration::from_secs(1);
+/// Past this many packs awaiting it (4 GiB of raw data), the packer works
+/// even while writes go on, so the space they take stays bounded.
+pub const PACKER_MAX_BACKLOG_PACKS: u64 = 32;
+
+/// Run the calling thread at the lowest CPU priority: SCHED_IDLE (it runs
+/// only when no normal thread wants the CPU), or nice 19 where that is
+/// refused.
+fn idle_priority() {
+    let p = libc::sched_param { sched_priority: 0 };
+    // SAFETY: changes only the calling thread's own scheduling policy.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &p) } != 0 {
+        // SAFETY: setpriority on this thread's own id.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
+    }
+}
 
 /// How new unique blocks are compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -132,10 +150,7 @@ impl Engine {
         let thread = std::thread::Builder::new()
             .name("strata-packer".into())
             .spawn(move || {
-                // Lowest priority: the packer only uses CPU nobody else wants.
-                // SAFETY: setpriority on this thread's own id.
-                unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
-                let stopping = || !rx.is_empty();
+                idle_priority();
                 let mut last_next_id = u64::MAX;
                 let mut damaged: Vec<u32> = Vec::new();
                 loop {
@@ -147,10 +162,18 @@ impl Engine {
                     if e.closed.load(Ordering::Acquire) {
                         return;
                     }
-                    // Quiet for a tick: the active pack can be sealed and packed.
+                    // Work only while no new chunk is being stored (then
+                    // the active pack can be sealed too), or when the
+                    // backlog has grown past its bound; give way as soon as
+                    // writes resume, unless over the bound.
                     let next = e.store.next_id();
                     let idle = next == last_next_id;
                     last_next_id = next;
+                    let over = || e.store.deferred_pack_count() >= PACKER_MAX_BACKLOG_PACKS;
+                    if !idle && !over() {
+                        continue;
+                    }
+                    let stopping = || !rx.is_empty() || (e.store.next_id() != next && !over());
                     if let Err(err) = e.pack_deferred_skipping(idle, &stopping, &mut damaged) {
                         tracing::error!(%err, "background packer failed");
                     }
