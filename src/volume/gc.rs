@@ -29,8 +29,10 @@ use std::time::{Duration, Instant};
 /// A pack is compacted when this fraction of it is dead (borg and bup use
 /// 10 %).
 pub const GC_DEAD_FRACTION: f64 = 0.10;
-/// Journal records hold at most this many GC entries each.
-const GC_BATCH: usize = 4096;
+/// Journal records hold at most this many GC entries each; also the unit
+/// of work read (and compressed) ahead and appended at once, so it bounds
+/// the mover's transient memory (about 2 × 1024 × 4 KiB).
+const GC_BATCH: usize = 1024;
 /// Below this much free space GC releases the reserve file first.
 const GC_MIN_FREE_BYTES: u64 = 64 << 20;
 /// Packs compacted between checkpoints.
