@@ -63,7 +63,10 @@ fn main() {
         let t = Instant::now();
         let n = e.pack_deferred(true, &|| false).unwrap();
         let s = t.elapsed().as_secs_f64();
-        println!("packer    {n} blocks compressed in {s:.2} s = {:.0} MB/s (one thread, in the background)", n as f64 * 4096.0 / s / 1e6);
+        println!(
+            "packer    {n} blocks compressed in {s:.2} s = {:.0} MB/s (one thread, in the background)",
+            n as f64 * 4096.0 / s / 1e6
+        );
     }
     let st = e.status().unwrap();
     println!(

@@ -560,9 +560,14 @@ impl ChunkStore {
         if busy.split() {
             let (a, b) = blocks.split_at(blocks.len() / 2);
             std::thread::scope(|s| {
-                let other = s.spawn(|| b.iter().map(|x| sig(x)).collect::<Vec<_>>());
+                // No thread to be had (resource limits): hash it all here.
+                let other =
+                    std::thread::Builder::new().spawn_scoped(s, || b.iter().map(|x| sig(x)).collect::<Vec<_>>());
                 let mut v: Vec<_> = a.iter().map(|x| sig(x)).collect();
-                v.extend(other.join().expect("hashing thread"));
+                match other {
+                    Ok(h) => v.extend(h.join().expect("hashing thread")),
+                    Err(_) => v.extend(b.iter().map(|x| sig(x))),
+                }
                 v
             })
         } else {
