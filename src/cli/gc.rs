@@ -1,7 +1,8 @@
 //! `strata gc`: reclaim the space of chunks no layer references (after
 //! volumes, snapshots or data were removed) by compacting pack files. Safe
 //! while volumes are mounted and written; the engine also runs it in the
-//! background, so this is for "give the space back now".
+//! background, so this is for "give the space back now". It also compresses
+//! every block whose compression was deferred (the packer's work, now).
 
 use std::io::Write;
 
@@ -15,10 +16,12 @@ use crate::volume::Engine;
 
 #[derive(clap::Args, Debug)]
 #[command(
-    about = "Reclaim space of unreferenced chunks now (compacts pack files)",
+    about = "Reclaim space of unreferenced chunks and compress deferred blocks now (compacts pack files)",
     long_about = "Reclaim the space of chunks that no layer references any more (after volumes, \
-        snapshots or data were removed) by compacting pack files that are at least 10% dead. \
-        Safe while volumes are mounted and written; the store also does this in the background."
+        snapshots or data were removed) by compacting pack files that are at least 10% dead, \
+        and compress every block stored raw by deferred compression (what the mount's \
+        background packer does when the CPUs are idle). Safe while volumes are mounted and \
+        written; the store also does both in the background."
 )]
 pub struct GcArgs {
     #[command(flatten)]
@@ -39,6 +42,10 @@ pub fn run(engine: &Engine, a: &GcArgs, out: &mut dyn Write, progress: bool) -> 
     l.item("packs compacted", r.packs_compacted.to_string());
     l.item("chunks freed", r.chunks_freed.to_string());
     l.item("chunks moved", r.chunks_moved.to_string());
+    l.item("chunks compressed", r.chunks_compressed.to_string());
+    if r.chunks_damaged > 0 {
+        l.item("damaged chunks left in place", format!("{} (run `strata check`)", r.chunks_damaged));
+    }
     l.item("pack bytes before", format!("{} ({} bytes)", human(r.bytes_before), r.bytes_before));
     l.item("pack bytes after", format!("{} ({} bytes)", human(r.bytes_after), r.bytes_after));
     l.item("reclaimed", human(r.bytes_before.saturating_sub(r.bytes_after)));
