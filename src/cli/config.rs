@@ -15,7 +15,7 @@ use super::output::Listing;
 use crate::volume::{Compression, Engine, WritePolicy};
 
 /// The keys `config` knows, for messages.
-const KEYS: &str = "write-policy, index-max-entries, compression";
+const KEYS: &str = "write-policy, index-max-entries, compression, table-cache-bytes";
 
 #[derive(clap::Subcommand, Debug)]
 pub enum ConfigCommand {
@@ -32,19 +32,23 @@ pub enum ConfigCommand {
         compression  deferred | inline: deferred (the default) stores new blocks raw and \
         lets the mount's background packer compress them when the CPUs are idle (faster \
         writes, space reclaimed later; `strata gc` also compresses them); inline \
-        compresses in the write path. Takes effect at once.")]
+        compresses in the write path. Takes effect at once.\n  \
+        table-cache-bytes  SIZE (e.g. 256M): keep about that much of the chunk table \
+        (24 bytes per stored block) resident; the rest lives in the scratch file \
+        STORE/chunks.mem and is paged in on use. 0 = the whole table in RAM (the default). \
+        Takes effect at the next open (remount).")]
     Set(ConfigSetArgs),
 }
 
 #[derive(clap::Args, Debug)]
 pub struct ConfigGetArgs {
-    /// The setting (write-policy, index-max-entries, compression); all settings when left out.
+    /// The setting (write-policy, index-max-entries, compression, table-cache-bytes); all settings when left out.
     pub key: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
 pub struct ConfigSetArgs {
-    /// The setting (write-policy, index-max-entries, compression).
+    /// The setting (write-policy, index-max-entries, compression, table-cache-bytes).
     pub key: String,
     pub value: String,
 }
@@ -58,6 +62,7 @@ pub fn run(engine: &Engine, cmd: &ConfigCommand, out: &mut dyn Write) -> Result<
             match a.key.as_deref() {
                 Some("index-max-entries") => writeln!(out, "{cap}")?,
                 Some("compression") => writeln!(out, "{compression}")?,
+                Some("table-cache-bytes") => writeln!(out, "{}", engine.table_cache_bytes())?,
                 Some(key) => {
                     check_key(key)?;
                     writeln!(out, "{policy}")?;
@@ -67,6 +72,7 @@ pub fn run(engine: &Engine, cmd: &ConfigCommand, out: &mut dyn Write) -> Result<
                     l.item("write-policy", policy);
                     l.item("index-max-entries", &cap);
                     l.item("compression", compression);
+                    l.item("table-cache-bytes", engine.table_cache_bytes().to_string());
                     l.write(out, 0)?;
                 }
             }
@@ -81,6 +87,14 @@ pub fn run(engine: &Engine, cmd: &ConfigCommand, out: &mut dyn Write) -> Result<
             })?;
             engine.set_index_max_entries(n).map_err(|e| exit::engine("cannot set index-max-entries", e))?;
             writeln!(out, "index-max-entries is {n}; it takes effect when the store is next opened (remount)")?;
+            Ok(())
+        }
+        ConfigCommand::Set(a) if a.key == "table-cache-bytes" => {
+            let n = super::size::parse_size(&a.value).map_err(|e| {
+                exit::fail(ExitCode::InvalidArgument, format!("cannot set table-cache-bytes to {:?}: {e}", a.value))
+            })?;
+            engine.set_table_cache_bytes(n).map_err(|e| exit::engine("cannot set table-cache-bytes", e))?;
+            writeln!(out, "table-cache-bytes is {n}; it takes effect when the store is next opened (remount)")?;
             Ok(())
         }
         ConfigCommand::Set(a) if a.key == "compression" => {
@@ -108,7 +122,7 @@ pub fn run(engine: &Engine, cmd: &ConfigCommand, out: &mut dyn Write) -> Result<
 }
 
 fn check_key(key: &str) -> Result<()> {
-    if key == "write-policy" || key == "index-max-entries" || key == "compression" {
+    if ["write-policy", "index-max-entries", "compression", "table-cache-bytes"].contains(&key) {
         return Ok(());
     }
     Err(exit::fail(ExitCode::NotFound, format!("unknown setting {key:?}: the settings are {KEYS}")))

@@ -287,6 +287,7 @@ impl ChunkStore {
         level: i32,
         index_max_entries: u64,
         faults: Arc<Faults>,
+        table: ChunkTable,
     ) -> Result<ChunkStore> {
         let mut packs = HashMap::new();
         let mut max_id = 0u32;
@@ -332,7 +333,7 @@ impl ChunkStore {
             packs: RwLock::new(packs),
             active: Mutex::new(active),
             unsynced: Mutex::new(Vec::new()),
-            table: ChunkTable::default(),
+            table,
             index: index::DedupIndex::new(index_max_entries),
             faults,
             recovering: AtomicBool::new(false),
@@ -1011,6 +1012,7 @@ mod tests {
             3,
             0,
             Faults::new(),
+            ChunkTable::default(),
         )
         .unwrap()
     }

@@ -22,6 +22,15 @@
 //!
 //! Slots are atomics in fixed segments so readers never take a lock longer
 //! than a segment-vector read guard.
+//!
+//! **Bounded memory** (`table-cache-bytes`, [`ChunkTable::file_backed`]):
+//! segments can live in a shared mapping of a scratch file (`STORE/
+//! chunks.mem`, recreated at every open, not part of the format) instead of
+//! the heap. Then a CLOCK sweep ([`ChunkTable::sweep`]) hands segments not
+//! touched since the previous sweep back to the kernel with
+//! `MADV_PAGEOUT` (written to the scratch file if dirty) whenever more than
+//! the cap is resident; a later access faults them back in. Same atomics,
+//! same semantics; only where the pages live changes.
 
 use crate::format::{Reader, Writer, checksum32};
 use crate::guid::Guid;
@@ -46,6 +55,7 @@ pub struct ChunkLoc {
 }
 
 #[derive(Default)]
+#[repr(C)]
 struct Slot {
     /// pack_id << 40 | offset; 0 = free slot.
     loc: AtomicU64,
@@ -58,21 +68,178 @@ const OFFSET_BITS: u32 = 40;
 /// Refcount value of a chunk GC is freeing.
 const CLAIMED: u32 = u32::MAX;
 
+const SEG_BYTES: usize = SEG_LEN * std::mem::size_of::<Slot>();
+
+enum SegMem {
+    Heap(Box<[Slot]>),
+    /// SEG_BYTES of the scratch file, zero-filled (all-zero atomics are
+    /// empty slots).
+    Mapped(memmap2::MmapMut),
+}
+
+struct Segment {
+    mem: SegMem,
+    /// Touched since the last sweep (CLOCK reference bit).
+    accessed: std::sync::atomic::AtomicBool,
+    /// Paged in, as far as we know (cleared by a sweep's page-out).
+    resident: std::sync::atomic::AtomicBool,
+}
+
+impl Segment {
+    fn slots(&self) -> &[Slot] {
+        match &self.mem {
+            SegMem::Heap(b) => b,
+            // SAFETY: the mapping is SEG_BYTES long, page-aligned (Slot
+            // needs 8), lives as long as `self`, and every bit pattern of
+            // zeros or written by us is a valid `Slot` of atomics; all access
+            // goes through atomics, so sharing `&[Slot]` is sound.
+            SegMem::Mapped(m) => unsafe { std::slice::from_raw_parts(m.as_ptr() as *const Slot, SEG_LEN) },
+        }
+    }
+
+    /// Note an access; `reference` = false for whole-table scans, which
+    /// must not make every segment look hot (scan resistance).
+    fn touch(&self, resident: &std::sync::atomic::AtomicUsize, reference: bool) {
+        if reference && !self.accessed.load(Ordering::Relaxed) {
+            self.accessed.store(true, Ordering::Relaxed);
+        }
+        if !self.resident.load(Ordering::Relaxed) && !self.resident.swap(true, Ordering::Relaxed) {
+            resident.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The scratch file behind a file-backed table, and its cap.
+struct Backing {
+    file: std::fs::File,
+    cap_bytes: u64,
+    /// Segments resident (as far as the sweep knows).
+    resident: std::sync::atomic::AtomicUsize,
+    /// The CLOCK hand, and "one sweep at a time".
+    hand: std::sync::Mutex<usize>,
+}
+
 pub struct ChunkTable {
-    segs: RwLock<Vec<Box<[Slot]>>>,
+    segs: RwLock<Vec<Segment>>,
+    backing: Option<Backing>,
 }
 
 impl Default for ChunkTable {
     fn default() -> Self {
-        ChunkTable { segs: RwLock::new(Vec::new()) }
+        ChunkTable { segs: RwLock::new(Vec::new()), backing: None }
     }
 }
 
 impl ChunkTable {
+    /// A table whose segments live in a shared mapping of `path` (created
+    /// or truncated now), kept to about `cap_bytes` resident by [`sweep`](Self::sweep).
+    pub fn file_backed(path: &std::path::Path, cap_bytes: u64) -> std::io::Result<ChunkTable> {
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
+        Ok(ChunkTable {
+            segs: RwLock::new(Vec::new()),
+            backing: Some(Backing {
+                file,
+                cap_bytes,
+                resident: std::sync::atomic::AtomicUsize::new(0),
+                hand: std::sync::Mutex::new(0),
+            }),
+        })
+    }
+
+    fn new_segment(&self, seg_no: usize) -> Segment {
+        let mem = match &self.backing {
+            None => SegMem::Heap((0..SEG_LEN).map(|_| Slot::default()).collect()),
+            Some(b) => {
+                let end = ((seg_no + 1) * SEG_BYTES) as u64;
+                let mapped = (|| -> std::io::Result<memmap2::MmapMut> {
+                    if b.file.metadata()?.len() < end {
+                        b.file.set_len(end)?;
+                    }
+                    // SAFETY: a private scratch file only this table maps
+                    // and nothing else writes.
+                    unsafe {
+                        memmap2::MmapOptions::new().offset((seg_no * SEG_BYTES) as u64).len(SEG_BYTES).map_mut(&b.file)
+                    }
+                })();
+                match mapped {
+                    Ok(m) => SegMem::Mapped(m),
+                    Err(e) => {
+                        // No room for the scratch file: keep going in RAM.
+                        tracing::warn!(%e, "chunk table segment in RAM: the scratch file could not grow");
+                        SegMem::Heap((0..SEG_LEN).map(|_| Slot::default()).collect())
+                    }
+                }
+            }
+        };
+        Segment {
+            mem,
+            accessed: std::sync::atomic::AtomicBool::new(false),
+            resident: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn touch(&self, seg: &Segment, reference: bool) {
+        if let Some(b) = &self.backing {
+            seg.touch(&b.resident, reference);
+        }
+    }
+
     fn with_slot<R>(&self, id: u64, f: impl FnOnce(&Slot) -> R) -> Option<R> {
         let segs = self.segs.read().unwrap_or_else(|p| p.into_inner());
         let seg = segs.get((id >> SEG_BITS) as usize)?;
-        Some(f(&seg[(id as usize) & (SEG_LEN - 1)]))
+        self.touch(seg, true);
+        Some(f(&seg.slots()[(id as usize) & (SEG_LEN - 1)]))
+    }
+
+    /// Bytes of table segments resident (file-backed tables; for a heap
+    /// table, all of them).
+    pub fn resident_bytes(&self) -> u64 {
+        match &self.backing {
+            Some(b) => (b.resident.load(Ordering::Relaxed) * SEG_BYTES) as u64,
+            None => (self.segs.read().unwrap_or_else(|p| p.into_inner()).len() * SEG_BYTES) as u64,
+        }
+    }
+
+    /// File-backed tables: while more than the cap is resident, page out
+    /// segments not touched since the last sweep (CLOCK). Returns the
+    /// segments paged out. A no-op for heap tables.
+    pub fn sweep(&self) -> usize {
+        let Some(b) = &self.backing else { return 0 };
+        let Ok(mut hand) = b.hand.try_lock() else { return 0 };
+        let cap_segs = (b.cap_bytes as usize / SEG_BYTES).max(1);
+        let segs = self.segs.read().unwrap_or_else(|p| p.into_inner());
+        let n = segs.len();
+        let mut out = 0;
+        let mut steps = 0;
+        while b.resident.load(Ordering::Relaxed) > cap_segs && steps < 2 * n {
+            let seg = &segs[*hand % n];
+            *hand = (*hand + 1) % n;
+            steps += 1;
+            if !seg.resident.load(Ordering::Relaxed) {
+                continue;
+            }
+            if seg.accessed.swap(false, Ordering::Relaxed) {
+                continue;
+            }
+            if let SegMem::Mapped(m) = &seg.mem {
+                // SAFETY: advice on our own mapping; MADV_PAGEOUT only
+                // drops (after writing back) pages, contents stay.
+                let r = unsafe { libc::madvise(m.as_ptr() as *mut libc::c_void, SEG_BYTES, libc::MADV_PAGEOUT) };
+                if r != 0 {
+                    // Kernel without MADV_PAGEOUT (< 5.4): nothing to do.
+                    return out;
+                }
+                seg.resident.store(false, Ordering::Relaxed);
+                b.resident.fetch_sub(1, Ordering::Relaxed);
+                out += 1;
+            }
+        }
+        out
+    }
+
+    /// Over the cap, so worth a sweep.
+    pub fn over_cap(&self) -> bool {
+        self.backing.as_ref().is_some_and(|b| (b.resident.load(Ordering::Relaxed) * SEG_BYTES) as u64 > b.cap_bytes)
     }
 
     /// Record a chunk's location (new chunk or replay).
@@ -87,7 +254,8 @@ impl ChunkTable {
                 drop(segs);
                 let mut w = self.segs.write().unwrap_or_else(|p| p.into_inner());
                 while w.len() <= seg_no {
-                    w.push((0..SEG_LEN).map(|_| Slot::default()).collect());
+                    let seg = self.new_segment(w.len());
+                    w.push(seg);
                 }
             }
         }
@@ -168,7 +336,8 @@ impl ChunkTable {
     pub fn reset_refs(&self) {
         let segs = self.segs.read().unwrap_or_else(|p| p.into_inner());
         for seg in segs.iter() {
-            for s in seg.iter() {
+            self.touch(seg, false);
+            for s in seg.slots() {
                 s.refs.store(0, Ordering::Relaxed);
             }
         }
@@ -178,7 +347,8 @@ impl ChunkTable {
     pub fn for_each(&self, mut f: impl FnMut(u64, ChunkLoc, u32)) {
         let segs = self.segs.read().unwrap_or_else(|p| p.into_inner());
         for (si, seg) in segs.iter().enumerate() {
-            for (i, s) in seg.iter().enumerate() {
+            self.touch(seg, false);
+            for (i, s) in seg.slots().iter().enumerate() {
                 let loc = s.loc.load(Ordering::Acquire);
                 if loc == 0 {
                     continue;
@@ -389,5 +559,52 @@ mod tests {
         assert_eq!(t.decref(20), Some(1));
         assert_eq!(t.decref(20), Some(0));
         assert_eq!(t.refs(20), 0);
+    }
+}
+
+#[cfg(test)]
+mod paging_tests {
+    use super::*;
+
+    fn loc(id: u64) -> ChunkLoc {
+        ChunkLoc { pack_id: 1 + (id % 7) as u32, offset: 64 + id * 4160, stored_len: 4096, murmur: id * 31 }
+    }
+
+    #[test]
+    fn a_file_backed_table_pages_out_cold_segments_and_reads_them_back() {
+        let d = tempfile::tempdir_in("/var/tmp").or_else(|_| tempfile::tempdir()).unwrap();
+        // A cap of two segments; five segments of entries.
+        let t = ChunkTable::file_backed(&d.path().join("chunks.mem"), 2 * SEG_BYTES as u64).unwrap();
+        let n = 5 * SEG_LEN as u64;
+        for id in FIRST_CHUNK_ID..n {
+            t.insert(id, loc(id));
+            t.incref(id);
+        }
+        assert_eq!(t.resident_bytes(), 5 * SEG_BYTES as u64);
+        assert!(t.over_cap());
+        // The first sweep only clears reference bits; the second pages out.
+        t.sweep();
+        t.get(n - 1); // the last segment stays hot
+        t.sweep();
+        assert!(t.resident_bytes() <= 2 * SEG_BYTES as u64, "{}", t.resident_bytes());
+        assert!(!t.over_cap());
+        // Everything reads back (faulted in from the scratch file), counts too.
+        for id in FIRST_CHUNK_ID..n {
+            assert_eq!(t.get(id), Some(loc(id)), "{id}");
+            assert_eq!(t.refs(id), 1);
+        }
+        let mut seen = 0;
+        t.for_each(|id, l, r| {
+            assert_eq!((l, r), (loc(id), 1));
+            seen += 1;
+        });
+        assert_eq!(seen, n - FIRST_CHUNK_ID);
+        // Encoding is the same as a heap table's.
+        let h = ChunkTable::default();
+        for id in FIRST_CHUNK_ID..n {
+            h.insert(id, loc(id));
+        }
+        let g = Guid([3; 16]);
+        assert!(t.encode(g, 5, n) == h.encode(g, 5, n));
     }
 }

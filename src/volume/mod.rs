@@ -222,6 +222,8 @@ const CHECKPOINT_JOURNAL_BYTES: u64 = 256 << 20;
 
 enum Kick {
     Checkpoint,
+    /// The chunk table has more than its cache resident.
+    Sweep,
     Stop,
 }
 
@@ -284,6 +286,8 @@ impl Paths {
     const LOCK: &'static str = "lock";
     const CATALOG: &'static str = "catalog.db";
     const CHUNKS: &'static str = "chunks.tbl";
+    /// Scratch backing of the chunk table when `table-cache-bytes` is set.
+    const TABLE_SCRATCH: &'static str = "chunks.mem";
     const PACKS: &'static str = "packs";
     const MAPS: &'static str = "maps";
     const JOURNAL: &'static str = "journal";
@@ -420,6 +424,7 @@ impl Engine {
             checkpoint_seq: 0,
             index_max_entries: 0,
             deferred_compression: opts.compression == Compression::Deferred,
+            table_cache_bytes: 0,
         };
         sb.write(&path.join(Paths::SUPERBLOCK)).map_err(store_err("writing the superblock"))?;
         format::fsync_dir(path).map_err(store_err("syncing the store directory"))?;
@@ -451,6 +456,14 @@ impl Engine {
         let image =
             store::table::decode(&tbl_bytes, sb.store_uuid).map_err(|d| corrupt_store(path, "chunks.tbl", d))?;
         let table_stamp = image.stamp_seq;
+        // With a table cache set, the chunk table lives in a scratch file's
+        // mapping, kept to about that much resident (store/table.rs).
+        let table = if sb.table_cache_bytes > 0 && !ro {
+            store::ChunkTable::file_backed(&path.join(Paths::TABLE_SCRATCH), sb.table_cache_bytes)
+                .map_err(store_err("creating the chunk table's scratch file"))?
+        } else {
+            store::ChunkTable::default()
+        };
         let store = ChunkStore::open(
             &path.join(Paths::PACKS),
             sb.store_uuid,
@@ -458,6 +471,7 @@ impl Engine {
             sb.zstd_level,
             sb.index_max_entries,
             faults.clone(),
+            table,
         )?;
 
         // Layer maps of every layer the catalogue knows; the catalogue is
@@ -694,7 +708,12 @@ impl Engine {
                                 tracing::error!(%err, "background checkpoint failed");
                             }
                         }
+                        Ok(Kick::Sweep) => {
+                            e.store.table().sweep();
+                        }
                         Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                            // Reads page table segments in too.
+                            e.store.table().sweep();
                             // async-unsafe promises nothing at fsync, but
                             // data still reaches the disk within seconds.
                             if e.effective_write_policy() == WritePolicy::AsyncUnsafe
@@ -722,6 +741,11 @@ impl Engine {
 
     /// Ask the background thread for a checkpoint if the journal is large.
     pub(crate) fn maybe_checkpoint(&self) {
+        if self.store.table().over_cap()
+            && let Some((tx, _)) = lock(&self.worker).as_ref()
+        {
+            let _ = tx.try_send(Kick::Sweep);
+        }
         if self.journal.active_len() > CHECKPOINT_JOURNAL_BYTES
             && let Some((tx, _)) = lock(&self.worker).as_ref()
         {
@@ -942,6 +966,20 @@ impl Engine {
 
     pub fn index_max_entries(&self) -> u64 {
         lock(&self.sb).index_max_entries
+    }
+
+    /// Keep about `bytes` of the chunk table resident (0 = all of it in
+    /// RAM); takes effect at the next open (`strata config set
+    /// table-cache-bytes`).
+    pub fn set_table_cache_bytes(&self, bytes: u64) -> Result<()> {
+        self.check_writable()?;
+        let mut sb = lock(&self.sb);
+        sb.table_cache_bytes = bytes;
+        sb.write(&self.path.join(Paths::SUPERBLOCK)).map_err(store_err("writing the superblock"))
+    }
+
+    pub fn table_cache_bytes(&self) -> u64 {
+        lock(&self.sb).table_cache_bytes
     }
 
     pub(crate) fn check_writable(&self) -> Result<()> {

@@ -15,7 +15,8 @@
 //!  47  compression    u8   0 inline, 1 deferred (format 2; always 0 in format 1)
 //!  48  checkpoint_seq u64  journal seq of the last complete checkpoint
 //!  56  index_max      u64  dedup index entries cap (0 = unbounded)
-//!  64  reserved       [4028]
+//!  64  table_cache    u64  bytes of chunk table kept resident; 0 = all in RAM (format 2)
+//!  72  reserved       [4020]
 //! 4092 checksum       u32  checksum32(bytes 0..4092)
 //! ```
 //!
@@ -52,6 +53,8 @@ pub struct Superblock {
     pub index_max_entries: u64,
     /// Compress new blocks in the background (packer) rather than inline.
     pub deferred_compression: bool,
+    /// Bytes of the chunk table kept resident (0 = the table is in RAM).
+    pub table_cache_bytes: u64,
 }
 
 fn policy_code(p: WritePolicy) -> u8 {
@@ -85,7 +88,8 @@ impl Superblock {
             .u8(self.zstd_level as i8 as u8)
             .u8(self.deferred_compression as u8)
             .u64(self.checkpoint_seq)
-            .u64(self.index_max_entries);
+            .u64(self.index_max_entries)
+            .u64(self.table_cache_bytes);
         w.zeros(LEN - 4 - w.len());
         let c = checksum32(&w.buf);
         w.u32(c);
@@ -141,6 +145,10 @@ impl Superblock {
         };
         let checkpoint_seq = r.u64().map_err(|e| e.to_string())?;
         let index_max_entries = r.u64().map_err(|e| e.to_string())?;
+        let table_cache_bytes = r.u64().map_err(|e| e.to_string())?;
+        if format_version < 2 && table_cache_bytes != 0 {
+            return Err("format 1 superblock has bytes set past offset 64".into());
+        }
         Ok(Superblock {
             format_version,
             clean: flags & FLAG_CLEAN != 0,
@@ -152,6 +160,7 @@ impl Superblock {
             checkpoint_seq,
             index_max_entries,
             deferred_compression,
+            table_cache_bytes,
         })
     }
 
@@ -181,16 +190,24 @@ mod tests {
             checkpoint_seq: 42,
             index_max_entries: 0,
             deferred_compression: false,
+            table_cache_bytes: 0,
         }
     }
 
     #[test]
     fn golden_v2_superblock_bytes_carry_the_compression_mode() {
-        let s2 = Superblock { format_version: 2, deferred_compression: true, index_max_entries: 7, ..sample() };
+        let s2 = Superblock {
+            format_version: 2,
+            deferred_compression: true,
+            index_max_entries: 7,
+            table_cache_bytes: 64 << 20,
+            ..sample()
+        };
         let b = s2.encode();
         assert_eq!(&b[8..12], &[2, 0, 0, 0]);
         assert_eq!(b[47], 1);
         assert_eq!(&b[56..64], &7u64.to_le_bytes());
+        assert_eq!(&b[64..72], &(64u64 << 20).to_le_bytes());
         assert_eq!(Superblock::decode(&b).unwrap(), s2);
         // Format 1 has no compression byte: a 1 there is damage, not a mode.
         let mut b1 = sample().encode();

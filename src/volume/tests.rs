@@ -1373,3 +1373,36 @@ mod more_faults {
         assert!(r.errors() == 0, "{}", check::render(&r));
     }
 }
+
+#[test]
+fn a_store_with_a_table_cache_keeps_its_chunk_table_in_a_scratch_file_and_loses_nothing() {
+    let (_d, p) = new_store(WritePolicy::Async);
+    {
+        let e = open(&p);
+        e.set_table_cache_bytes(1).unwrap(); // one segment: everything else pages out
+    }
+    let data = pattern(4 << 20, 77);
+    {
+        let e = open(&p);
+        assert_eq!(e.table_cache_bytes(), 1);
+        assert!(p.join(Paths::TABLE_SCRATCH).exists());
+        e.create_volume("a", 8 << 20).unwrap();
+        let v = e.open_volume("a").unwrap();
+        v.write_at(&data, 0).unwrap();
+        e.store.table().sweep();
+        e.store.table().sweep();
+        let mut back = vec![0u8; data.len()];
+        v.read_at(&mut back, 0).unwrap();
+        assert!(back == data);
+        v.flush().unwrap();
+        e.simulate_crash();
+    }
+    let e = open(&p);
+    wait_normal(&e);
+    let mut back = vec![0u8; data.len()];
+    e.open_volume("a").unwrap().read_at(&mut back, 0).unwrap();
+    assert!(back == data);
+    e.gc(&mut |_, _| {}).unwrap();
+    e.open_volume("a").unwrap().read_at(&mut back, 0).unwrap();
+    assert!(back == data);
+}
