@@ -141,15 +141,28 @@ pub fn write_atomic_with(
     path: &Path,
     fill: impl FnOnce(&mut io::BufWriter<std::fs::File>) -> io::Result<()>,
 ) -> io::Result<()> {
+    let tmp = write_tmp_with(path, fill)?;
+    replace_with_tmp(&tmp, path)
+}
+
+/// The first half of [`write_atomic_with`]: write and fsync `path`'s
+/// temporary file (`*.tmp`) and return its path; nothing is replaced yet.
+pub fn write_tmp_with(
+    path: &Path,
+    fill: impl FnOnce(&mut io::BufWriter<std::fs::File>) -> io::Result<()>,
+) -> io::Result<std::path::PathBuf> {
     let tmp = path.with_extension("tmp");
-    {
-        let f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
-        let mut w = io::BufWriter::with_capacity(1 << 20, f);
-        fill(&mut w)?;
-        let f = w.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
+    let f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+    let mut w = io::BufWriter::with_capacity(1 << 20, f);
+    fill(&mut w)?;
+    w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    Ok(tmp)
+}
+
+/// The second half: rename the temporary file over `path` and fsync the
+/// directory.
+pub fn replace_with_tmp(tmp: &Path, path: &Path) -> io::Result<()> {
+    std::fs::rename(tmp, path)?;
     if let Some(dir) = path.parent() {
         fsync_dir(dir)?;
     }
@@ -170,17 +183,7 @@ impl Checksum32 {
 }
 
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        fsync_dir(dir)?;
-    }
-    Ok(())
+    write_atomic_with(path, |w| w.write_all(bytes))
 }
 
 #[cfg(test)]

@@ -216,8 +216,8 @@ pub struct ChunkStore {
     /// was appended to since open (known), `.1` = packs found at open that
     /// nobody has examined yet.
     maybe_deferred: Mutex<(BTreeSet<u32>, BTreeSet<u32>)>,
-    /// Large requests (hashing writes, verifying reads) in flight now.
-    hashing: AtomicUsize,
+    /// Requests (hashing writes, verifying reads) in flight now.
+    in_flight: AtomicUsize,
     pub stats: Stats,
 }
 
@@ -241,6 +241,23 @@ impl Drop for Busy<'_> {
     fn drop(&mut self) {
         self.count.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// Run `fa` here and `fb` on a second thread, and return both results. If
+/// no thread can be had (resource limits), `fb` runs here afterwards.
+pub fn join<A, B: Send>(fa: impl FnOnce() -> A, fb: impl FnOnce() -> B + Send) -> (A, B) {
+    let slot = Mutex::new(Some(fb));
+    // Whichever thread gets here first runs `fb`; it runs exactly once.
+    let run_b = || slot.lock().unwrap_or_else(|p| p.into_inner()).take().map(|f| f());
+    std::thread::scope(|s| {
+        let other = std::thread::Builder::new().spawn_scoped(s, run_b);
+        let a = fa();
+        let b = match other {
+            Ok(h) => h.join().expect("second thread"),
+            Err(_) => run_b(),
+        };
+        (a, b.expect("fb ran once"))
+    })
 }
 
 static CPUS: std::sync::LazyLock<usize> =
@@ -340,7 +357,7 @@ impl ChunkStore {
             next_id: AtomicU64::new(image.next_id.max(FIRST_CHUNK_ID)),
             deferred: AtomicBool::new(false),
             maybe_deferred: Mutex::new((BTreeSet::new(), BTreeSet::new())),
-            hashing: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
             stats: Stats::default(),
         };
         store.maybe_deferred.lock().unwrap_or_else(|p| p.into_inner()).1 =
@@ -560,17 +577,10 @@ impl ChunkStore {
         let busy = self.busy(blocks.len());
         if busy.split() {
             let (a, b) = blocks.split_at(blocks.len() / 2);
-            std::thread::scope(|s| {
-                // No thread to be had (resource limits): hash it all here.
-                let other =
-                    std::thread::Builder::new().spawn_scoped(s, || b.iter().map(|x| sig(x)).collect::<Vec<_>>());
-                let mut v: Vec<_> = a.iter().map(|x| sig(x)).collect();
-                match other {
-                    Ok(h) => v.extend(h.join().expect("hashing thread")),
-                    Err(_) => v.extend(b.iter().map(|x| sig(x))),
-                }
-                v
-            })
+            let hash = |part: &[&[u8]]| part.iter().map(|x| sig(x)).collect::<Vec<_>>();
+            let (mut v, w) = join(|| hash(a), || hash(b));
+            v.extend(w);
+            v
         } else {
             blocks.iter().map(|x| sig(x)).collect()
         }
@@ -579,8 +589,8 @@ impl ChunkStore {
     /// Count a request of `blocks` blocks as in flight until the guard is
     /// dropped; [`Busy::split`] says whether to use a second thread for it.
     pub fn busy(&self, blocks: usize) -> Busy<'_> {
-        let n = self.hashing.fetch_add(1, Ordering::AcqRel) + 1;
-        Busy { count: &self.hashing, split: blocks >= PARALLEL_MIN_BLOCKS && n < *CPUS }
+        let n = self.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        Busy { count: &self.in_flight, split: blocks >= PARALLEL_MIN_BLOCKS && n < *CPUS }
     }
 
     /// Make new chunks findable by dedup (after their journal record).
@@ -645,18 +655,23 @@ impl ChunkStore {
 
     /// Read and verify one chunk into `out` (4096 bytes).
     pub fn get(&self, id: u64, out: &mut [u8]) -> Result<()> {
-        // GC may move a chunk between our table lookup and the read; the
-        // old pack stays readable until no reader can hold its location,
-        // but the map of open packs may already have dropped it: look again.
+        self.at_current_loc(id, |loc| self.get_at(id, loc, out))
+    }
+
+    /// Run `read` on chunk `id`'s current location. GC or the packer may
+    /// move a chunk (and change its stored length) between our table lookup
+    /// and the read; the old pack stays readable until no reader can hold
+    /// its location, but the map of open packs may already have dropped it:
+    /// a read that fails as corrupt while the table moved is tried again.
+    fn at_current_loc<T>(&self, id: u64, mut read: impl FnMut(ChunkLoc) -> Result<T>) -> Result<T> {
         for _ in 0..3 {
             let loc = self.table.get(id).ok_or(Error::MissingChunk(id))?;
-            match self.get_at(id, loc, out) {
+            match read(loc) {
                 Err(Error::Corrupt { .. }) if self.table.get(id) != Some(loc) => continue,
                 r => return r,
             }
         }
-        let loc = self.table.get(id).ok_or(Error::MissingChunk(id))?;
-        self.get_at(id, loc, out)
+        read(self.table.get(id).ok_or(Error::MissingChunk(id))?)
     }
 
     fn get_at(&self, id: u64, loc: ChunkLoc, out: &mut [u8]) -> Result<()> {
@@ -777,16 +792,9 @@ impl ChunkStore {
         v
     }
 
-    /// GC and packer: copy a live chunk's record to the active pack and
-    /// point the table at it (a deferred record is compressed on the way).
-    /// The id stays, so no map changes.
-    pub fn relocate(&self, id: u64) -> Result<ChunkPut> {
-        let m = self.prepare_move(id)?;
-        self.commit_move(id, m)
-    }
-
-    /// First half of [`relocate`](Self::relocate), the CPU-heavy part, done
-    /// without the engine's locks: read and check chunk `id`'s record and,
+    /// GC and packer, first half of moving a live chunk's record to the
+    /// active pack (the id stays, so no map changes): the CPU-heavy part,
+    /// done without the engine's locks: read and check chunk `id`'s record and,
     /// if its compression was deferred, compress it (after checking the raw
     /// payload against its BLAKE3 content id: damage is never carried
     /// forward). Only one mover (GC or packer, under the engine's GC lock)
@@ -830,15 +838,9 @@ impl ChunkStore {
         Ok(Moved { from: loc, record: out, packed: true })
     }
 
-    /// Second half of [`relocate`](Self::relocate): append the prepared
-    /// record and point the table at it (refcount untouched). Call under
-    /// the engine's cut, and journal the returned placement.
-    pub fn commit_move(&self, id: u64, m: Moved) -> Result<ChunkPut> {
-        Ok(self.commit_moves(vec![(id, m)])?.pop().expect("one move"))
-    }
-
-    /// [`commit_move`](Self::commit_move) for many chunks, appended with
-    /// one write (large enough for the O_DIRECT path).
+    /// Second half: append the prepared records with one write (large
+    /// enough for the O_DIRECT path) and point the table at them (refcounts
+    /// untouched). Call under the engine's cut, and journal the placements.
     pub fn commit_moves(&self, moves: Vec<(u64, Moved)>) -> Result<Vec<ChunkPut>> {
         let mut buf = Vec::with_capacity(moves.iter().map(|(_, m)| m.record.len()).sum());
         let mut offs = Vec::with_capacity(moves.len());

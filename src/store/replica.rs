@@ -21,18 +21,7 @@ impl ChunkStore {
     /// Read chunk `id`'s record: its content hash and stored payload,
     /// checked like a read (header, lengths, decoded content hash).
     pub fn read_stored(&self, id: u64) -> Result<([u8; 32], Vec<u8>)> {
-        // GC or the packer may move the chunk (and change its stored
-        // length) between the table lookup and the read: look again, as
-        // `get` does.
-        for _ in 0..3 {
-            let loc = self.table.get(id).ok_or(Error::MissingChunk(id))?;
-            match self.read_stored_at(id, loc) {
-                Err(Error::Corrupt { .. }) if self.table.get(id) != Some(loc) => continue,
-                r => return r,
-            }
-        }
-        let loc = self.table.get(id).ok_or(Error::MissingChunk(id))?;
-        self.read_stored_at(id, loc)
+        self.at_current_loc(id, |loc| self.read_stored_at(id, loc))
     }
 
     fn read_stored_at(&self, id: u64, loc: super::ChunkLoc) -> Result<([u8; 32], Vec<u8>)> {

@@ -228,24 +228,11 @@ impl Volume {
         let cut = ((b0 + k as u64) * BLOCK_SIZE_U64 - offset) as usize;
         let (lo, hi) = buf.split_at_mut(cut);
         let (ea, eb) = entries.split_at(k);
-        let hi_off = offset + cut as u64;
-        let hi_b0 = b0 + k as u64;
-        // The upper half, done once by whichever thread gets to it.
-        let hi_slot = Mutex::new(Some(hi));
-        let upper = || match hi_slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            Some(hi) => self.fill_here(hi, hi_off, hi_b0, eb),
-            None => Ok(()),
-        };
-        std::thread::scope(|s| {
-            let other = std::thread::Builder::new().spawn_scoped(s, upper);
-            let ra = self.fill_here(lo, offset, b0, ea);
-            // No thread to be had (resource limits): do it here.
-            let rb = match other {
-                Ok(h) => h.join().expect("reader thread"),
-                Err(_) => upper(),
-            };
-            ra.and(rb)
-        })
+        let (ra, rb) = store::join(
+            || self.fill_here(lo, offset, b0, ea),
+            || self.fill_here(hi, offset + cut as u64, b0 + k as u64, eb),
+        );
+        ra.and(rb)
     }
 
     fn fill_here(&self, buf: &mut [u8], offset: u64, b0: u64, entries: &[u64]) -> Result<()> {

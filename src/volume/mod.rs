@@ -794,21 +794,9 @@ impl Engine {
             }
             // The table first, into its temporary file: every chunk it
             // names was appended before the pack sync below.
-            {
-                let f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .open(&tbl_tmp)
-                    .map_err(store_err("writing chunks.tbl"))?;
-                let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
-                self.store
-                    .table()
-                    .encode_to(&mut w, uuid, stamp, self.store.next_id())
-                    .map_err(store_err("writing chunks.tbl"))?;
-                let f = w.into_inner().map_err(|e| store_err("writing chunks.tbl")(e.into_error()))?;
-                f.sync_all().map_err(store_err("writing chunks.tbl"))?;
-            }
+            let chunks = self.path.join(Paths::CHUNKS);
+            format::write_tmp_with(&chunks, |w| self.store.table().encode_to(w, uuid, stamp, self.store.next_id()))
+                .map_err(store_err("writing chunks.tbl"))?;
             drop(gate);
             // Packs before the maps and table that point into them.
             self.store.sync()?;
@@ -816,8 +804,7 @@ impl Engine {
                 format::write_atomic_with(&map_path(&self.path, l.guid), |w| map.encode_to(w, l.guid, stamp))
                     .map_err(store_err("writing a layer map"))?;
             }
-            std::fs::rename(&tbl_tmp, self.path.join(Paths::CHUNKS)).map_err(store_err("writing chunks.tbl"))?;
-            format::fsync_dir(&self.path).map_err(store_err("writing chunks.tbl"))?;
+            format::replace_with_tmp(&tbl_tmp, &chunks).map_err(store_err("writing chunks.tbl"))?;
             self.remove_orphan_maps()?;
             self.journal.remove_upto(stamp)?;
             let mut sb = lock(&self.sb);
