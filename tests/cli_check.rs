@@ -2,19 +2,13 @@
 //! a damaged pack is reported with exit 7 and repaired, and a store in use
 //! is refused with exit 6.
 
+#[path = "support/bytes.rs"]
+mod bytes;
 mod cli_support;
 use cli_support::{Store, strata};
 
 fn noise(len: usize) -> Vec<u8> {
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    bytes::xorshift_bytes(len, 0x9E37_79B9_7F4A_7C15)
 }
 
 #[test]

@@ -1,21 +1,15 @@
 //! `strata import` and `strata export` of raw images: errors, and a round
 //! trip that must give back the same bytes as a sparse file.
 
+#[path = "support/bytes.rs"]
+mod bytes;
 mod cli_support;
 use cli_support::Store;
 use std::os::unix::fs::MetadataExt;
 
 /// Deterministic pseudo-random bytes (xorshift64), so failures reproduce.
 fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    bytes::xorshift_bytes(len, seed | 1)
 }
 
 #[test]

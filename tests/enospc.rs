@@ -3,6 +3,8 @@
 //! issue 5). Uses a small tmpfs, so it needs root; outside CI it is
 //! skipped with a message when not root, in CI it must run.
 
+#[path = "support/bytes.rs"]
+mod bytes;
 use std::path::Path;
 use std::process::Command;
 use strata::volume::{Engine, Error, InitOptions, Mode, OpenOptions, WritePolicy};
@@ -15,15 +17,7 @@ impl Drop for Tmpfs {
 }
 
 fn random_block(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    bytes::pattern(len, seed)
 }
 
 #[test]

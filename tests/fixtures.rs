@@ -6,6 +6,9 @@
 //! replace, the old version's store):
 //!   cargo test --test fixtures -- --ignored regenerate_fixtures
 
+#[path = "support/bytes.rs"]
+mod bytes;
+
 use std::path::{Path, PathBuf};
 use strata::volume::check::{self, CheckOptions};
 use strata::volume::{Compression, Engine, InitOptions, OpenOptions, WritePolicy};
@@ -14,16 +17,9 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
 }
 
+/// Compressible: the low 4 bits of [`bytes::pattern`].
 fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x & 0x0f) as u8
-        })
-        .collect()
+    bytes::pattern(len, seed).into_iter().map(|b| b & 0x0f).collect()
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -4,6 +4,8 @@
 //! Needs root and /dev/fuse (skipped with a reason otherwise; failing
 //! instead when `CI` is set). Run: `cargo test --test mount_basic`.
 
+#[path = "support/bytes.rs"]
+mod bytes;
 mod mount_common;
 
 use mount_common::{Mounted, ready, stat};
@@ -20,18 +22,7 @@ daemon_entry!();
 
 const MIB: u64 = 1 << 20;
 
-/// Deterministic bytes that neither compress nor deduplicate.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use bytes::pattern;
 
 fn errno_of<T>(r: std::io::Result<T>) -> i32 {
     match r {

@@ -19,6 +19,8 @@
 //!
 //! Run: `cargo test --test mount_qemu_guest -- --nocapture`.
 
+#[path = "support/bytes.rs"]
+mod bytes;
 mod mount_common;
 
 use mount_common::{Mounted, ready, run, sh, stat};
@@ -90,15 +92,7 @@ fn virtio_modules(ver: &str) -> Vec<PathBuf> {
 }
 
 fn pattern(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x1234_5678_9abc_def1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    bytes::xorshift_bytes(len, 0x1234_5678_9abc_def1)
 }
 
 /// What the guest does, in busybox sh.

@@ -5,6 +5,8 @@
 //! (`replica::node`), and drives writes through the engine API. Timeouts
 //! are short (ping 100 ms, timeout 800 ms) so the suite stays quick.
 
+#[path = "support/bytes.rs"]
+mod bytes;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,17 +57,7 @@ fn start_primary(e: &Arc<Engine>, sec: &Node, protocol: Protocol) -> Node {
     n
 }
 
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use bytes::pattern;
 
 fn in_sync(n: &Node) {
     let s = n
