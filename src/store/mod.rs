@@ -44,7 +44,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 pub use table::{ChunkLoc, ChunkTable, FIRST_CHUNK_ID};
 
@@ -216,6 +216,8 @@ pub struct ChunkStore {
     /// was appended to since open (known), `.1` = packs found at open that
     /// nobody has examined yet.
     maybe_deferred: Mutex<(BTreeSet<u32>, BTreeSet<u32>)>,
+    /// The pack last added to `maybe_deferred.0` by a write.
+    deferred_marked: AtomicU32,
     /// Requests (hashing writes, verifying reads) in flight now.
     in_flight: AtomicUsize,
     pub stats: Stats,
@@ -358,6 +360,7 @@ impl ChunkStore {
             deferred: AtomicBool::new(false),
             maybe_deferred: Mutex::new((BTreeSet::new(), BTreeSet::new())),
             in_flight: AtomicUsize::new(0),
+            deferred_marked: AtomicU32::new(0),
             stats: Stats::default(),
         };
         store.maybe_deferred.lock().unwrap_or_else(|p| p.into_inner()).1 =
@@ -535,7 +538,8 @@ impl ChunkStore {
         }
         let (pack_id, base) = match self.append(&buf) {
             Ok(v) => {
-                if deferred {
+                // Once per pack, not once per write.
+                if deferred && self.deferred_marked.swap(v.0, Ordering::Relaxed) != v.0 {
                     self.maybe_deferred.lock().unwrap_or_else(|p| p.into_inner()).0.insert(v.0);
                 }
                 v
