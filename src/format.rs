@@ -6,7 +6,7 @@
 //! [`Reader`], which returns an error instead of panicking when bytes from
 //! disk are short, so a truncated file is reported, never a crash.
 //!
-//! Depends on nothing else in the crate.
+//! Depends on: `hash`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -18,8 +18,8 @@ pub const BLOCK_SIZE_U64: u64 = BLOCK_SIZE as u64;
 
 /// The 32-bit checksum used in headers: the first four bytes of BLAKE3.
 pub fn checksum32(data: &[u8]) -> u32 {
-    let h = blake3::hash(data);
-    u32::from_le_bytes(h.as_bytes()[..4].try_into().expect("4 bytes"))
+    let h = crate::hash::short(data);
+    u32::from_le_bytes(h[..4].try_into().expect("4 bytes"))
 }
 
 /// Is the slice all zeros? Fast path for the zero-block sentinel.

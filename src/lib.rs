@@ -20,6 +20,10 @@
 //!             │                    BLAKE3 checksums, refcounts
 //!             ▼
 //!           format                 byte helpers, checksums, atomic files
+//!             │
+//!             ▼
+//!           hash                   BLAKE3 of many 4 KiB blocks at once,
+//!                                  of short headers without a Hasher
 //! ```
 //!
 //! Rules: arrows point down only. `fs` never touches packs or SQL; it calls
@@ -34,6 +38,7 @@ pub mod fault;
 pub mod format;
 pub mod fs;
 pub mod guid;
+pub mod hash;
 pub mod journal;
 pub mod qcow2;
 pub mod replica;

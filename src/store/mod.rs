@@ -499,7 +499,8 @@ impl ChunkStore {
     /// single write. Each non-zero result holds one reference.
     pub fn put_blocks(&self, blocks: &[&[u8]]) -> Result<Vec<Put>> {
         let mut out = Vec::with_capacity(blocks.len());
-        let mut buf: Vec<u8> = Vec::new();
+        // Room for every block as a raw record: growing it would copy it.
+        let mut buf: Vec<u8> = Vec::with_capacity(blocks.len() * (RECORD_HEADER_LEN + BLOCK_SIZE));
         // (index in out, offset in buf, stored_len, murmur)
         let mut pending: Vec<(usize, usize, u32, u64)> = Vec::new();
         let deferred = self.deferred.load(Ordering::Relaxed);
@@ -575,18 +576,26 @@ impl ChunkStore {
     /// CPUs are busy: one 1 MiB write at queue depth 1 would otherwise
     /// leave the other CPU idle.
     fn signatures(&self, blocks: &[&[u8]]) -> Vec<Option<(u64, blake3::Hash)>> {
-        fn sig(b: &[u8]) -> Option<(u64, blake3::Hash)> {
-            (!format::is_zero(b)).then(|| (murmur64(b), blake3::hash(b)))
-        }
+        // Zero blocks get None; the others are hashed as one batch, and
+        // each signature's index line is prefetched for `dedup`.
+        let sigs = |part: &[&[u8]]| -> Vec<Option<(u64, blake3::Hash)>> {
+            let zero: Vec<bool> = part.iter().map(|b| format::is_zero(b)).collect();
+            let data: Vec<&[u8]> = part.iter().zip(&zero).filter(|(_, z)| !**z).map(|(b, _)| *b).collect();
+            let murmurs: Vec<u64> = data.iter().map(|d| murmur64(d)).collect();
+            for m in &murmurs {
+                self.index.prefetch(*m);
+            }
+            let mut ids = murmurs.into_iter().zip(crate::hash::hash_all(&data));
+            zero.iter().map(|z| if *z { None } else { ids.next() }).collect()
+        };
         let busy = self.busy(blocks.len());
         if busy.split() {
             let (a, b) = blocks.split_at(blocks.len() / 2);
-            let hash = |part: &[&[u8]]| part.iter().map(|x| sig(x)).collect::<Vec<_>>();
-            let (mut v, w) = join(|| hash(a), || hash(b));
+            let (mut v, w) = join(|| sigs(a), || sigs(b));
             v.extend(w);
             v
         } else {
-            blocks.iter().map(|x| sig(x)).collect()
+            sigs(blocks)
         }
     }
 
