@@ -28,10 +28,13 @@
 
 mod appender;
 pub mod index;
+mod join;
 pub mod murmur;
 pub mod pack;
 pub mod replica;
 pub mod table;
+
+pub use join::join;
 
 use crate::fault::{self, Faults, Point};
 use crate::format::{self, BLOCK_SIZE};
@@ -243,23 +246,6 @@ impl Drop for Busy<'_> {
     fn drop(&mut self) {
         self.count.fetch_sub(1, Ordering::AcqRel);
     }
-}
-
-/// Run `fa` here and `fb` on a second thread, and return both results. If
-/// no thread can be had (resource limits), `fb` runs here afterwards.
-pub fn join<A, B: Send>(fa: impl FnOnce() -> A, fb: impl FnOnce() -> B + Send) -> (A, B) {
-    let slot = Mutex::new(Some(fb));
-    // Whichever thread gets here first runs `fb`; it runs exactly once.
-    let run_b = || slot.lock().unwrap_or_else(|p| p.into_inner()).take().map(|f| f());
-    std::thread::scope(|s| {
-        let other = std::thread::Builder::new().spawn_scoped(s, run_b);
-        let a = fa();
-        let b = match other {
-            Ok(h) => h.join().expect("second thread"),
-            Err(_) => run_b(),
-        };
-        (a, b.expect("fb ran once"))
-    })
 }
 
 static CPUS: std::sync::LazyLock<usize> =
@@ -581,7 +567,16 @@ impl ChunkStore {
         let sigs = |part: &[&[u8]]| -> Vec<Option<(u64, blake3::Hash)>> {
             let zero: Vec<bool> = part.iter().map(|b| format::is_zero(b)).collect();
             let data: Vec<&[u8]> = part.iter().zip(&zero).filter(|(_, z)| !**z).map(|(b, _)| *b).collect();
-            let murmurs: Vec<u64> = data.iter().map(|d| murmur64(d)).collect();
+            let mut murmurs: Vec<u64> = Vec::with_capacity(data.len());
+            for pair in data.chunks(2) {
+                match pair {
+                    [a, b] => {
+                        let (ma, mb) = murmur::x64_128_pair(a, b, MURMUR_SEED);
+                        murmurs.extend([ma as u64, mb as u64]);
+                    }
+                    _ => murmurs.push(murmur64(pair[0])),
+                }
+            }
             for m in &murmurs {
                 self.index.prefetch(*m);
             }

