@@ -567,16 +567,7 @@ impl ChunkStore {
         let sigs = |part: &[&[u8]]| -> Vec<Option<(u64, blake3::Hash)>> {
             let zero: Vec<bool> = part.iter().map(|b| format::is_zero(b)).collect();
             let data: Vec<&[u8]> = part.iter().zip(&zero).filter(|(_, z)| !**z).map(|(b, _)| *b).collect();
-            let mut murmurs: Vec<u64> = Vec::with_capacity(data.len());
-            for pair in data.chunks(2) {
-                match pair {
-                    [a, b] => {
-                        let (ma, mb) = murmur::x64_128_pair(a, b, MURMUR_SEED);
-                        murmurs.extend([ma as u64, mb as u64]);
-                    }
-                    _ => murmurs.push(murmur64(pair[0])),
-                }
-            }
+            let murmurs = murmur::x64_128_lo_many(&data, MURMUR_SEED);
             for m in &murmurs {
                 self.index.prefetch(*m);
             }
