@@ -187,7 +187,7 @@ pub fn write_at(faults: &Faults, point: Point, file: &File, buf: &[u8], off: u64
         None => file.write_all_at(buf, off),
         Some(Fault::Torn) => {
             // Whole 4 KiB blocks of an aligned (O_DIRECT) buffer.
-            let half = if buf.len() % 4096 == 0 { (buf.len() / 2) & !4095 } else { buf.len() / 2 };
+            let half = if buf.len().is_multiple_of(4096) { (buf.len() / 2) & !4095 } else { buf.len() / 2 };
             file.write_all_at(&buf[..half], off)?;
             Err(Fault::Torn.error())
         }

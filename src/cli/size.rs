@@ -44,7 +44,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         let frac_value: u128 = frac.parse().map_err(|_| bad("the fraction is malformed"))?;
         let scale = 10u128.pow(frac.len() as u32);
         let scaled = frac_value * multiplier;
-        if scaled % scale != 0 {
+        if !scaled.is_multiple_of(scale) {
             return Err(bad("it is not a whole number of bytes"));
         }
         bytes = bytes.checked_add(scaled / scale).ok_or_else(too_big)?;

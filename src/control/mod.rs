@@ -190,10 +190,10 @@ impl Server {
 
     fn shutdown(&mut self) {
         self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            if t.join().is_err() {
-                tracing::error!("control socket thread panicked");
-            }
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            tracing::error!("control socket thread panicked");
         }
         let mut n = self.active.count.lock().unwrap_or_else(|p| p.into_inner());
         while *n > 0 {

@@ -118,7 +118,7 @@ pub fn hex_encode(bytes: &[u8]) -> String {
 /// edited by hand), which the caller reports instead of guessing.
 pub fn hex_decode(s: &str) -> Option<Vec<u8>> {
     let s = s.as_bytes();
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     let nibble = |c: u8| match c {

@@ -225,15 +225,16 @@ fn serve(cfg: &MountConfig, control: ControlHandler, ready: &mut Ready) -> anyho
     }
     let store = cfg.store.canonicalize().with_context(|| format!("store {}", cfg.store.display()))?;
     let mountpoint = canonical_mountpoint(&cfg.mountpoint)?;
-    if let Some(m) = find_mount(&mountpoint)? {
-        if m.fstype.starts_with("fuse") && m.fstype.contains("strata") {
-            bail!(
-                "{} is already a strata mount (of {}); unmount it first with `strata umount {}`",
-                mountpoint.display(),
-                m.source,
-                mountpoint.display()
-            );
-        }
+    if let Some(m) = find_mount(&mountpoint)?
+        && m.fstype.starts_with("fuse")
+        && m.fstype.contains("strata")
+    {
+        bail!(
+            "{} is already a strata mount (of {}); unmount it first with `strata umount {}`",
+            mountpoint.display(),
+            m.source,
+            mountpoint.display()
+        );
     }
 
     let engine = Engine::open(&store, &OpenOptions { read_only: opts.read_only, ..Default::default() })

@@ -487,11 +487,11 @@ impl StrataFs {
     }
 
     fn flush_handle(&self, of: &OpenFile, op: &str) -> Res<()> {
-        if of.dirty.swap(false, Ordering::AcqRel) {
-            if let Err(e) = of.volume.flush() {
-                of.dirty.store(true, Ordering::Release);
-                return Err(to_errno(&e, op));
-            }
+        if of.dirty.swap(false, Ordering::AcqRel)
+            && let Err(e) = of.volume.flush()
+        {
+            of.dirty.store(true, Ordering::Release);
+            return Err(to_errno(&e, op));
         }
         self.persist_mtime(&of.state);
         Ok(())
@@ -513,12 +513,11 @@ impl StrataFs {
     /// The open volume behind `ino`: the handle's if given, else the
     /// engine's (same `Arc` while anything has it open).
     fn volume_for(&self, ino: u64, fh: Option<FileHandle>, op: &str) -> Res<(Arc<FileState>, Arc<Volume>)> {
-        if let Some(fh) = fh {
-            if let Ok(of) = self.handle(fh) {
-                if of.ino == ino {
-                    return Ok((of.state.clone(), of.volume.clone()));
-                }
-            }
+        if let Some(fh) = fh
+            && let Ok(of) = self.handle(fh)
+            && of.ino == ino
+        {
+            return Ok((of.state.clone(), of.volume.clone()));
         }
         let node = self.inodes.get(ino).ok_or(Errno::ENOENT)?;
         let (Some(state), NodeKey::Volume(disk)) = (node.file, node.key) else {

@@ -104,10 +104,10 @@ pub fn resolve(image: &Path, backing: &BackingFile) -> Result<PathBuf> {
         return Err(bad("is not a local file name; rebase the image onto a local file first"));
     }
     // qemu reads "proto:rest" as a protocol when no '/' precedes the colon.
-    if let Some(colon) = name.find(':') {
-        if !name[..colon].contains('/') {
-            return Err(bad("looks like a qemu protocol name; rebase the image onto a local file first"));
-        }
+    if let Some(colon) = name.find(':')
+        && !name[..colon].contains('/')
+    {
+        return Err(bad("looks like a qemu protocol name; rebase the image onto a local file first"));
     }
     let p = Path::new(name);
     if p.is_absolute() {

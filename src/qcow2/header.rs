@@ -469,7 +469,7 @@ pub(crate) fn check_table(what: &str, offset: u64, len_bytes: u64, cluster_size:
     if offset == 0 {
         return Err(Qcow2Error::corrupt(format!("{what} offset is 0, which is the header")));
     }
-    if offset % cluster_size != 0 {
+    if !offset.is_multiple_of(cluster_size) {
         return Err(Qcow2Error::corrupt(format!(
             "{what} offset {offset:#x} is not aligned to the cluster size ({cluster_size})"
         )));

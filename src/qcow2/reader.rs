@@ -190,7 +190,7 @@ impl<R: ReadAt> Qcow2Image<R> {
             if off == 0 {
                 continue;
             }
-            if off % cs != 0 {
+            if !off.is_multiple_of(cs) {
                 return Err(Qcow2Error::corrupt(format!(
                     "L2 table offset {off:#x} (L1 entry {i}) is not aligned to the cluster size ({cs})"
                 )));
@@ -470,7 +470,7 @@ impl<R: ReadAt> Qcow2Image<R> {
     /// the end reads as zeros, as in qemu), and not sit on metadata.
     fn check_data_cluster(&self, host: u64, guest: u64) -> Result<()> {
         let cs = self.cluster_size();
-        if host % cs != 0 {
+        if !host.is_multiple_of(cs) {
             return Err(Qcow2Error::corrupt(format!(
                 "data cluster offset {host:#x} for guest offset {guest:#x} is not aligned to the cluster size ({cs})"
             )));
@@ -518,11 +518,12 @@ fn push_extent(out: &mut Vec<Extent>, offset: u64, len: u64, kind: ExtentKind) {
     if len == 0 {
         return;
     }
-    if let Some(last) = out.last_mut() {
-        if last.kind == kind && last.offset + last.len == offset {
-            last.len += len;
-            return;
-        }
+    if let Some(last) = out.last_mut()
+        && last.kind == kind
+        && last.offset + last.len == offset
+    {
+        last.len += len;
+        return;
     }
     out.push(Extent { offset, len, kind });
 }

@@ -87,7 +87,7 @@ impl Qcow2Writer {
         }
         let cluster_bits = cluster_size.trailing_zeros();
         let cs = u64::from(cluster_size);
-        if virtual_size % 512 != 0 || virtual_size > i64::MAX as u64 {
+        if !virtual_size.is_multiple_of(512) || virtual_size > i64::MAX as u64 {
             return Err(Qcow2Error::InvalidWrite(format!(
                 "virtual size {virtual_size} is not a multiple of 512 below 2^63"
             )));
@@ -105,11 +105,12 @@ impl Qcow2Writer {
                     b.name
                 )));
             }
-            if let Some(f) = &b.format {
-                if f.is_empty() || f.len() > MAX_BACKING_FORMAT_LEN as usize || !f.bytes().all(|c| c.is_ascii_graphic())
-                {
-                    return Err(Qcow2Error::InvalidWrite(format!("backing format {f:?} is not a short name")));
-                }
+            if let Some(f) = &b.format
+                && (f.is_empty()
+                    || f.len() > MAX_BACKING_FORMAT_LEN as usize
+                    || !f.bytes().all(|c| c.is_ascii_graphic()))
+            {
+                return Err(Qcow2Error::InvalidWrite(format!("backing format {f:?} is not a short name")));
             }
         }
         let l1_len = l1_size as usize;
@@ -163,7 +164,7 @@ impl Qcow2Writer {
     /// overwrites it in place.
     pub fn write_cluster(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         let cs = self.cluster_size();
-        if offset % cs != 0 || offset >= self.virtual_size {
+        if !offset.is_multiple_of(cs) || offset >= self.virtual_size {
             return Err(Qcow2Error::InvalidWrite(format!(
                 "offset {offset:#x} is not a cluster boundary inside the {}-byte disk",
                 self.virtual_size
@@ -209,7 +210,7 @@ impl Qcow2Writer {
     /// (qemu's "zero, allocated"), so no space leaks.
     pub fn write_zero_cluster(&mut self, offset: u64) -> Result<()> {
         let cs = self.cluster_size();
-        if offset % cs != 0 || offset >= self.virtual_size {
+        if !offset.is_multiple_of(cs) || offset >= self.virtual_size {
             return Err(Qcow2Error::InvalidWrite(format!(
                 "offset {offset:#x} is not a cluster boundary inside the {}-byte disk",
                 self.virtual_size

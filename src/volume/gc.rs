@@ -222,10 +222,11 @@ impl Engine {
         let file: u64 = usage.iter().map(|u| u.file_bytes).sum();
         let live: u64 = usage.iter().map(|u| u.live_bytes).sum();
         // Worth a run when a quarter of the packs is dead space.
-        if file > 64 << 20 && (file - live.min(file)) * 4 > file {
-            if let Err(e) = self.gc(&mut |_, _| {}) {
-                tracing::error!(%e, "background GC failed");
-            }
+        if file > 64 << 20
+            && (file - live.min(file)) * 4 > file
+            && let Err(e) = self.gc(&mut |_, _| {})
+        {
+            tracing::error!(%e, "background GC failed");
         }
     }
 }

@@ -282,10 +282,10 @@ impl Volume {
         let mut head = None;
         let mut tail = None;
         let end = offset + len;
-        if offset % BLOCK_SIZE_U64 != 0 || (b1 - b0 == 1 && end % BLOCK_SIZE_U64 != 0) {
+        if !offset.is_multiple_of(BLOCK_SIZE_U64) || (b1 - b0 == 1 && !end.is_multiple_of(BLOCK_SIZE_U64)) {
             head = Some(self.patched_block(b0, buf, offset)?);
         }
-        if b1 - b0 > 1 && end % BLOCK_SIZE_U64 != 0 {
+        if b1 - b0 > 1 && !end.is_multiple_of(BLOCK_SIZE_U64) {
             tail = Some(self.patched_block(b1 - 1, buf, offset)?);
         }
         let mut blocks: Vec<&[u8]> = Vec::with_capacity((b1 - b0) as usize);

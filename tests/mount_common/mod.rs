@@ -302,12 +302,12 @@ impl Drop for Mounted {
                 }
             }
         }
-        if self.wait_child(Duration::from_secs(60)).is_none() {
-            if let Some(mut child) = self.child.take() {
-                eprintln!("daemon {} did not exit; killing it", child.id());
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+        if self.wait_child(Duration::from_secs(60)).is_none()
+            && let Some(mut child) = self.child.take()
+        {
+            eprintln!("daemon {} did not exit; killing it", child.id());
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }

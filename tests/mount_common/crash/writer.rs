@@ -374,7 +374,7 @@ fn worker(
             since_sync = 0;
             let k = next_sync.fetch_add(1, Ordering::Relaxed);
             log.line(format!("S {k} {t} {}\n", mono_ns()));
-            let r = if k % 2 == 0 { file.sync_data() } else { file.sync_all() };
+            let r = if k.is_multiple_of(2) { file.sync_data() } else { file.sync_all() };
             match r {
                 Ok(()) => {
                     log.line(format!("D {k} {}\n", mono_ns()));
