@@ -141,29 +141,42 @@ impl ActivePack {
     /// Append `bytes` at the logical end; returns the offset they start at.
     /// On error nothing past the old end counts (the caller truncates).
     pub fn append(&mut self, faults: &Faults, bytes: &[u8]) -> io::Result<u64> {
+        self.append_with(faults, bytes.len(), |dst| dst.copy_from_slice(bytes))
+    }
+
+    /// Append `len` bytes that `fill` writes into the slice it is given
+    /// (on the O_DIRECT path, straight into the staging buffer: one copy of
+    /// the data instead of two). Returns the offset they start at.
+    pub fn append_with(&mut self, faults: &Faults, len: usize, fill: impl FnOnce(&mut [u8])) -> io::Result<u64> {
         let off = self.len;
+        let head = self.tail.len();
+        let n = ((off + len as u64) % ALIGN as u64) as usize;
         match &self.direct {
-            Some(d) if bytes.len() >= DIRECT_MIN_BYTES => {
-                let head = self.tail.len();
-                let total = head + bytes.len();
+            Some(d) if len >= DIRECT_MIN_BYTES => {
+                let total = head + len;
                 let padded = total.div_ceil(ALIGN) * ALIGN;
                 let buf = self.staging.get(padded);
                 buf[..head].copy_from_slice(&self.tail);
-                buf[head..total].copy_from_slice(bytes);
+                fill(&mut buf[head..total]);
                 buf[total..].fill(0);
                 fault::write_at(faults, Point::PackWrite, d, buf, off - head as u64)?;
+                // The new partial last block.
+                self.tail.clear();
+                self.tail.extend_from_slice(&buf[total - n..total]);
             }
-            _ => fault::write_at(faults, Point::PackWrite, &self.file, bytes, off)?,
+            _ => {
+                let mut bytes = vec![0u8; len];
+                fill(&mut bytes);
+                fault::write_at(faults, Point::PackWrite, &self.file, &bytes, off)?;
+                if n <= len {
+                    self.tail.clear();
+                    self.tail.extend_from_slice(&bytes[len - n..]);
+                } else {
+                    self.tail.extend_from_slice(&bytes);
+                }
+            }
         }
-        self.len += bytes.len() as u64;
-        // The new partial last block.
-        let n = (self.len % ALIGN as u64) as usize;
-        if n <= bytes.len() {
-            self.tail.clear();
-            self.tail.extend_from_slice(&bytes[bytes.len() - n..]);
-        } else {
-            self.tail.extend_from_slice(bytes);
-        }
+        self.len += len as u64;
         debug_assert_eq!(self.tail.len(), n);
         Ok(off)
     }

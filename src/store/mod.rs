@@ -485,11 +485,16 @@ impl ChunkStore {
     /// single write. Each non-zero result holds one reference.
     pub fn put_blocks(&self, blocks: &[&[u8]]) -> Result<Vec<Put>> {
         let mut out = Vec::with_capacity(blocks.len());
-        // Room for every block as a raw record: growing it would copy it.
-        let mut buf: Vec<u8> = Vec::with_capacity(blocks.len() * (RECORD_HEADER_LEN + BLOCK_SIZE));
-        // (index in out, offset in buf, stored_len, murmur)
-        let mut pending: Vec<(usize, usize, u32, u64)> = Vec::new();
+        const RAW_RECORD: usize = RECORD_HEADER_LEN + BLOCK_SIZE;
         let deferred = self.deferred.load(Ordering::Relaxed);
+        // Inline compression: the records, built here. Deferred: only the
+        // headers; each record is assembled in the pack's staging buffer,
+        // so the block is copied once (the append below).
+        let mut buf: Vec<u8> = Vec::with_capacity(if deferred { 0 } else { blocks.len() * RAW_RECORD });
+        let mut headers: Vec<u8> = Vec::with_capacity(if deferred { blocks.len() * RECORD_HEADER_LEN } else { 0 });
+        let mut raw: Vec<&[u8]> = Vec::new();
+        // (index in out, offset in the appended bytes, stored_len, murmur)
+        let mut pending: Vec<(usize, usize, u32, u64)> = Vec::new();
         let sigs = self.signatures(blocks);
         for (b, sig) in blocks.iter().zip(sigs) {
             debug_assert_eq!(b.len(), BLOCK_SIZE);
@@ -502,13 +507,32 @@ impl ChunkStore {
                 continue;
             }
             let id = self.next_id.fetch_add(1, Ordering::AcqRel);
+            if deferred {
+                let h = RecordHeader {
+                    flags: FLAG_DEFERRED,
+                    chunk_id: id,
+                    stored_len: BLOCK_SIZE as u32,
+                    content: *content.as_bytes(),
+                };
+                pack::encode_record_header(&h, &mut headers);
+                pending.push((out.len(), raw.len() * RAW_RECORD, BLOCK_SIZE as u32, murmur));
+                raw.push(b);
+                out.push(Put::New(ChunkPut {
+                    chunk_id: id,
+                    pack_id: 0,
+                    offset: 0,
+                    stored_len: BLOCK_SIZE as u32,
+                    murmur,
+                }));
+                continue;
+            }
             let rec_start = buf.len();
             buf.resize(rec_start + RECORD_HEADER_LEN, 0);
-            let (flags, stored_len) = match if deferred { None } else { compress(self.level, b, &mut buf) } {
+            let (flags, stored_len) = match compress(self.level, b, &mut buf) {
                 Some(n) => (FLAG_ZSTD, n),
                 None => {
                     buf.extend_from_slice(b);
-                    (if deferred { FLAG_DEFERRED } else { 0 }, BLOCK_SIZE)
+                    (0, BLOCK_SIZE)
                 }
             };
             let mut hdr = Vec::with_capacity(RECORD_HEADER_LEN);
@@ -523,7 +547,19 @@ impl ChunkStore {
         if pending.is_empty() {
             return Ok(out);
         }
-        let (pack_id, base) = match self.append(&buf) {
+        let appended = if deferred {
+            self.append_with(raw.len() * RAW_RECORD, |dst| {
+                for ((rec, hdr), b) in
+                    dst.chunks_exact_mut(RAW_RECORD).zip(headers.chunks_exact(RECORD_HEADER_LEN)).zip(&raw)
+                {
+                    rec[..RECORD_HEADER_LEN].copy_from_slice(hdr);
+                    rec[RECORD_HEADER_LEN..].copy_from_slice(b);
+                }
+            })
+        } else {
+            self.append(&buf)
+        };
+        let (pack_id, base) = match appended {
             Ok(v) => {
                 // Once per pack, not once per write.
                 if deferred && self.deferred_marked.swap(v.0, Ordering::Relaxed) != v.0 {
@@ -617,12 +653,17 @@ impl ChunkStore {
 
     /// Append bytes to the active pack; returns (pack id, offset).
     fn append(&self, bytes: &[u8]) -> Result<(u32, u64)> {
+        self.append_with(bytes.len(), |dst| dst.copy_from_slice(bytes))
+    }
+
+    /// Append `len` bytes written by `fill` (see [`ActivePack::append_with`]).
+    fn append_with(&self, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<(u32, u64)> {
         let mut a = self.active.lock().unwrap_or_else(|p| p.into_inner());
-        if a.len + bytes.len() as u64 > PACK_TARGET_BYTES && a.len > PACK_HEADER_LEN {
+        if a.len + len as u64 > PACK_TARGET_BYTES && a.len > PACK_HEADER_LEN {
             self.start_pack(&mut a)?;
         }
         let off = a.len;
-        if let Err(e) = a.append(&self.faults, bytes) {
+        if let Err(e) = a.append_with(&self.faults, len, fill) {
             // Drop whatever part landed so the next append starts clean.
             let _ = a.file.set_len(off);
             return Err(classify(format!("appending to pack {}", a.id), e));
