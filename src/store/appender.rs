@@ -140,6 +140,7 @@ impl ActivePack {
 
     /// Append `bytes` at the logical end; returns the offset they start at.
     /// On error nothing past the old end counts (the caller truncates).
+    #[cfg(test)]
     pub fn append(&mut self, faults: &Faults, bytes: &[u8]) -> io::Result<u64> {
         self.append_with(faults, bytes.len(), |dst| dst.copy_from_slice(bytes))
     }
