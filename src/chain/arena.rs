@@ -39,6 +39,10 @@ pub const PAGE_BYTES: usize = PAGE_LEN * 8;
 /// Slots per region (16 MiB of file and address space per mapping).
 pub const REGION_SLOTS: usize = 4096;
 
+/// Pages past the cap (or an eighth of the cap, if more) at which a page
+/// coming in sweeps at once instead of waiting for the worker.
+pub const INLINE_SLACK: usize = 256;
+
 /// State bit: touched since the last sweep (CLOCK reference bit).
 const REF: u8 = 1;
 /// State bit: paged in, as far as the arena knows.
@@ -244,12 +248,21 @@ impl MapArena {
         self.live.fetch_sub(indices.len(), Ordering::Relaxed);
     }
 
-    /// Record an access that found the state byte not [`HOT`].
+    /// Record an access that found the state byte without `bits`.
+    ///
+    /// A page coming in may start a sweep here, in the caller's thread,
+    /// once the arena is [`INLINE_SLACK`] past its cap: a bulk copy or a
+    /// scan (a checkpoint's map copies and their encoding, a merged view
+    /// being built) brings in pages faster than the worker's tick.
     #[cold]
     pub(super) fn mark(&self, state: &AtomicU8, bits: u8) {
         let prev = state.fetch_or(bits, Ordering::Relaxed);
         if prev & RES == 0 {
-            self.resident.fetch_add(1, Ordering::Relaxed);
+            let resident = self.resident.fetch_add(1, Ordering::Relaxed) + 1;
+            let cap = self.cap_pages();
+            if resident > cap + (cap / 8).max(INLINE_SLACK) && resident % 64 == 0 {
+                self.sweep();
+            }
         }
     }
 
@@ -351,6 +364,55 @@ impl MapArena {
         }
         flush(&mut run, &mut out);
         out
+    }
+
+    /// Page out again, in runs, every slot the arena counts as out (neither
+    /// referenced nor resident). The kernel can map such pages back without
+    /// an access through a map: a read fault maps in the cached neighbours
+    /// of the page it wants (fault-around), and `MADV_PAGEOUT` passes over a
+    /// page under writeback. Those pages are in the process's RSS but not in
+    /// the count the CLOCK sweep works from; this pass (cheap for pages that
+    /// are really out: a page-table walk) keeps the count honest. Run by the
+    /// worker's tick after [`sweep`](Self::sweep); returns the runs advised.
+    pub fn page_out_strays(&self) -> usize {
+        if self.no_pageout.load(Ordering::Relaxed) {
+            return 0;
+        }
+        let Ok(_hand) = self.hand.try_lock() else { return 0 };
+        let regions: Vec<(*mut u8, *const AtomicU8)> =
+            self.lock_slots().regions.iter().map(|r| (r.map.as_ptr() as *mut u8, r.states.as_ptr())).collect();
+        let mut runs = 0;
+        for (base, states) in regions {
+            let mut o = 0;
+            while o < self.region_slots {
+                // SAFETY: o < region_slots, the length of the region's state
+                // array, which lives as long as the arena (`self`).
+                let out = |o: usize| unsafe { &*states.add(o) }.load(Ordering::Relaxed) == 0;
+                if !out(o) {
+                    o += 1;
+                    continue;
+                }
+                let start = o;
+                while o < self.region_slots && out(o) {
+                    o += 1;
+                }
+                // SAFETY: advice on our own mapping over whole slots of one
+                // region; contents stay (a slot counted out that someone is
+                // touching right now just faults back in).
+                let r = unsafe {
+                    libc::madvise(
+                        base.add(start * PAGE_BYTES) as *mut libc::c_void,
+                        (o - start) * PAGE_BYTES,
+                        libc::MADV_PAGEOUT,
+                    )
+                };
+                if r != 0 {
+                    return runs;
+                }
+                runs += 1;
+            }
+        }
+        runs
     }
 }
 

@@ -157,6 +157,9 @@ impl Clone for PageMap {
             // SAFETY: `q` is a fresh page this function owns; `src` is
             // another page, so they do not overlap.
             unsafe { *q.mem.as_ptr() = *src };
+            // A sweep may have paged the fresh slot out before the copy
+            // brought it back: count it resident.
+            Self::note(&self.arena, &q, arena::SCANNED);
             pages.insert(*k, q);
         }
         PageMap { pages, count: self.count, chunks: self.chunks, arena: self.arena.clone() }
@@ -193,20 +196,26 @@ impl PageMap {
         self.chunks
     }
 
-    /// A page's entries, noting the access in the arena (`bits`: HOT for a
-    /// lookup or a write, SCANNED for a scan).
+    /// Note an access to a page in the arena (`bits`: HOT for a lookup
+    /// or a write, SCANNED for a scan); nothing for a heap page.
     #[inline]
-    fn entries(&self, p: &Page, bits: u8) -> &[u64; PAGE_LEN] {
+    fn note(arena: &Option<Arc<MapArena>>, p: &Page, bits: u8) {
         if p.slot != HEAP {
             // SAFETY: an arena page's state byte lives in the arena, which
-            // this map keeps alive.
+            // the map holding the page keeps alive.
             let st = unsafe { p.state.as_ref() };
             if st.load(Ordering::Relaxed) & bits != bits
-                && let Some(a) = &self.arena
+                && let Some(a) = arena
             {
                 a.mark(st, bits);
             }
         }
+    }
+
+    /// A page's entries, noting the access.
+    #[inline]
+    fn entries(&self, p: &Page, bits: u8) -> &[u64; PAGE_LEN] {
+        Self::note(&self.arena, p, bits);
         // SAFETY: the page is this map's (see `unsafe impl Sync`); shared
         // access under `&self`.
         unsafe { p.mem.as_ref() }
@@ -236,15 +245,7 @@ impl PageMap {
             let arena = &self.arena;
             self.pages.entry(key).or_insert_with(|| new_page(arena))
         };
-        if p.slot != HEAP {
-            // SAFETY: as in `entries`.
-            let st = unsafe { p.state.as_ref() };
-            if st.load(Ordering::Relaxed) & bits != bits
-                && let Some(a) = &self.arena
-            {
-                a.mark(st, bits);
-            }
-        }
+        Self::note(&self.arena, p, bits);
         // SAFETY: the page is this map's, and `&mut self` is exclusive.
         let slot = unsafe { &mut p.mem.as_mut()[idx] };
         let old = std::mem::replace(slot, entry);
@@ -614,6 +615,25 @@ mod tests {
         let merged = merge([&n, &PageMap::new()]);
         assert!(merged.arena().is_some());
         assert!(merged.iter().eq(n.iter()));
+    }
+
+    #[test]
+    fn copying_or_scanning_a_big_arena_map_stays_near_the_cap() {
+        let d = scratch();
+        let a = arena(&d, 4, arena::REGION_SLOTS);
+        let mut m = PageMap::new_in(Some(a.clone()));
+        let pages = 3 * arena::INLINE_SLACK as u64;
+        for b in 0..pages * PAGE_LEN as u64 {
+            m.set(b, 16 + b);
+        }
+        let near = ((4 + arena::INLINE_SLACK + 64) * arena::PAGE_BYTES) as u64;
+        // Writing did not wait for the worker either.
+        assert!(a.resident_bytes() <= near, "{a:?}");
+        let c = m.clone();
+        assert!(a.resident_bytes() <= near, "{a:?}");
+        assert_eq!(a.live_pages() as u64, 2 * pages);
+        assert!(c.iter().eq(m.iter()));
+        assert!(a.resident_bytes() <= near, "{a:?}");
     }
 
     #[derive(Debug, Clone)]

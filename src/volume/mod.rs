@@ -761,6 +761,7 @@ impl Engine {
         self.store.table().sweep();
         if let Some(m) = &self.maps {
             m.sweep();
+            m.page_out_strays();
         }
     }
 
