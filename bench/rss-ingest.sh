@@ -22,6 +22,7 @@
 # Knobs: SIZE_GB=20 VOL_GB=(SIZE_GB+4, at least 24) DATA=compressible
 #        INDEX_MAX=0 (>0: `strata config set index-max-entries N` before mounting)
 #        TABLE_CACHE=0 (e.g. 32M: `strata config set table-cache-bytes SIZE` before mounting)
+#        MAP_CACHE=0 (e.g. 8M: `strata config set map-cache-bytes SIZE` before mounting)
 #        INTERVAL=1 STEP_GB=(1, or 0.25 when SIZE_GB <= 4: table row spacing)
 #        BUILD=1 (0: use the existing binary) STRATA=$CARGO_TARGET_DIR/release/strata
 #        WORKDIR=/var/tmp/rss-ingest OUTDIR=$WORKDIR-out KEEP=0 (1: keep the store)
@@ -37,6 +38,7 @@ VOL_GB="${VOL_GB:-$(( SIZE_GB + 4 > 24 ? SIZE_GB + 4 : 24 ))}"
 DATA="${DATA:-compressible}"
 INDEX_MAX="${INDEX_MAX:-0}"
 TABLE_CACHE="${TABLE_CACHE:-0}"
+MAP_CACHE="${MAP_CACHE:-0}"
 INTERVAL="${INTERVAL:-1}"
 if [ "$SIZE_GB" -le 4 ]; then STEP_GB="${STEP_GB:-0.25}"; else STEP_GB="${STEP_GB:-1}"; fi
 BUILD="${BUILD:-1}"
@@ -124,6 +126,10 @@ log "init $STORE; volume v of ${VOL_GB} GiB; data $DATA; index cap ${INDEX_MAX} 
 if [ "$TABLE_CACHE" != 0 ]; then
     "$STRATA" --store "$STORE" config set table-cache-bytes "$TABLE_CACHE" >/dev/null
     log "chunk table cache $TABLE_CACHE"
+fi
+if [ "$MAP_CACHE" != 0 ]; then
+    "$STRATA" --store "$STORE" config set map-cache-bytes "$MAP_CACHE" >/dev/null
+    log "block map cache $MAP_CACHE"
 fi
 if [ "$INDEX_MAX" != 0 ]; then
     "$STRATA" --store "$STORE" config set index-max-entries "$INDEX_MAX" >/dev/null

@@ -111,3 +111,27 @@ fn the_write_policy_can_be_changed_after_init() {
     store.run(&["config", "set", "write-policy", "fast"]).expect(5);
     store.run(&["config", "get", "colour"]).expect(3);
 }
+
+#[test]
+fn the_map_cache_is_a_setting_shown_with_the_others_and_used_at_the_next_open() {
+    let store = Store::new();
+    assert_eq!(store.run(&["config", "get", "map-cache-bytes"]).ok().stdout, "0\n");
+    let r = store.run(&["config", "set", "map-cache-bytes", "8M"]).ok();
+    assert!(r.stdout.contains("map-cache-bytes is 8388608"), "{}", r.stdout);
+    assert_eq!(store.run(&["config", "get", "map-cache-bytes"]).ok().stdout, "8388608\n");
+    let r = store.run(&["config", "get"]).ok();
+    assert!(r.stdout.contains("map-cache-bytes   : 8388608"), "{}", r.stdout);
+    let r = store.run(&["config", "get", "--format", "json"]).ok();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["map_cache_bytes"], 8388608);
+    assert_eq!(v["table_cache_bytes"], 0);
+    let r = store.run(&["config", "get", "map-cache-bytes", "--format", "json"]).ok();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&r.stdout).unwrap(),
+        serde_json::json!({"map_cache_bytes": 8388608})
+    );
+    store.run(&["config", "set", "map-cache-bytes", "lots"]).expect(5);
+    // The next open keeps the maps' pages in the scratch file.
+    store.run(&["volume", "create", "v", "--size", "1G"]).ok();
+    assert!(store.path.join("maps.mem").exists());
+}

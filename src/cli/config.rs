@@ -4,18 +4,20 @@
 //! index, which then keeps a window of the newest blocks; 0 = no cap; takes
 //! effect at the next open of the store) and `compression` (`deferred`:
 //! writes store new blocks raw and the mount's background packer compresses
-//! them; `inline`: zstd in the write path; takes effect at once).
+//! them; `inline`: zstd in the write path; takes effect at once) and the
+//! bounded caches `table-cache-bytes` (chunk table) and `map-cache-bytes`
+//! (block maps), which take effect at the next open.
 
 use std::io::Write;
 
 use anyhow::Result;
 
 use super::exit::{self, ExitCode};
-use super::output::Listing;
+use super::output::{self, Format, FormatArg, Listing};
 use crate::volume::{Compression, Engine, WritePolicy};
 
 /// The keys `config` knows, for messages.
-const KEYS: &str = "write-policy, index-max-entries, compression, table-cache-bytes";
+const KEYS: &str = "write-policy, index-max-entries, compression, table-cache-bytes, map-cache-bytes";
 
 #[derive(clap::Subcommand, Debug)]
 pub enum ConfigCommand {
@@ -36,25 +38,63 @@ pub enum ConfigCommand {
         table-cache-bytes  SIZE (e.g. 256M): keep about that much of the chunk table \
         (24 bytes per stored block) resident; the rest lives in the scratch file \
         STORE/chunks.mem and is paged in on use. 0 = the whole table in RAM (the default). \
-        Takes effect at the next open (remount).")]
+        Takes effect at the next open (remount).\n  \
+        map-cache-bytes  SIZE (e.g. 64M): keep about that much of the block maps (8 bytes \
+        per written block of every layer, plus the merged view of each open volume with \
+        snapshots below it) resident; the rest lives in the scratch file STORE/maps.mem \
+        and is paged in on use. 0 = the maps in RAM (the default). Takes effect at the \
+        next open (remount).")]
     Set(ConfigSetArgs),
 }
 
 #[derive(clap::Args, Debug)]
 pub struct ConfigGetArgs {
-    /// The setting (write-policy, index-max-entries, compression, table-cache-bytes); all settings when left out.
+    /// The setting (write-policy, index-max-entries, compression, table-cache-bytes, map-cache-bytes); all settings when left out.
     pub key: Option<String>,
+    #[command(flatten)]
+    pub format: FormatArg,
+}
+
+/// `config get --format json`: every setting (or the one asked for), named
+/// as the keys are, with `_` for `-`.
+#[derive(serde::Serialize, Default)]
+struct Settings<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    write_policy: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    index_max_entries: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    compression: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    table_cache_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    map_cache_bytes: Option<u64>,
 }
 
 #[derive(clap::Args, Debug)]
 pub struct ConfigSetArgs {
-    /// The setting (write-policy, index-max-entries, compression, table-cache-bytes).
+    /// The setting (write-policy, index-max-entries, compression, table-cache-bytes, map-cache-bytes).
     pub key: String,
     pub value: String,
 }
 
 pub fn run(engine: &Engine, cmd: &ConfigCommand, out: &mut dyn Write) -> Result<()> {
     match cmd {
+        ConfigCommand::Get(a) if a.format.format == Format::Json => {
+            let all = a.key.is_none();
+            let want = |k: &str| all || a.key.as_deref() == Some(k);
+            if let Some(k) = &a.key {
+                check_key(k)?;
+            }
+            let s = Settings {
+                write_policy: want("write-policy").then(|| engine.write_policy().as_str()),
+                index_max_entries: want("index-max-entries").then(|| engine.index_max_entries()),
+                compression: want("compression").then(|| engine.compression().as_str()),
+                table_cache_bytes: want("table-cache-bytes").then(|| engine.table_cache_bytes()),
+                map_cache_bytes: want("map-cache-bytes").then(|| engine.map_cache_bytes()),
+            };
+            output::json(out, &s)
+        }
         ConfigCommand::Get(a) => {
             let policy = engine.write_policy().as_str();
             let cap = engine.index_max_entries().to_string();
@@ -63,6 +103,7 @@ pub fn run(engine: &Engine, cmd: &ConfigCommand, out: &mut dyn Write) -> Result<
                 Some("index-max-entries") => writeln!(out, "{cap}")?,
                 Some("compression") => writeln!(out, "{compression}")?,
                 Some("table-cache-bytes") => writeln!(out, "{}", engine.table_cache_bytes())?,
+                Some("map-cache-bytes") => writeln!(out, "{}", engine.map_cache_bytes())?,
                 Some(key) => {
                     check_key(key)?;
                     writeln!(out, "{policy}")?;
@@ -73,6 +114,7 @@ pub fn run(engine: &Engine, cmd: &ConfigCommand, out: &mut dyn Write) -> Result<
                     l.item("index-max-entries", &cap);
                     l.item("compression", compression);
                     l.item("table-cache-bytes", engine.table_cache_bytes().to_string());
+                    l.item("map-cache-bytes", engine.map_cache_bytes().to_string());
                     l.write(out, 0)?;
                 }
             }
@@ -95,6 +137,14 @@ pub fn run(engine: &Engine, cmd: &ConfigCommand, out: &mut dyn Write) -> Result<
             })?;
             engine.set_table_cache_bytes(n).map_err(|e| exit::engine("cannot set table-cache-bytes", e))?;
             writeln!(out, "table-cache-bytes is {n}; it takes effect when the store is next opened (remount)")?;
+            Ok(())
+        }
+        ConfigCommand::Set(a) if a.key == "map-cache-bytes" => {
+            let n = super::size::parse_size(&a.value).map_err(|e| {
+                exit::fail(ExitCode::InvalidArgument, format!("cannot set map-cache-bytes to {:?}: {e}", a.value))
+            })?;
+            engine.set_map_cache_bytes(n).map_err(|e| exit::engine("cannot set map-cache-bytes", e))?;
+            writeln!(out, "map-cache-bytes is {n}; it takes effect when the store is next opened (remount)")?;
             Ok(())
         }
         ConfigCommand::Set(a) if a.key == "compression" => {
@@ -122,7 +172,7 @@ pub fn run(engine: &Engine, cmd: &ConfigCommand, out: &mut dyn Write) -> Result<
 }
 
 fn check_key(key: &str) -> Result<()> {
-    if ["write-policy", "index-max-entries", "compression", "table-cache-bytes"].contains(&key) {
+    if ["write-policy", "index-max-entries", "compression", "table-cache-bytes", "map-cache-bytes"].contains(&key) {
         return Ok(());
     }
     Err(exit::fail(ExitCode::NotFound, format!("unknown setting {key:?}: the settings are {KEYS}")))

@@ -151,7 +151,7 @@ impl Engine {
             }
             e => e.into(),
         })?;
-        let new_leaf = Layer::new(leaf.guid, chain::PageMap::new());
+        let new_leaf = Layer::new(leaf.guid, self.new_map());
         wlock(&self.layers).insert(leaf.guid, new_leaf.clone());
         if let Some(mut st) = guard {
             let old = std::mem::replace(&mut st.leaf, new_leaf);
@@ -279,7 +279,7 @@ impl Engine {
                 }
                 e => e.into(),
             })?;
-            wlock(&self.layers).insert(new.guid, Layer::new(new.guid, chain::PageMap::new()));
+            wlock(&self.layers).insert(new.guid, Layer::new(new.guid, self.new_map()));
             if keep_old_as.is_none() && self.catalog.children(old.guid)?.is_empty() {
                 self.catalog.remove_layer(old.guid)?;
                 self.drop_layer(old.guid);
@@ -437,7 +437,7 @@ impl Engine {
         let s = self.snapshot_of(&d, snap)?;
         let (disk, leaf) =
             self.catalog.clone_disk(new_name, s.guid, &s.guid.to_string()).map_err(|e| self.name_err(e, new_name))?;
-        wlock(&self.layers).insert(leaf.guid, Layer::new(leaf.guid, chain::PageMap::new()));
+        wlock(&self.layers).insert(leaf.guid, Layer::new(leaf.guid, self.new_map()));
         self.info_for(&disk)
     }
 

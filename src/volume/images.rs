@@ -13,7 +13,6 @@
 
 use super::{Engine, Error, Layer, Result, VolumeInfo, rlock, wlock};
 use crate::catalog::Legality;
-use crate::chain::PageMap;
 use crate::format::{self, BLOCK_SIZE_U64};
 use crate::qcow2::{self, BackingFile, ChainImage, ExtentKind, Qcow2Writer};
 use std::collections::BTreeSet;
@@ -88,7 +87,7 @@ impl Engine {
         }
         let (disk, leaf) =
             self.catalog.create_disk(name, top_size, Legality::Illegal).map_err(|e| self.name_err(e, name))?;
-        wlock(&self.layers).insert(leaf.guid, Layer::new(leaf.guid, PageMap::new()));
+        wlock(&self.layers).insert(leaf.guid, Layer::new(leaf.guid, self.new_map()));
         let job = self.catalog.begin_job(
             "import",
             disk.guid,

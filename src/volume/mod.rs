@@ -222,7 +222,7 @@ const CHECKPOINT_JOURNAL_BYTES: u64 = 256 << 20;
 
 enum Kick {
     Checkpoint,
-    /// The chunk table has more than its cache resident.
+    /// The chunk table or the block maps have more than their cache resident.
     Sweep,
     Stop,
 }
@@ -234,6 +234,8 @@ pub struct Engine {
     sb: Mutex<superblock::Superblock>,
     catalog: Catalog,
     pub(crate) store: ChunkStore,
+    /// Where block-map pages go when `map-cache-bytes` is set (None: the heap).
+    pub(crate) maps: Option<Arc<chain::MapArena>>,
     pub(crate) journal: Journal,
     faults: Arc<crate::fault::Faults>,
     layers: RwLock<HashMap<Guid, Arc<Layer>>>,
@@ -288,6 +290,8 @@ impl Paths {
     const CHUNKS: &'static str = "chunks.tbl";
     /// Scratch backing of the chunk table when `table-cache-bytes` is set.
     const TABLE_SCRATCH: &'static str = "chunks.mem";
+    /// Scratch backing of block-map pages when `map-cache-bytes` is set.
+    const MAP_SCRATCH: &'static str = "maps.mem";
     const PACKS: &'static str = "packs";
     const MAPS: &'static str = "maps";
     const JOURNAL: &'static str = "journal";
@@ -425,6 +429,7 @@ impl Engine {
             index_max_entries: 0,
             deferred_compression: opts.compression == Compression::Deferred,
             table_cache_bytes: 0,
+            map_cache_bytes: 0,
         };
         sb.write(&path.join(Paths::SUPERBLOCK)).map_err(store_err("writing the superblock"))?;
         format::fsync_dir(path).map_err(store_err("syncing the store directory"))?;
@@ -474,6 +479,18 @@ impl Engine {
             table,
         )?;
 
+        // With a map cache set, block-map pages (layer maps, merged views,
+        // checkpoint copies) live in a scratch file's mapping, kept to about
+        // that much resident (chain/arena.rs).
+        let maps = if sb.map_cache_bytes > 0 && !ro {
+            Some(Arc::new(
+                chain::MapArena::file_backed(&path.join(Paths::MAP_SCRATCH), sb.map_cache_bytes)
+                    .map_err(store_err("creating the block maps' scratch file"))?,
+            ))
+        } else {
+            None
+        };
+
         // Layer maps of every layer the catalogue knows; the catalogue is
         // the truth about which layers exist.
         let mut layers: HashMap<Guid, (Arc<Layer>, u64)> = HashMap::new();
@@ -481,7 +498,7 @@ impl Engine {
             let mp = map_path(path, v.guid);
             let (map, stamp) = match std::fs::read(&mp) {
                 Ok(b) => {
-                    let img = chain::decode_map(&b)
+                    let img = chain::decode_map_in(&b, maps.clone())
                         .map_err(|d| corrupt_store(path, &format!("map of layer {}", v.guid), d))?;
                     if img.layer != v.guid {
                         return Err(corrupt_store(
@@ -492,7 +509,7 @@ impl Engine {
                     }
                     (img.map, img.stamp_seq)
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => (PageMap::new(), 0),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => (PageMap::new_in(maps.clone()), 0),
                 Err(e) => return Err(Error::io(format!("reading {}", mp.display()), e)),
             };
             layers.insert(v.guid, (Layer::new(v.guid, map), stamp));
@@ -597,6 +614,7 @@ impl Engine {
             sb: Mutex::new(sb),
             catalog,
             store,
+            maps,
             journal,
             faults,
             layers: RwLock::new(layers),
@@ -708,12 +726,10 @@ impl Engine {
                                 tracing::error!(%err, "background checkpoint failed");
                             }
                         }
-                        Ok(Kick::Sweep) => {
-                            e.store.table().sweep();
-                        }
+                        Ok(Kick::Sweep) => e.sweep_caches(),
                         Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                            // Reads page table segments in too.
-                            e.store.table().sweep();
+                            // Reads page table segments and map pages in too.
+                            e.sweep_caches();
                             // async-unsafe promises nothing at fsync, but
                             // data still reaches the disk within seconds.
                             if e.effective_write_policy() == WritePolicy::AsyncUnsafe
@@ -739,9 +755,25 @@ impl Engine {
         }
     }
 
-    /// Ask the background thread for a checkpoint if the journal is large.
+    /// Page out what the bounded caches (chunk table, block maps) hold
+    /// beyond their caps (no-ops for caches that are not set).
+    pub(crate) fn sweep_caches(&self) {
+        self.store.table().sweep();
+        if let Some(m) = &self.maps {
+            m.sweep();
+            m.page_out_strays();
+        }
+    }
+
+    /// An empty block map, in the map arena if there is one.
+    pub(crate) fn new_map(&self) -> PageMap {
+        PageMap::new_in(self.maps.clone())
+    }
+
+    /// Ask the background thread for a checkpoint if the journal is large,
+    /// or for a sweep if a bounded cache is over its cap.
     pub(crate) fn maybe_checkpoint(&self) {
-        if self.store.table().over_cap()
+        if (self.store.table().over_cap() || self.maps.as_ref().is_some_and(|m| m.over_cap()))
             && let Some((tx, _)) = lock(&self.worker).as_ref()
         {
             let _ = tx.try_send(Kick::Sweep);
@@ -969,6 +1001,20 @@ impl Engine {
         lock(&self.sb).table_cache_bytes
     }
 
+    /// Keep about `bytes` of block-map pages resident (0 = all of them in
+    /// RAM); takes effect at the next open (`strata config set
+    /// map-cache-bytes`).
+    pub fn set_map_cache_bytes(&self, bytes: u64) -> Result<()> {
+        self.check_writable()?;
+        let mut sb = lock(&self.sb);
+        sb.map_cache_bytes = bytes;
+        sb.write(&self.path.join(Paths::SUPERBLOCK)).map_err(store_err("writing the superblock"))
+    }
+
+    pub fn map_cache_bytes(&self) -> u64 {
+        lock(&self.sb).map_cache_bytes
+    }
+
     pub(crate) fn check_writable(&self) -> Result<()> {
         if self.read_only {
             return Err(Error::ReadOnly(format!("store {} is open read-only", self.path.display())));
@@ -1042,7 +1088,7 @@ impl Engine {
         validate_name(name)?;
         let (disk, leaf) =
             self.catalog.create_disk(name, capacity, Legality::Legal).map_err(|e| self.name_err(e, name))?;
-        wlock(&self.layers).insert(leaf.guid, Layer::new(leaf.guid, PageMap::new()));
+        wlock(&self.layers).insert(leaf.guid, Layer::new(leaf.guid, self.new_map()));
         self.info_for(&disk)
     }
 
@@ -1255,7 +1301,7 @@ impl Engine {
         let size = f.seek(SeekFrom::End(0)).map_err(|e| Error::io(format!("sizing {}", file.display()), e))?;
         let (disk, leaf) =
             self.catalog.create_disk(name, size, Legality::Illegal).map_err(|e| self.name_err(e, name))?;
-        wlock(&self.layers).insert(leaf.guid, Layer::new(leaf.guid, PageMap::new()));
+        wlock(&self.layers).insert(leaf.guid, Layer::new(leaf.guid, self.new_map()));
         let job =
             self.catalog.begin_job("import", disk.guid, &format!("{{\"source\":{:?}}}", file.display().to_string()))?;
         let res = (|| -> Result<()> {

@@ -44,7 +44,7 @@
 //! of open volumes. Promote first, then open volumes.
 
 use super::{Engine, Layer, lock, rlock, wlock};
-use crate::chain::{self, ABSENT, PageMap, ZERO};
+use crate::chain::{self, ABSENT, ZERO};
 use crate::guid::Guid;
 use crate::journal::{Batch, Entry};
 use crate::replica::protocol::ApplyBatch;
@@ -510,7 +510,7 @@ impl Engine {
             {
                 let mut layers = wlock(&self.layers);
                 for (k, e) in &entries {
-                    let l = layers.entry(k.layer).or_insert_with(|| Layer::new(k.layer, PageMap::new())).clone();
+                    let l = layers.entry(k.layer).or_insert_with(|| Layer::new(k.layer, self.new_map())).clone();
                     olds.push(wlock(&l.map).set(k.block_no, *e));
                     l.dirty.store(true, Ordering::Release);
                 }
@@ -562,7 +562,7 @@ impl Engine {
             self.catalog.all_volumes().map_err(|e| e.to_string())?.into_iter().map(|v| v.guid).collect();
         let mut layers = wlock(&self.layers);
         for g in &live {
-            layers.entry(*g).or_insert_with(|| Layer::new(*g, PageMap::new()));
+            layers.entry(*g).or_insert_with(|| Layer::new(*g, self.new_map()));
         }
         let gone: Vec<Guid> = layers.keys().filter(|g| !live.contains(g)).copied().collect();
         for g in gone {

@@ -16,7 +16,8 @@
 //!  48  checkpoint_seq u64  journal seq of the last complete checkpoint
 //!  56  index_max      u64  dedup index entries cap (0 = unbounded)
 //!  64  table_cache    u64  bytes of chunk table kept resident; 0 = all in RAM (format 2)
-//!  72  reserved       [4020]
+//!  72  map_cache      u64  bytes of block-map pages kept resident; 0 = all in RAM (format 2)
+//!  80  reserved       [4012]
 //! 4092 checksum       u32  checksum32(bytes 0..4092)
 //! ```
 //!
@@ -55,6 +56,8 @@ pub struct Superblock {
     pub deferred_compression: bool,
     /// Bytes of the chunk table kept resident (0 = the table is in RAM).
     pub table_cache_bytes: u64,
+    /// Bytes of block-map pages kept resident (0 = the maps are in RAM).
+    pub map_cache_bytes: u64,
 }
 
 fn policy_code(p: WritePolicy) -> u8 {
@@ -89,7 +92,8 @@ impl Superblock {
             .u8(self.deferred_compression as u8)
             .u64(self.checkpoint_seq)
             .u64(self.index_max_entries)
-            .u64(self.table_cache_bytes);
+            .u64(self.table_cache_bytes)
+            .u64(self.map_cache_bytes);
         w.zeros(LEN - 4 - w.len());
         let c = checksum32(&w.buf);
         w.u32(c);
@@ -146,7 +150,8 @@ impl Superblock {
         let checkpoint_seq = r.u64().map_err(|e| e.to_string())?;
         let index_max_entries = r.u64().map_err(|e| e.to_string())?;
         let table_cache_bytes = r.u64().map_err(|e| e.to_string())?;
-        if format_version < 2 && table_cache_bytes != 0 {
+        let map_cache_bytes = r.u64().map_err(|e| e.to_string())?;
+        if format_version < 2 && (table_cache_bytes != 0 || map_cache_bytes != 0) {
             return Err("format 1 superblock has bytes set past offset 64".into());
         }
         Ok(Superblock {
@@ -161,6 +166,7 @@ impl Superblock {
             index_max_entries,
             deferred_compression,
             table_cache_bytes,
+            map_cache_bytes,
         })
     }
 
@@ -191,6 +197,7 @@ mod tests {
             index_max_entries: 0,
             deferred_compression: false,
             table_cache_bytes: 0,
+            map_cache_bytes: 0,
         }
     }
 
@@ -201,6 +208,7 @@ mod tests {
             deferred_compression: true,
             index_max_entries: 7,
             table_cache_bytes: 64 << 20,
+            map_cache_bytes: 8 << 20,
             ..sample()
         };
         let b = s2.encode();
@@ -208,6 +216,8 @@ mod tests {
         assert_eq!(b[47], 1);
         assert_eq!(&b[56..64], &7u64.to_le_bytes());
         assert_eq!(&b[64..72], &(64u64 << 20).to_le_bytes());
+        assert_eq!(&b[72..80], &(8u64 << 20).to_le_bytes());
+        assert!(b[80..LEN - 4].iter().all(|x| *x == 0));
         assert_eq!(Superblock::decode(&b).unwrap(), s2);
         // Format 1 has no compression byte: a 1 there is damage, not a mode.
         let mut b1 = sample().encode();
@@ -215,6 +225,17 @@ mod tests {
         let c = checksum32(&b1[..LEN - 4]);
         b1[LEN - 4..].copy_from_slice(&c.to_le_bytes());
         assert!(Superblock::decode(&b1).unwrap_err().contains("compression mode"));
+    }
+
+    #[test]
+    fn a_format_1_superblock_with_a_map_cache_is_refused() {
+        let mut b = sample().encode();
+        b[72] = 1;
+        let c = checksum32(&b[..LEN - 4]);
+        b[LEN - 4..].copy_from_slice(&c.to_le_bytes());
+        assert!(Superblock::decode(&b).unwrap_err().contains("past offset 64"));
+        let s2 = Superblock { format_version: 2, map_cache_bytes: 1, ..sample() };
+        assert_eq!(Superblock::decode(&s2.encode()).unwrap().map_cache_bytes, 1);
     }
 
     #[test]

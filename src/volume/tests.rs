@@ -1406,3 +1406,84 @@ fn a_store_with_a_table_cache_keeps_its_chunk_table_in_a_scratch_file_and_loses_
     e.open_volume("a").unwrap().read_at(&mut back, 0).unwrap();
     assert!(back == data);
 }
+
+#[test]
+fn a_store_with_a_map_cache_keeps_block_maps_in_a_scratch_file_and_loses_nothing() {
+    let (_d, p) = new_store(WritePolicy::Async);
+    {
+        let e = open(&p);
+        e.set_map_cache_bytes(1).unwrap(); // one page: everything else pages out
+    }
+    // Writes in 256 KiB pieces 3 MiB apart: each map page (2 MiB of
+    // volume) holds some, so the maps have many pages.
+    let piece = |i: u64, seed: u64| (i * (3 << 20), pattern(256 << 10, seed * 100 + i));
+    let mut model = vec![0u8; 64 << 20];
+    let snap_model;
+    {
+        let e = open(&p);
+        assert_eq!(e.map_cache_bytes(), 1);
+        assert!(p.join(Paths::MAP_SCRATCH).exists());
+        let arena = e.maps.clone().expect("a map arena");
+        e.create_volume("a", 64 << 20).unwrap();
+        let v = e.open_volume("a").unwrap();
+        for i in 0..20 {
+            let (off, data) = piece(i, 1);
+            v.write_at(&data, off).unwrap();
+            model[off as usize..off as usize + data.len()].copy_from_slice(&data);
+        }
+        e.snapshot_create("a", "s").unwrap();
+        snap_model = model.clone();
+        // Overwrite half, at an offset, on top of the snapshot: the open
+        // volume now reads through a merged view, in the arena too.
+        for i in (0..20).step_by(2) {
+            let (off, data) = piece(i, 2);
+            let off = off + (128 << 10);
+            v.write_at(&data, off).unwrap();
+            model[off as usize..off as usize + data.len()].copy_from_slice(&data);
+        }
+        assert!(rlock(&v.state).merged.as_ref().is_some_and(|m| m.arena().is_some()));
+        assert!(arena.live_pages() > 40, "{arena:?}");
+        for _ in 0..100 {
+            e.sweep_caches();
+            if !arena.over_cap() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!arena.over_cap(), "{arena:?}");
+        // A checkpoint copies the dirty maps into the arena and frees the
+        // copies when done.
+        let live = arena.live_pages();
+        e.checkpoint().unwrap();
+        assert_eq!(arena.live_pages(), live);
+        let mut back = vec![0u8; model.len()];
+        v.read_at(&mut back, 0).unwrap();
+        assert!(back == model);
+        let (off, data) = piece(19, 3);
+        v.write_at(&data, off).unwrap();
+        model[off as usize..off as usize + data.len()].copy_from_slice(&data);
+        e.sweep_caches();
+        e.sweep_caches();
+        v.flush().unwrap();
+        e.simulate_crash();
+    }
+    let check = |e: &Engine| {
+        let mut back = vec![0u8; model.len()];
+        e.open_volume("a").unwrap().read_at(&mut back, 0).unwrap();
+        assert!(back == model);
+        e.open_snapshot("a", "s").unwrap().read_at(&mut back, 0).unwrap();
+        assert!(back == snap_model);
+    };
+    let e = open(&p);
+    wait_normal(&e);
+    check(&e);
+    e.sweep_caches();
+    e.sweep_caches();
+    check(&e);
+    e.gc(&mut |_, _| {}).unwrap();
+    check(&e);
+    e.close().unwrap();
+    drop(e);
+    let e = open(&p);
+    check(&e);
+}
