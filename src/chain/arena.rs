@@ -214,7 +214,9 @@ impl MapArena {
         let mut i = 0;
         while i < indices.len() {
             let mut j = i + 1;
-            while j < indices.len() && indices[j] == indices[j - 1] + 1 && indices[j] as usize % self.region_slots != 0
+            while j < indices.len()
+                && indices[j] == indices[j - 1] + 1
+                && !(indices[j] as usize).is_multiple_of(self.region_slots)
             {
                 j += 1;
             }
@@ -260,7 +262,7 @@ impl MapArena {
         if prev & RES == 0 {
             let resident = self.resident.fetch_add(1, Ordering::Relaxed) + 1;
             let cap = self.cap_pages();
-            if resident > cap + (cap / 8).max(INLINE_SLACK) && resident % 64 == 0 {
+            if resident > cap + (cap / 8).max(INLINE_SLACK) && resident.is_multiple_of(64) {
                 self.sweep();
             }
         }
@@ -348,7 +350,7 @@ impl MapArena {
             let s = st.load(Ordering::Relaxed);
             let cold = s & RES != 0 && (s & REF == 0 || st.fetch_and(!REF, Ordering::Relaxed) & REF == 0);
             match (&mut run, cold) {
-                (Some((start, len)), true) if *start + *len == i && i % self.region_slots != 0 => *len += 1,
+                (Some((start, len)), true) if *start + *len == i && !i.is_multiple_of(self.region_slots) => *len += 1,
                 (_, true) => {
                     if !flush(&mut run, &mut out) {
                         return out;
