@@ -221,20 +221,46 @@ impl ChunkTable {
             if seg.accessed.swap(false, Ordering::Relaxed) {
                 continue;
             }
-            if let SegMem::Mapped(m) = &seg.mem {
-                // SAFETY: advice on our own mapping; MADV_PAGEOUT only
-                // drops (after writing back) pages, contents stay.
-                let r = unsafe { libc::madvise(m.as_ptr() as *mut libc::c_void, SEG_BYTES, libc::MADV_PAGEOUT) };
-                if r != 0 {
-                    // Kernel without MADV_PAGEOUT (< 5.4): nothing to do.
-                    return out;
-                }
-                seg.resident.store(false, Ordering::Relaxed);
-                b.resident.fetch_sub(1, Ordering::Relaxed);
-                out += 1;
+            match Self::page_out(b, seg) {
+                Some(true) => out += 1,
+                Some(false) => {}
+                // Kernel without MADV_PAGEOUT (< 5.4): nothing to do.
+                None => return out,
             }
         }
         out
+    }
+
+    /// Page a mapped segment out. Some(true): done; Some(false): a heap
+    /// segment; None: the kernel refused the advice.
+    fn page_out(b: &Backing, seg: &Segment) -> Option<bool> {
+        let SegMem::Mapped(m) = &seg.mem else { return Some(false) };
+        // SAFETY: advice on our own mapping; MADV_PAGEOUT only drops (after
+        // writing back) pages, contents stay.
+        let r = unsafe { libc::madvise(m.as_ptr() as *mut libc::c_void, SEG_BYTES, libc::MADV_PAGEOUT) };
+        if r != 0 {
+            return None;
+        }
+        if seg.resident.swap(false, Ordering::Relaxed) {
+            b.resident.fetch_sub(1, Ordering::Relaxed);
+        }
+        Some(true)
+    }
+
+    /// Visit a segment for a whole-table scan. A segment the scan brought
+    /// in (not resident before) is paged straight back out while the table
+    /// is over its cap, so a scan (`status`, GC's pack usage, the
+    /// checkpoint's table image) passes through memory instead of filling
+    /// it until the next sweep.
+    fn scan_segment<R>(&self, seg: &Segment, visit: impl FnOnce(&Segment) -> R) -> R {
+        let Some(b) = &self.backing else { return visit(seg) };
+        let was_resident = seg.resident.load(Ordering::Relaxed);
+        seg.touch(&b.resident, false);
+        let r = visit(seg);
+        if !was_resident && !seg.accessed.load(Ordering::Relaxed) && self.over_cap() {
+            Self::page_out(b, seg);
+        }
+        r
     }
 
     /// Over the cap, so worth a sweep.
@@ -336,10 +362,11 @@ impl ChunkTable {
     pub fn reset_refs(&self) {
         let segs = self.segs.read().unwrap_or_else(|p| p.into_inner());
         for seg in segs.iter() {
-            self.touch(seg, false);
-            for s in seg.slots() {
-                s.refs.store(0, Ordering::Relaxed);
-            }
+            self.scan_segment(seg, |seg| {
+                for s in seg.slots() {
+                    s.refs.store(0, Ordering::Relaxed);
+                }
+            });
         }
     }
 
@@ -347,27 +374,28 @@ impl ChunkTable {
     pub fn for_each(&self, mut f: impl FnMut(u64, ChunkLoc, u32)) {
         let segs = self.segs.read().unwrap_or_else(|p| p.into_inner());
         for (si, seg) in segs.iter().enumerate() {
-            self.touch(seg, false);
-            for (i, s) in seg.slots().iter().enumerate() {
-                let loc = s.loc.load(Ordering::Acquire);
-                if loc == 0 {
-                    continue;
+            self.scan_segment(seg, |seg| {
+                for (i, s) in seg.slots().iter().enumerate() {
+                    let loc = s.loc.load(Ordering::Acquire);
+                    if loc == 0 {
+                        continue;
+                    }
+                    let id = ((si as u64) << SEG_BITS) | i as u64;
+                    f(
+                        id,
+                        ChunkLoc {
+                            pack_id: (loc >> OFFSET_BITS) as u32,
+                            offset: loc & ((1 << OFFSET_BITS) - 1),
+                            stored_len: s.stored_len.load(Ordering::Relaxed),
+                            murmur: s.murmur.load(Ordering::Relaxed),
+                        },
+                        match s.refs.load(Ordering::Relaxed) {
+                            CLAIMED => 0,
+                            r => r,
+                        },
+                    );
                 }
-                let id = ((si as u64) << SEG_BITS) | i as u64;
-                f(
-                    id,
-                    ChunkLoc {
-                        pack_id: (loc >> OFFSET_BITS) as u32,
-                        offset: loc & ((1 << OFFSET_BITS) - 1),
-                        stored_len: s.stored_len.load(Ordering::Relaxed),
-                        murmur: s.murmur.load(Ordering::Relaxed),
-                    },
-                    match s.refs.load(Ordering::Relaxed) {
-                        CLAIMED => 0,
-                        r => r,
-                    },
-                );
-            }
+            });
         }
     }
 
@@ -606,5 +634,37 @@ mod paging_tests {
         }
         let g = Guid([3; 16]);
         assert!(t.encode(g, 5, n) == h.encode(g, 5, n));
+    }
+
+    #[test]
+    fn a_whole_table_scan_over_the_cap_pages_what_it_brought_in_back_out() {
+        let d = tempfile::tempdir_in("/var/tmp").or_else(|_| tempfile::tempdir()).unwrap();
+        let t = ChunkTable::file_backed(&d.path().join("chunks.mem"), 2 * SEG_BYTES as u64).unwrap();
+        let n = 6 * SEG_LEN as u64;
+        for id in FIRST_CHUNK_ID..n {
+            t.insert(id, loc(id));
+            t.incref(id);
+        }
+        t.sweep();
+        t.get(n - 1);
+        t.sweep();
+        let before = t.resident_bytes();
+        assert!(before <= 2 * SEG_BYTES as u64, "{before}");
+        // Scans (status, GC, checkpoint) see everything...
+        let mut seen = 0;
+        t.for_each(|id, l, r| {
+            assert_eq!((l, r), (loc(id), 1));
+            seen += 1;
+        });
+        assert_eq!(seen, n - FIRST_CHUNK_ID);
+        let g = Guid([4; 16]);
+        let _ = t.encode(g, 1, n);
+        t.reset_refs();
+        // ...and leave no more resident than the cap.
+        assert!(t.resident_bytes() <= 2 * SEG_BYTES as u64, "{}", t.resident_bytes());
+        // The hot segment stayed; the rest reads back from the file.
+        assert_eq!(t.get(n - 1), Some(loc(n - 1)));
+        assert_eq!(t.get(FIRST_CHUNK_ID), Some(loc(FIRST_CHUNK_ID)));
+        assert_eq!(t.refs(FIRST_CHUNK_ID), 0);
     }
 }
