@@ -163,17 +163,7 @@ fn hash_blocks_on(platform: Platform, blocks: &[&[u8; BLOCK]], out: &mut [[u8; O
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn data(len: usize, mut x: u64) -> Vec<u8> {
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    use crate::test_bytes::xorshift_bytes as data;
 
     #[test]
     fn equals_blake3_hash_for_every_batch_size_and_mixed_lengths() {

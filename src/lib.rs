@@ -45,4 +45,9 @@ pub mod replica;
 pub mod store;
 pub mod volume;
 
+/// Deterministic test data, shared with the integration tests.
+#[cfg(test)]
+#[path = "../tests/support/bytes.rs"]
+pub(crate) mod test_bytes;
+
 pub use guid::Guid;

@@ -1104,15 +1104,7 @@ mod tests {
     fn incompressible_blocks_are_stored_raw() {
         let d = tempfile::tempdir().unwrap();
         let s = new_store(d.path());
-        let mut x = 0x9e3779b97f4a7c15u64;
-        let rnd: Vec<u8> = (0..BLOCK_SIZE)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let rnd = crate::test_bytes::xorshift_bytes(BLOCK_SIZE, 0x9e37_79b9_7f4a_7c15);
         let r = s.put_blocks(&[&rnd]).unwrap();
         let Put::New(p) = r[0] else { panic!() };
         assert_eq!(p.stored_len as usize, BLOCK_SIZE);

@@ -232,19 +232,12 @@ fn finish(h: [u64; 2], tail: &[u8], len: usize) -> u128 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_bytes::xorshift_bytes;
 
     #[test]
     fn matches_the_murmur3_crate_for_every_tail_length_and_blocks() {
-        let mut x = 0x1234_5678_9abc_def0u64;
         for len in (0..64).chain([4095, 4096, 4097, 10_000]) {
-            let data: Vec<u8> = (0..len)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect();
+            let data = xorshift_bytes(len, 0x1234_5678_9abc_def0 + len as u64);
             for seed in [0u32, 1, 0x62ea_60be] {
                 let want = murmur3::murmur3_x64_128(&mut std::io::Cursor::new(&data), seed).unwrap();
                 assert_eq!(x64_128(&data, seed), want, "len {len} seed {seed:#x}");
@@ -254,16 +247,10 @@ mod tests {
 
     #[test]
     fn pairs_equal_two_single_hashes() {
-        let mut x = 0xfeed_f00d_u64;
-        let mut data = |len: usize| -> Vec<u8> {
-            (0..len)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect()
+        let mut n = 0u64;
+        let mut data = |len: usize| {
+            n += 1;
+            xorshift_bytes(len, 0xfeed_f00d + n)
         };
         for (la, lb) in [(0, 0), (15, 15), (16, 16), (31, 31), (4096, 4096), (4096, 100), (7, 4096)] {
             let (a, b) = (data(la), data(lb));
@@ -275,16 +262,10 @@ mod tests {
 
     #[test]
     fn many_equals_one_at_a_time_for_every_length_and_group() {
-        let mut x = 0x0123_4567_89ab_cdef_u64;
-        let mut data = |len: usize| -> Vec<u8> {
-            (0..len)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect()
+        let mut n = 0u64;
+        let mut data = |len: usize| {
+            n += 1;
+            xorshift_bytes(len, 0x0123_4567_89ab_cdef + n)
         };
         // Lengths around the 64-byte SIMD step and the 16-byte round.
         for len in [0, 1, 15, 16, 17, 63, 64, 65, 80, 127, 128, 200, 4095, 4096] {
