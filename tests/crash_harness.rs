@@ -17,7 +17,9 @@
 //!   printed), `CRASH_KILL_MS` (`LO-HI`, the kill delay after the writer's
 //!   first completed fsync, default 200-4000), `CRASH_VOLUME_MIB`
 //!   (writer volume, default 64), `CRASH_FRESH_EVERY` (new store every N
-//!   iterations, default 25). The same variables steer the short runs.
+//!   iterations, default 25), `CRASH_TABLE_CACHE` / `CRASH_MAP_CACHE`
+//!   (bytes) and `CRASH_INDEX_MAX` (entries): the bounded caches, set on
+//!   every new store (default unset). The same variables steer the short runs.
 //! * `verifier_catches_lost_torn_misplaced_and_unknown_blocks`: the
 //!   negative control — the verifier fails on damage it must see. Needs
 //!   no mount.
@@ -28,7 +30,7 @@ mod mount_common;
 
 use crash::verify::{self, Promise};
 use crash::writer::{self, BLOCK, Content, WriterConfig};
-use crash::{Plan, fio::FioPlan};
+use crash::{Caches, Plan, fio::FioPlan};
 use std::sync::Mutex;
 use strata::volume::WritePolicy;
 
@@ -92,6 +94,11 @@ fn plan(policy: WritePolicy, iterations: u32, short: bool) -> Plan {
         fresh_store_every: env_u64("CRASH_FRESH_EVERY", if short { 0 } else { 25 }) as u32,
         meta_ops: true,
         check_after_recovery: true,
+        caches: Caches {
+            table_bytes: env_u64("CRASH_TABLE_CACHE", 0),
+            map_bytes: env_u64("CRASH_MAP_CACHE", 0),
+            index_entries: env_u64("CRASH_INDEX_MAX", 0),
+        },
     }
 }
 

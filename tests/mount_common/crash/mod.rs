@@ -66,6 +66,29 @@ pub struct Plan {
     pub meta_ops: bool,
     /// After verifying, unmount cleanly and `check` before the next workload.
     pub check_after_recovery: bool,
+    /// Bounded caches set on every new store before its first mount.
+    pub caches: Caches,
+}
+
+/// `table-cache-bytes`, `map-cache-bytes`, `index-max-entries` (0: unset).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Caches {
+    pub table_bytes: u64,
+    pub map_bytes: u64,
+    pub index_entries: u64,
+}
+
+impl Caches {
+    fn apply(&self, store: &Path) -> strata::volume::Result<()> {
+        if self.table_bytes == 0 && self.map_bytes == 0 && self.index_entries == 0 {
+            return Ok(());
+        }
+        let engine = Engine::open(store, &OpenOptions::default())?;
+        engine.set_table_cache_bytes(self.table_bytes)?;
+        engine.set_map_cache_bytes(self.map_bytes)?;
+        engine.set_index_max_entries(self.index_entries)?;
+        engine.close()
+    }
 }
 
 /// Which promise each policy makes after `kill -9` (FORMAT.md, "Write
@@ -350,7 +373,9 @@ pub fn run(plan: &Plan, root: &Path) -> Outcome {
         let mnt = sdir.join("mnt");
         std::fs::create_dir_all(&mnt).expect("mkdir mnt");
         let mnt = mnt.canonicalize().expect("canonical mountpoint");
-        if let Err(e) = Engine::init(&store, &InitOptions { write_policy: plan.policy, ..Default::default() }) {
+        if let Err(e) = Engine::init(&store, &InitOptions { write_policy: plan.policy, ..Default::default() })
+            .and_then(|()| plan.caches.apply(&store))
+        {
             out.failures.push(format!("init: {e}"));
             return out;
         }
