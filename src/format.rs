@@ -182,6 +182,59 @@ impl Checksum32 {
     }
 }
 
+/// Length of the header in front of a streamed body (map and table files).
+pub const STREAMED_HEADER_LEN: usize = 64;
+
+/// A file body streamed behind a 64-byte header that is written last: a
+/// placeholder goes out first, the body is checksummed (checksum32) and
+/// written 64 KiB at a time, and [`finish`](Self::finish) writes the real
+/// header — which carries the body's checksum and its own — over the
+/// placeholder. Lets a checkpoint write a file much larger than it could
+/// hold in memory.
+pub struct StreamedBody<'w, W: Write + io::Seek> {
+    w: &'w mut W,
+    start: u64,
+    buf: Vec<u8>,
+    sum: Checksum32,
+}
+
+impl<'w, W: Write + io::Seek> StreamedBody<'w, W> {
+    const FLUSH: usize = 64 << 10;
+
+    pub fn new(w: &'w mut W) -> io::Result<Self> {
+        let start = w.stream_position()?;
+        w.write_all(&[0u8; STREAMED_HEADER_LEN])?;
+        Ok(StreamedBody { w, start, buf: Vec::with_capacity(Self::FLUSH), sum: Checksum32::default() })
+    }
+
+    pub fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= Self::FLUSH { self.flush() } else { Ok(()) }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.sum.update(&self.buf);
+        self.w.write_all(&self.buf)?;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Write the header: `header(body_checksum)` gives its first 60 bytes;
+    /// their checksum32 completes it. The writer is left after the body.
+    pub fn finish(mut self, header: impl FnOnce(u32) -> Vec<u8>) -> io::Result<()> {
+        self.flush()?;
+        let mut h = header(self.sum.finish());
+        assert_eq!(h.len(), STREAMED_HEADER_LEN - 4, "a streamed header is 60 bytes before its checksum");
+        let c = checksum32(&h);
+        h.extend_from_slice(&c.to_le_bytes());
+        let end = self.w.stream_position()?;
+        self.w.seek(io::SeekFrom::Start(self.start))?;
+        self.w.write_all(&h)?;
+        self.w.seek(io::SeekFrom::Start(end))?;
+        Ok(())
+    }
+}
+
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     write_atomic_with(path, |w| w.write_all(bytes))
 }

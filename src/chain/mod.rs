@@ -347,37 +347,25 @@ impl PageMap {
         layer: Guid,
         stamp_seq: u64,
     ) -> std::io::Result<()> {
-        use std::io::SeekFrom;
-        let start = w.stream_position()?;
-        w.write_all(&[0u8; 64])?;
-        let mut sum = crate::format::Checksum32::default();
-        let mut body = Writer::with_capacity(PAGE_LEN * 16);
+        let mut body = crate::format::StreamedBody::new(w)?;
         for (b, e) in self.iter() {
-            body.u64(b).u64(e);
-            if body.len() >= PAGE_LEN * 16 {
-                sum.update(&body.buf);
-                w.write_all(&body.buf)?;
-                body = Writer::with_capacity(PAGE_LEN * 16);
-            }
+            let mut rec = [0u8; 16];
+            rec[..8].copy_from_slice(&b.to_le_bytes());
+            rec[8..].copy_from_slice(&e.to_le_bytes());
+            body.put(&rec)?;
         }
-        sum.update(&body.buf);
-        w.write_all(&body.buf)?;
-        let mut h = Writer::with_capacity(64);
-        h.bytes(MAP_MAGIC)
-            .u32(MAP_VERSION)
-            .u32(0)
-            .bytes(layer.as_bytes())
-            .u64(stamp_seq)
-            .u64(self.count)
-            .u32(sum.finish())
-            .zeros(8);
-        let c = checksum32(&h.buf);
-        h.u32(c);
-        let end = w.stream_position()?;
-        w.seek(SeekFrom::Start(start))?;
-        w.write_all(&h.buf)?;
-        w.seek(SeekFrom::Start(end))?;
-        Ok(())
+        body.finish(|body_sum| {
+            let mut h = Writer::with_capacity(64);
+            h.bytes(MAP_MAGIC)
+                .u32(MAP_VERSION)
+                .u32(0)
+                .bytes(layer.as_bytes())
+                .u64(stamp_seq)
+                .u64(self.count)
+                .u32(body_sum)
+                .zeros(8);
+            h.buf
+        })
     }
 }
 

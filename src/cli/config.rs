@@ -131,20 +131,18 @@ pub fn run(engine: &Engine, cmd: &ConfigCommand, out: &mut dyn Write) -> Result<
             writeln!(out, "index-max-entries is {n}; it takes effect when the store is next opened (remount)")?;
             Ok(())
         }
-        ConfigCommand::Set(a) if a.key == "table-cache-bytes" => {
+        ConfigCommand::Set(a) if a.key == "table-cache-bytes" || a.key == "map-cache-bytes" => {
+            let key = a.key.as_str();
             let n = super::size::parse_size(&a.value).map_err(|e| {
-                exit::fail(ExitCode::InvalidArgument, format!("cannot set table-cache-bytes to {:?}: {e}", a.value))
+                exit::fail(ExitCode::InvalidArgument, format!("cannot set {key} to {:?}: {e}", a.value))
             })?;
-            engine.set_table_cache_bytes(n).map_err(|e| exit::engine("cannot set table-cache-bytes", e))?;
-            writeln!(out, "table-cache-bytes is {n}; it takes effect when the store is next opened (remount)")?;
-            Ok(())
-        }
-        ConfigCommand::Set(a) if a.key == "map-cache-bytes" => {
-            let n = super::size::parse_size(&a.value).map_err(|e| {
-                exit::fail(ExitCode::InvalidArgument, format!("cannot set map-cache-bytes to {:?}: {e}", a.value))
-            })?;
-            engine.set_map_cache_bytes(n).map_err(|e| exit::engine("cannot set map-cache-bytes", e))?;
-            writeln!(out, "map-cache-bytes is {n}; it takes effect when the store is next opened (remount)")?;
+            let set = if key == "table-cache-bytes" {
+                engine.set_table_cache_bytes(n)
+            } else {
+                engine.set_map_cache_bytes(n)
+            };
+            set.map_err(|e| exit::engine(format!("cannot set {key}"), e))?;
+            writeln!(out, "{key} is {n}; it takes effect when the store is next opened (remount)")?;
             Ok(())
         }
         ConfigCommand::Set(a) if a.key == "compression" => {

@@ -422,58 +422,41 @@ impl ChunkTable {
         stamp_seq: u64,
         next_id: u64,
     ) -> std::io::Result<()> {
-        use std::io::SeekFrom;
-        let start = w.stream_position()?;
-        w.write_all(&[0u8; 64])?;
-        let mut sum = crate::format::Checksum32::default();
+        let mut body = crate::format::StreamedBody::new(w)?;
         let mut count = 0u64;
         let mut next_id = next_id;
         let mut err = None;
-        // 64 KiB at a time through the checksum and the writer.
-        let mut chunk: Vec<u8> = Vec::with_capacity(64 << 10);
-        let mut flush = |chunk: &mut Vec<u8>, w: &mut W| -> std::io::Result<()> {
-            sum.update(chunk);
-            w.write_all(chunk)?;
-            chunk.clear();
-            Ok(())
-        };
         self.for_each(|id, loc, _| {
             if err.is_some() {
                 return;
             }
-            chunk.extend_from_slice(&id.to_le_bytes());
-            chunk.extend_from_slice(&loc.pack_id.to_le_bytes());
-            chunk.extend_from_slice(&loc.stored_len.to_le_bytes());
-            chunk.extend_from_slice(&loc.offset.to_le_bytes());
-            chunk.extend_from_slice(&loc.murmur.to_le_bytes());
+            let mut rec = [0u8; 32];
+            rec[..8].copy_from_slice(&id.to_le_bytes());
+            rec[8..12].copy_from_slice(&loc.pack_id.to_le_bytes());
+            rec[12..16].copy_from_slice(&loc.stored_len.to_le_bytes());
+            rec[16..24].copy_from_slice(&loc.offset.to_le_bytes());
+            rec[24..].copy_from_slice(&loc.murmur.to_le_bytes());
             count += 1;
             next_id = next_id.max(id + 1);
-            if chunk.len() >= 64 << 10
-                && let Err(x) = flush(&mut chunk, w)
-            {
+            if let Err(x) = body.put(&rec) {
                 err = Some(x);
             }
         });
         if let Some(e) = err {
             return Err(e);
         }
-        flush(&mut chunk, w)?;
-        let mut h = Writer::with_capacity(64);
-        h.bytes(TABLE_MAGIC)
-            .u32(TABLE_VERSION)
-            .u32(0)
-            .bytes(store_uuid.as_bytes())
-            .u64(stamp_seq)
-            .u64(count)
-            .u64(next_id)
-            .u32(sum.finish());
-        let c = checksum32(&h.buf);
-        h.u32(c);
-        let end = w.stream_position()?;
-        w.seek(SeekFrom::Start(start))?;
-        w.write_all(&h.buf)?;
-        w.seek(SeekFrom::Start(end))?;
-        Ok(())
+        body.finish(|body_sum| {
+            let mut h = Writer::with_capacity(64);
+            h.bytes(TABLE_MAGIC)
+                .u32(TABLE_VERSION)
+                .u32(0)
+                .bytes(store_uuid.as_bytes())
+                .u64(stamp_seq)
+                .u64(count)
+                .u64(next_id)
+                .u32(body_sum);
+            h.buf
+        })
     }
 }
 

@@ -964,11 +964,7 @@ impl Engine {
             WritePolicy::Auto => resolve_auto(&self.path),
             p => (p, String::new()),
         };
-        {
-            let mut sb = lock(&self.sb);
-            sb.write_policy = p;
-            sb.write(&self.path.join(Paths::SUPERBLOCK)).map_err(store_err("writing the superblock"))?;
-        }
+        self.update_superblock(|sb| sb.write_policy = p)?;
         self.sync_writes.store(eff.0 == WritePolicy::Sync, Ordering::Release);
         *lock(&self.policy) = eff.clone();
         Ok(eff)
@@ -978,9 +974,7 @@ impl Engine {
     /// takes effect at the next open (`strata config set index-max-entries`).
     pub fn set_index_max_entries(&self, max_entries: u64) -> Result<()> {
         self.check_writable()?;
-        let mut sb = lock(&self.sb);
-        sb.index_max_entries = max_entries;
-        sb.write(&self.path.join(Paths::SUPERBLOCK)).map_err(store_err("writing the superblock"))
+        self.update_superblock(|sb| sb.index_max_entries = max_entries)
     }
 
     pub fn index_max_entries(&self) -> u64 {
@@ -992,9 +986,7 @@ impl Engine {
     /// table-cache-bytes`).
     pub fn set_table_cache_bytes(&self, bytes: u64) -> Result<()> {
         self.check_writable()?;
-        let mut sb = lock(&self.sb);
-        sb.table_cache_bytes = bytes;
-        sb.write(&self.path.join(Paths::SUPERBLOCK)).map_err(store_err("writing the superblock"))
+        self.update_superblock(|sb| sb.table_cache_bytes = bytes)
     }
 
     pub fn table_cache_bytes(&self) -> u64 {
@@ -1006,13 +998,18 @@ impl Engine {
     /// map-cache-bytes`).
     pub fn set_map_cache_bytes(&self, bytes: u64) -> Result<()> {
         self.check_writable()?;
-        let mut sb = lock(&self.sb);
-        sb.map_cache_bytes = bytes;
-        sb.write(&self.path.join(Paths::SUPERBLOCK)).map_err(store_err("writing the superblock"))
+        self.update_superblock(|sb| sb.map_cache_bytes = bytes)
     }
 
     pub fn map_cache_bytes(&self) -> u64 {
         lock(&self.sb).map_cache_bytes
+    }
+
+    /// Change a setting kept in the superblock and write it out.
+    fn update_superblock(&self, change: impl FnOnce(&mut superblock::Superblock)) -> Result<()> {
+        let mut sb = lock(&self.sb);
+        change(&mut sb);
+        sb.write(&self.path.join(Paths::SUPERBLOCK)).map_err(store_err("writing the superblock"))
     }
 
     pub(crate) fn check_writable(&self) -> Result<()> {
