@@ -135,3 +135,22 @@ fn the_map_cache_is_a_setting_shown_with_the_others_and_used_at_the_next_open() 
     store.run(&["volume", "create", "v", "--size", "1G"]).ok();
     assert!(store.path.join("maps.mem").exists());
 }
+
+#[test]
+fn spare_pack_space_is_a_setting_that_takes_effect_at_once_and_shows_in_status() {
+    let store = Store::new();
+    // New stores keep up to 1 GiB of retired packs for reuse.
+    assert_eq!(store.run(&["config", "get", "spare-pack-bytes"]).ok().stdout, "1073741824\n");
+    let r = store.run(&["config", "set", "spare-pack-bytes", "256M"]).ok();
+    assert!(r.stdout.contains("spare-pack-bytes is 268435456; it takes effect now"), "{}", r.stdout);
+    let r = store.run(&["config", "get", "--format", "json"]).ok();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["spare_pack_bytes"], 268435456);
+    store.run(&["config", "set", "spare-pack-bytes", "some"]).expect(5);
+    let r = store.run(&["status", "--format", "json"]).ok();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["spare_packs"], 0);
+    assert_eq!(v["spare_pack_bytes"], 0);
+    let r = store.run(&["status"]).ok();
+    assert!(r.stdout.contains("spare pack space"), "{}", r.stdout);
+}

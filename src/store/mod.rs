@@ -32,6 +32,7 @@ mod join;
 pub mod murmur;
 pub mod pack;
 pub mod replica;
+pub mod spare;
 pub mod table;
 
 pub use join::join;
@@ -223,6 +224,10 @@ pub struct ChunkStore {
     deferred_marked: AtomicU32,
     /// Requests (hashing writes, verifying reads) in flight now.
     in_flight: AtomicUsize,
+    /// Retired packs kept for their disk space (`spare.rs`).
+    spares: spare::SparePool,
+    /// Chunks whose last reference went since the last dead-pack reclaim.
+    dead_since_reclaim: AtomicU64,
     pub stats: Stats,
 }
 
@@ -264,16 +269,22 @@ impl ChunkStore {
     /// Create the packs directory with its first pack.
     pub fn create(dir: &Path, store_uuid: Guid) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| classify(format!("creating {}", dir.display()), e))?;
-        Self::new_pack_file(dir, 1, store_uuid)?;
+        Self::new_pack_file(dir, 1, store_uuid, None)?;
         Ok(())
     }
 
-    fn new_pack_file(dir: &Path, id: u32, store_uuid: Guid) -> Result<File> {
+    /// Create pack `id` (header only, durable, its directory entry too),
+    /// in a spare's space when `spares` has one.
+    fn new_pack_file(dir: &Path, id: u32, store_uuid: Guid, spares: Option<&spare::SparePool>) -> Result<File> {
         let path = dir.join(pack::pack_file_name(id));
+        let header = pack::encode_pack_header(id, store_uuid);
+        if let Some(f) = spares.and_then(|s| s.take(&path, &header)) {
+            return Ok(f);
+        }
         let what = || format!("pack {}", path.display());
         let f =
             OpenOptions::new().read(true).write(true).create_new(true).open(&path).map_err(|e| classify(what(), e))?;
-        f.write_all_at(&pack::encode_pack_header(id, store_uuid), 0).map_err(|e| classify(what(), e))?;
+        f.write_all_at(&header, 0).map_err(|e| classify(what(), e))?;
         f.sync_all().map_err(|e| classify(what(), e))?;
         format::fsync_dir(dir).map_err(|e| classify(format!("directory {}", dir.display()), e))?;
         Ok(f)
@@ -284,13 +295,16 @@ impl ChunkStore {
     /// truncated back to `committed_end` when the caller knows it (bytes past
     /// the last referenced record are an unfinished append).
     /// `index_max_entries`: 0 = unbounded dedup index, else a window of
-    /// about that many newest entries (see `index`).
+    /// about that many newest entries (see `index`). `spare_bytes`: how
+    /// much retired pack space to keep for reuse (`spare.rs`).
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         dir: &Path,
         store_uuid: Guid,
         image: table::TableImage,
         level: i32,
         index_max_entries: u64,
+        spare_bytes: u64,
         faults: Arc<Faults>,
         table: ChunkTable,
     ) -> Result<ChunkStore> {
@@ -322,7 +336,7 @@ impl ChunkStore {
             packs.insert(id, Arc::new(f));
         }
         if max_id == 0 {
-            let f = Self::new_pack_file(dir, 1, store_uuid)?;
+            let f = Self::new_pack_file(dir, 1, store_uuid, None)?;
             packs.insert(1, Arc::new(f));
             max_id = 1;
         }
@@ -347,6 +361,9 @@ impl ChunkStore {
             maybe_deferred: Mutex::new((BTreeSet::new(), BTreeSet::new())),
             in_flight: AtomicUsize::new(0),
             deferred_marked: AtomicU32::new(0),
+            spares: spare::SparePool::load(dir, spare_bytes)
+                .map_err(|e| classify(format!("reading spare packs in {}", dir.display()), e))?,
+            dead_since_reclaim: AtomicU64::new(0),
             stats: Stats::default(),
         };
         store.maybe_deferred.lock().unwrap_or_else(|p| p.into_inner()).1 =
@@ -445,9 +462,30 @@ impl ChunkStore {
             self.table.decref_wrapping(id);
             return;
         }
-        if self.table.decref(id) == Some(0) {
-            tracing::error!(chunk = id, "reference count underflow");
+        match self.table.decref(id) {
+            Some(0) => tracing::error!(chunk = id, "reference count underflow"),
+            Some(1) => {
+                self.dead_since_reclaim.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
         }
+    }
+
+    /// Have enough chunks died since the last reclaim that whole packs may
+    /// be dead, and is there room among the spares for them? (The engine
+    /// then frees the dead packs at once, `Engine::reclaim_dead_packs`, so
+    /// sustained overwrites write into the space of the data they replaced.)
+    /// The bar — a pack's worth of chunks, or 1/64 of all chunk ids —
+    /// bounds the cost of the table scans and checkpoints it triggers.
+    pub fn reclaim_due(&self) -> bool {
+        let per_pack = PACK_TARGET_BYTES / (RECORD_HEADER_LEN + BLOCK_SIZE) as u64;
+        let dead = self.dead_since_reclaim.load(Ordering::Relaxed);
+        dead >= (2 * per_pack).max(self.next_id() / 64) && self.spares.room() >= PACK_TARGET_BYTES
+    }
+
+    /// A reclaim is starting: count anew.
+    pub fn reclaim_started(&self) {
+        self.dead_since_reclaim.store(0, Ordering::Relaxed);
     }
 
     /// Try to share an existing chunk with this content.
@@ -689,7 +727,7 @@ impl ChunkStore {
     fn start_pack(&self, a: &mut ActivePack) -> Result<ActivePack> {
         let id = a.id + 1;
         let path = self.dir.join(pack::pack_file_name(id));
-        let f = Arc::new(Self::new_pack_file(&self.dir, id, self.store_uuid)?);
+        let f = Arc::new(Self::new_pack_file(&self.dir, id, self.store_uuid, Some(&self.spares))?);
         let new = ActivePack::new(id, f.clone(), &path, PACK_HEADER_LEN)
             .map_err(|e| classify(format!("pack {}", path.display()), e))?;
         self.packs.write().unwrap_or_else(|p| p.into_inner()).insert(id, f);
@@ -704,13 +742,23 @@ impl ChunkStore {
     }
 
     /// Append `len` bytes written by `fill` (see [`ActivePack::append_with`]).
-    fn append_with(&self, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<(u32, u64)> {
+    /// Out of space with spare packs kept: they are released (they are
+    /// only cached free space) and the append is tried once more.
+    fn append_with(&self, len: usize, mut fill: impl FnMut(&mut [u8])) -> Result<(u32, u64)> {
         let mut a = self.active.lock().unwrap_or_else(|p| p.into_inner());
         if a.len + len as u64 > PACK_TARGET_BYTES && a.len > PACK_HEADER_LEN {
             self.start_pack(&mut a)?;
         }
         let off = a.len;
-        if let Err(e) = a.append_with(&self.faults, len, fill) {
+        let mut r = a.append_with(&self.faults, len, &mut fill);
+        if let Err(e) = &r
+            && e.raw_os_error() == Some(libc::ENOSPC)
+            && self.spares.release_all() > 0
+        {
+            let _ = a.file.set_len(off);
+            r = a.append_with(&self.faults, len, &mut fill);
+        }
+        if let Err(e) = r {
             // Drop whatever part landed so the next append starts clean.
             let _ = a.file.set_len(off);
             return Err(classify(format!("appending to pack {}", a.id), e));
@@ -829,8 +877,9 @@ impl ChunkStore {
     /// Per-pack usage, for GC and `status`.
     pub fn pack_usage(&self) -> Vec<PackUsage> {
         let mut by: HashMap<u32, PackUsage> = HashMap::new();
+        let active = self.active_extent();
         for (id, f) in self.packs.read().unwrap_or_else(|p| p.into_inner()).iter() {
-            let file_bytes = f.metadata().map(|m| m.len()).unwrap_or(0);
+            let file_bytes = Self::pack_len(active, *id, f);
             by.insert(*id, PackUsage { pack_id: *id, file_bytes, live_bytes: 0, live_chunks: 0, dead_chunks: 0 });
         }
         self.table.for_each(|_, loc, refs| {
@@ -1044,7 +1093,8 @@ impl ChunkStore {
         true
     }
 
-    /// GC: forget a pack nothing references any more and delete its file.
+    /// GC: forget a pack nothing references any more and delete its file,
+    /// or keep it as a spare (`spare.rs`).
     pub fn retire_pack(&self, pack_id: u32) -> Result<()> {
         if pack_id == self.active_pack_id() {
             return Ok(());
@@ -1053,19 +1103,44 @@ impl ChunkStore {
         self.forget_deferred(pack_id);
         self.unsynced.lock().unwrap_or_else(|p| p.into_inner()).retain(|(i, _)| *i != pack_id);
         let path = self.dir.join(pack::pack_file_name(pack_id));
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(classify(format!("removing {}", path.display()), e)),
+        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if !self.spares.keep(&path, pack_id, len) {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(classify(format!("removing {}", path.display()), e)),
+            }
         }
         format::fsync_dir(&self.dir).map_err(|e| classify(format!("syncing {}", self.dir.display()), e))
     }
 
-    /// Total bytes of all pack files.
+    /// Number and bytes of all packs (the active one counted to its last
+    /// record: a pack started in a spare's space is longer, all zeros).
     pub fn pack_bytes(&self) -> (u64, u64) {
+        let active = self.active_extent();
         let packs = self.packs.read().unwrap_or_else(|p| p.into_inner());
-        let bytes = packs.values().filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum();
+        let bytes = packs.iter().map(|(id, f)| Self::pack_len(active, *id, f)).sum();
         (packs.len() as u64, bytes)
+    }
+
+    /// (id, logical length) of the active pack.
+    fn active_extent(&self) -> (u32, u64) {
+        let a = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        (a.id, a.len)
+    }
+
+    fn pack_len(active: (u32, u64), id: u32, f: &File) -> u64 {
+        if id == active.0 { active.1 } else { f.metadata().map(|m| m.len()).unwrap_or(0) }
+    }
+
+    /// (count, bytes) of spare packs kept for reuse.
+    pub fn spare_usage(&self) -> (u64, u64) {
+        self.spares.usage()
+    }
+
+    /// Change how much retired pack space is kept; the excess is deleted now.
+    pub fn set_spare_cap(&self, bytes: u64) {
+        self.spares.set_cap(bytes);
     }
 
     /// Truncate the active pack past its last referenced record (bytes of
@@ -1100,6 +1175,7 @@ mod tests {
             table::TableImage { stamp_seq: 0, next_id: FIRST_CHUNK_ID, entries: vec![] },
             3,
             0,
+            1 << 30,
             Faults::new(),
             ChunkTable::default(),
         )

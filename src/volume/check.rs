@@ -320,7 +320,8 @@ pub fn check(path: &Path, opts: &CheckOptions, progress: &mut dyn FnMut(u64, u64
                 Some(id) => {
                     pack_files.insert(id, e.path());
                 }
-                None if n.ends_with(".tmp") => {}
+                // Spares (store/spare.rs) are never read: their bytes are not data.
+                None if n.ends_with(".tmp") || crate::store::spare::parse_spare_name(&n).is_some() => {}
                 None => rep.add("warning", "packs", format!("unexpected file {n}")),
             }
         }

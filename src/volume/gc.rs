@@ -211,6 +211,28 @@ impl Engine {
         Ok(())
     }
 
+    /// Free the sealed packs no live chunk is left in — no copying, one
+    /// checkpoint — so their space goes to the spare packs (store/spare.rs)
+    /// while writes go on. Kicked by writes when enough chunks died
+    /// (`ChunkStore::reclaim_due`). Returns the packs freed.
+    pub(crate) fn reclaim_dead_packs(&self) -> Result<u64> {
+        if self.check_writable().is_err() || self.store.is_recovering() {
+            return Ok(0);
+        }
+        let _one = lock(&self.gc_lock);
+        self.store.reclaim_started();
+        let active = self.store.active_pack_id();
+        let victims: Vec<PackUsage> =
+            self.store.pack_usage().into_iter().filter(|u| u.pack_id != active && u.live_chunks == 0).collect();
+        if victims.is_empty() {
+            return Ok(0);
+        }
+        let mut rep = GcReport::default();
+        self.compact(&victims, &mut rep, &mut |_, _| {}, &|| false)?;
+        tracing::debug!(packs = rep.packs_compacted, chunks = rep.chunks_freed, "dead packs reclaimed");
+        Ok(rep.packs_compacted)
+    }
+
     /// Background collector: run GC when dead bytes are worth it, at most
     /// once per `interval`.
     pub(crate) fn maybe_gc(&self, last: &mut Instant, interval: Duration) {

@@ -180,6 +180,10 @@ pub struct StoreStatus {
     pub index_entries: u64,
     pub index_memory_bytes: u64,
     pub pack_files: u64,
+    /// Retired packs kept for new packs to reuse (`spare-pack-bytes`);
+    /// not counted in `physical_bytes_used`.
+    pub spare_packs: u64,
+    pub spare_pack_bytes: u64,
     /// Free bytes in the filesystem holding the store.
     pub filesystem_free_bytes: u64,
     pub filesystem_total_bytes: u64,
@@ -224,6 +228,8 @@ enum Kick {
     Checkpoint,
     /// The chunk table or the block maps have more than their cache resident.
     Sweep,
+    /// Whole packs may have died: free them (into the spare packs).
+    Reclaim,
     Stop,
 }
 
@@ -430,6 +436,7 @@ impl Engine {
             deferred_compression: opts.compression == Compression::Deferred,
             table_cache_bytes: 0,
             map_cache_bytes: 0,
+            spare_pack_bytes: superblock::DEFAULT_SPARE_PACK_BYTES,
         };
         sb.write(&path.join(Paths::SUPERBLOCK)).map_err(store_err("writing the superblock"))?;
         format::fsync_dir(path).map_err(store_err("syncing the store directory"))?;
@@ -475,6 +482,8 @@ impl Engine {
             image,
             sb.zstd_level,
             sb.index_max_entries,
+            // A read-only open never retires packs nor deletes spares.
+            if ro { u64::MAX } else { sb.spare_pack_bytes },
             faults.clone(),
             table,
         )?;
@@ -727,6 +736,11 @@ impl Engine {
                             }
                         }
                         Ok(Kick::Sweep) => e.sweep_caches(),
+                        Ok(Kick::Reclaim) => {
+                            if let Err(err) = e.reclaim_dead_packs() {
+                                tracing::error!(%err, "reclaiming dead packs failed");
+                            }
+                        }
                         Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                             // Reads page table segments and map pages in too.
                             e.sweep_caches();
@@ -771,7 +785,8 @@ impl Engine {
     }
 
     /// Ask the background thread for a checkpoint if the journal is large,
-    /// or for a sweep if a bounded cache is over its cap.
+    /// for a sweep if a bounded cache is over its cap, or to free dead packs
+    /// when overwrites may have emptied some.
     pub(crate) fn maybe_checkpoint(&self) {
         if (self.store.table().over_cap() || self.maps.as_ref().is_some_and(|m| m.over_cap()))
             && let Some((tx, _)) = lock(&self.worker).as_ref()
@@ -782,6 +797,11 @@ impl Engine {
             && let Some((tx, _)) = lock(&self.worker).as_ref()
         {
             let _ = tx.try_send(Kick::Checkpoint);
+        }
+        if self.store.reclaim_due()
+            && let Some((tx, _)) = lock(&self.worker).as_ref()
+        {
+            let _ = tx.try_send(Kick::Reclaim);
         }
     }
 
@@ -1003,6 +1023,20 @@ impl Engine {
 
     pub fn map_cache_bytes(&self) -> u64 {
         lock(&self.sb).map_cache_bytes
+    }
+
+    /// Keep up to `bytes` of packs GC retired for new packs to reuse
+    /// (0 = delete them); spares beyond it are deleted now (`strata config
+    /// set spare-pack-bytes`, store/spare.rs).
+    pub fn set_spare_pack_bytes(&self, bytes: u64) -> Result<()> {
+        self.check_writable()?;
+        self.update_superblock(|sb| sb.spare_pack_bytes = bytes)?;
+        self.store.set_spare_cap(bytes);
+        Ok(())
+    }
+
+    pub fn spare_pack_bytes(&self) -> u64 {
+        lock(&self.sb).spare_pack_bytes
     }
 
     /// Change a setting kept in the superblock and write it out.
@@ -1405,6 +1439,7 @@ impl Engine {
         let (refs, live, stored, chunk_count, unreferenced) =
             (u.total_refs, u.live_chunks, u.live_stored_bytes, u.chunks, u.unreferenced_chunks);
         let (pack_files, pack_bytes) = self.store.pack_bytes();
+        let (spare_packs, spare_pack_bytes) = self.store.spare_usage();
         let dir_bytes = |d: &str| -> u64 {
             std::fs::read_dir(self.path.join(d))
                 .map(|rd| rd.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
@@ -1443,6 +1478,8 @@ impl Engine {
             index_entries: self.store.index_entries(),
             index_memory_bytes: self.store.index_memory_bytes(),
             pack_files,
+            spare_packs,
+            spare_pack_bytes,
             filesystem_free_bytes: fs_free,
             filesystem_total_bytes: fs_total,
             write_policy_reason: lock(&self.policy).1.clone(),

@@ -58,7 +58,12 @@ pub struct Superblock {
     pub table_cache_bytes: u64,
     /// Bytes of block-map pages kept resident (0 = the maps are in RAM).
     pub map_cache_bytes: u64,
+    /// Bytes of retired packs kept for reuse (0 = GC deletes them).
+    pub spare_pack_bytes: u64,
 }
+
+/// `spare-pack-bytes` of a new store: eight full packs.
+pub const DEFAULT_SPARE_PACK_BYTES: u64 = 1 << 30;
 
 fn policy_code(p: WritePolicy) -> u8 {
     match p {
@@ -93,7 +98,8 @@ impl Superblock {
             .u64(self.checkpoint_seq)
             .u64(self.index_max_entries)
             .u64(self.table_cache_bytes)
-            .u64(self.map_cache_bytes);
+            .u64(self.map_cache_bytes)
+            .u64(self.spare_pack_bytes);
         w.zeros(LEN - 4 - w.len());
         let c = checksum32(&w.buf);
         w.u32(c);
@@ -151,7 +157,8 @@ impl Superblock {
         let index_max_entries = r.u64().map_err(|e| e.to_string())?;
         let table_cache_bytes = r.u64().map_err(|e| e.to_string())?;
         let map_cache_bytes = r.u64().map_err(|e| e.to_string())?;
-        if format_version < 2 && (table_cache_bytes != 0 || map_cache_bytes != 0) {
+        let spare_pack_bytes = r.u64().map_err(|e| e.to_string())?;
+        if format_version < 2 && (table_cache_bytes != 0 || map_cache_bytes != 0 || spare_pack_bytes != 0) {
             return Err("format 1 superblock has bytes set past offset 64".into());
         }
         Ok(Superblock {
@@ -167,6 +174,7 @@ impl Superblock {
             deferred_compression,
             table_cache_bytes,
             map_cache_bytes,
+            spare_pack_bytes,
         })
     }
 
@@ -198,6 +206,7 @@ mod tests {
             deferred_compression: false,
             table_cache_bytes: 0,
             map_cache_bytes: 0,
+            spare_pack_bytes: 0,
         }
     }
 
@@ -209,6 +218,7 @@ mod tests {
             index_max_entries: 7,
             table_cache_bytes: 64 << 20,
             map_cache_bytes: 8 << 20,
+            spare_pack_bytes: 1 << 30,
             ..sample()
         };
         let b = s2.encode();
@@ -217,7 +227,8 @@ mod tests {
         assert_eq!(&b[56..64], &7u64.to_le_bytes());
         assert_eq!(&b[64..72], &(64u64 << 20).to_le_bytes());
         assert_eq!(&b[72..80], &(8u64 << 20).to_le_bytes());
-        assert!(b[80..LEN - 4].iter().all(|x| *x == 0));
+        assert_eq!(&b[80..88], &(1u64 << 30).to_le_bytes());
+        assert!(b[88..LEN - 4].iter().all(|x| *x == 0));
         assert_eq!(Superblock::decode(&b).unwrap(), s2);
         // Format 1 has no compression byte: a 1 there is damage, not a mode.
         let mut b1 = sample().encode();
@@ -236,6 +247,11 @@ mod tests {
         assert!(Superblock::decode(&b).unwrap_err().contains("past offset 64"));
         let s2 = Superblock { format_version: 2, map_cache_bytes: 1, ..sample() };
         assert_eq!(Superblock::decode(&s2.encode()).unwrap().map_cache_bytes, 1);
+        let mut b = sample().encode();
+        b[80] = 1;
+        let c = checksum32(&b[..LEN - 4]);
+        b[LEN - 4..].copy_from_slice(&c.to_le_bytes());
+        assert!(Superblock::decode(&b).unwrap_err().contains("past offset 64"));
     }
 
     #[test]

@@ -1487,3 +1487,120 @@ fn a_store_with_a_map_cache_keeps_block_maps_in_a_scratch_file_and_loses_nothing
     let e = open(&p);
     check(&e);
 }
+
+mod spares {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// On a disk filesystem (tmpfs cannot zero a range, so it never
+    /// reuses spares).
+    fn store_on_disk() -> (tempfile::TempDir, PathBuf) {
+        let d = tempfile::tempdir_in("/var/tmp").or_else(|_| tempfile::tempdir()).unwrap();
+        let p = d.path().join("store");
+        Engine::init(&p, &InitOptions { write_policy: WritePolicy::Async, ..Default::default() }).unwrap();
+        (d, p)
+    }
+
+    fn zero_range_works(dir: &Path) -> bool {
+        use std::os::fd::AsRawFd;
+        let f = tempfile::tempfile_in(dir).unwrap();
+        f.set_len(8192).unwrap();
+        // SAFETY: fallocate on a file we own.
+        unsafe { libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_ZERO_RANGE, 0, 8192) == 0 }
+    }
+
+    fn read(e: &Engine, off: u64, len: usize) -> Vec<u8> {
+        let mut b = vec![0u8; len];
+        e.open_volume("v").unwrap().read_at(&mut b, off).unwrap();
+        b
+    }
+
+    #[test]
+    fn packs_emptied_by_overwrites_become_spares_and_new_packs_reuse_their_space() {
+        let (_d, p) = store_on_disk();
+        let packs = p.join(Paths::PACKS);
+        let e = open(&p);
+        assert_eq!(e.spare_pack_bytes(), superblock::DEFAULT_SPARE_PACK_BYTES);
+        e.create_volume("v", 16 << 20).unwrap();
+        let v = e.open_volume("v").unwrap();
+        v.write_at(&pattern(4 << 20, 1), 0).unwrap();
+        e.store.seal_active().unwrap();
+        // Overwritten: every chunk of pack 1 is dead.
+        v.write_at(&pattern(4 << 20, 2), 0).unwrap();
+        assert_eq!(e.reclaim_dead_packs().unwrap(), 1);
+        assert!(!packs.join("00000001.pack").exists());
+        let spare = packs.join("00000001.spare");
+        let ino = std::fs::metadata(&spare).unwrap().ino();
+        let st = e.status().unwrap();
+        assert_eq!(st.spare_packs, 1);
+        assert!(st.spare_pack_bytes > 4 << 20, "{}", st.spare_pack_bytes);
+
+        // The next pack starts in the spare's space (when the filesystem
+        // can zero a range; elsewhere the spare is dropped).
+        e.store.seal_active().unwrap();
+        let reused = zero_range_works(&packs);
+        let third = packs.join("00000003.pack");
+        assert!(third.exists() && !spare.exists());
+        assert_eq!(std::fs::metadata(&third).unwrap().ino() == ino, reused);
+        assert_eq!(e.status().unwrap().spare_packs, 0);
+        v.write_at(&pattern(4 << 20, 3), 4 << 20).unwrap();
+        v.write_at(&pattern(8192, 4), 12 << 20).unwrap();
+        drop(v);
+        assert_eq!(read(&e, 0, 4 << 20), pattern(4 << 20, 2));
+        assert_eq!(read(&e, 4 << 20, 4 << 20), pattern(4 << 20, 3));
+        // Pack sizes count the active pack to its last record, not its
+        // zeroed tail.
+        let (_, bytes) = e.store.pack_bytes();
+        assert!(bytes < (8 << 20) + (1 << 20) * 2, "{bytes}");
+
+        // Killed with the reused pack active (long zero tail): the reopen
+        // trims it and every write is there.
+        e.simulate_crash();
+        drop(e);
+        let e = open(&p);
+        wait_normal(&e);
+        assert_eq!(read(&e, 0, 4 << 20), pattern(4 << 20, 2));
+        assert_eq!(read(&e, 4 << 20, 4 << 20), pattern(4 << 20, 3));
+        assert_eq!(read(&e, 12 << 20, 8192), pattern(8192, 4));
+        e.close().unwrap();
+        drop(e);
+        let rep = check::check(&p, &Default::default(), &mut |_, _| {}).unwrap();
+        assert!(rep.clean && rep.findings.is_empty(), "{:?}", rep.findings);
+    }
+
+    #[test]
+    fn lowering_the_setting_deletes_spares_and_zero_keeps_none() {
+        let (_d, p) = store_on_disk();
+        let packs = p.join(Paths::PACKS);
+        let e = open(&p);
+        e.create_volume("v", 16 << 20).unwrap();
+        let v = e.open_volume("v").unwrap();
+        for seed in 1..4 {
+            v.write_at(&pattern(1 << 20, seed), 0).unwrap();
+            e.store.seal_active().unwrap();
+        }
+        v.write_at(&pattern(1 << 20, 9), 0).unwrap();
+        assert_eq!(e.reclaim_dead_packs().unwrap(), 3);
+        assert_eq!(e.status().unwrap().spare_packs, 3);
+        // Room for two: the oldest goes.
+        let one = std::fs::metadata(packs.join("00000002.spare")).unwrap().len();
+        e.set_spare_pack_bytes(2 * one + 100).unwrap();
+        assert_eq!(e.status().unwrap().spare_packs, 2);
+        assert!(!packs.join("00000001.spare").exists());
+        e.set_spare_pack_bytes(0).unwrap();
+        assert_eq!(e.status().unwrap().spare_packs, 0);
+        // With 0, GC deletes what it empties.
+        e.store.seal_active().unwrap();
+        v.write_at(&pattern(1 << 20, 10), 0).unwrap();
+        assert_eq!(e.reclaim_dead_packs().unwrap(), 1);
+        assert_eq!(e.status().unwrap().spare_packs, 0);
+        assert!(std::fs::read_dir(&packs).unwrap().flatten().all(|f| !f.file_name().to_string_lossy().ends_with(".spare")));
+        drop(v);
+        // The setting persists.
+        e.close().unwrap();
+        drop(e);
+        let e = open(&p);
+        assert_eq!(e.spare_pack_bytes(), 0);
+        assert_eq!(read(&e, 0, 1 << 20), pattern(1 << 20, 10));
+    }
+}
