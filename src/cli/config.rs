@@ -143,7 +143,9 @@ pub fn run(engine: &Engine, cmd: &ConfigCommand, out: &mut dyn Write) -> Result<
             writeln!(out, "index-max-entries is {n}; it takes effect when the store is next opened (remount)")?;
             Ok(())
         }
-        ConfigCommand::Set(a) if ["table-cache-bytes", "map-cache-bytes", "spare-pack-bytes"].contains(&a.key.as_str()) => {
+        ConfigCommand::Set(a)
+            if ["table-cache-bytes", "map-cache-bytes", "spare-pack-bytes"].contains(&a.key.as_str()) =>
+        {
             let key = a.key.as_str();
             let n = super::size::parse_size(&a.value).map_err(|e| {
                 exit::fail(ExitCode::InvalidArgument, format!("cannot set {key} to {:?}: {e}", a.value))

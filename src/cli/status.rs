@@ -88,7 +88,10 @@ fn write_status(engine: &Engine, s: &StoreStatus, out: &mut dyn Write) -> Result
     l.item("index entries", s.index_entries.to_string());
     l.item("index memory", bytes(s.index_memory_bytes));
     l.item("pack files", s.pack_files.to_string());
-    l.item("spare pack space", format!("{} ({} files, for new packs to reuse)", bytes(s.spare_pack_bytes), s.spare_packs));
+    l.item(
+        "spare pack space",
+        format!("{} ({} files, for new packs to reuse)", bytes(s.spare_pack_bytes), s.spare_packs),
+    );
     l.item("filesystem free", bytes(s.filesystem_free_bytes));
     l.item("filesystem size", bytes(s.filesystem_total_bytes));
     l.item("replication", super::peer::summary(engine));
