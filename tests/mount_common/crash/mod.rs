@@ -117,6 +117,9 @@ pub struct Outcome {
     pub unacked: u64,
     pub fio_verified: u32,
     pub checks: u32,
+    /// Spare packs (retired packs kept for reuse) present at the checks,
+    /// summed: shows the spare pool took part.
+    pub spares_seen: u64,
     pub meta_done: u64,
     pub max_recovery_ms: u128,
     pub kept: Vec<PathBuf>,
@@ -127,7 +130,7 @@ impl Outcome {
         format!(
             "policy {}: {} iterations, {} kills ({} early), {} failures; {} acknowledged writes, {} completed fsyncs; \
              {} block checks against acknowledged writes, {} against flushed writes; {} unacknowledged writes, {} of their blocks landed; \
-             {} fio verify passes, {} clean checks, {} checkpoints/GCs during load, slowest return to normal {} ms",
+             {} fio verify passes, {} clean checks ({} spare packs seen), {} checkpoints/GCs during load, slowest return to normal {} ms",
             plan.policy.as_str(),
             self.iterations,
             self.kills,
@@ -141,6 +144,7 @@ impl Outcome {
             self.unacked_landed,
             self.fio_verified,
             self.checks,
+            self.spares_seen,
             self.meta_done,
             self.max_recovery_ms
         )
@@ -534,6 +538,9 @@ fn run_check(store: &Path, when: &str, out: &mut Outcome) -> Result<(), String> 
     let rep = check::check(store, &check::CheckOptions::default(), &mut |_, _| {})
         .map_err(|e| format!("check ({when}): {e}"))?;
     out.checks += 1;
+    out.spares_seen += std::fs::read_dir(store.join("packs"))
+        .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".spare")).count() as u64)
+        .unwrap_or(0);
     if rep.errors() > 0 || !rep.clean {
         return Err(format!("check ({when}) is not clean:\n{}", check::render(&rep)));
     }
