@@ -141,12 +141,16 @@ impl Engine {
         for group in group_packs(victims) {
             let mut stopped = false;
             let mut finished: Vec<u32> = Vec::new();
+            // The group's packs are sealed and only this (gc_lock holding)
+            // thread moves chunks out of them: listed once, up front.
+            let ids: Vec<u32> = group.iter().map(|u| u.pack_id).collect();
+            let mut listed = self.store.chunks_in_packs(&ids);
             for u in group {
                 if stop() {
                     stopped = true;
                     break;
                 }
-                let chunks = self.store.chunks_in(u.pack_id);
+                let chunks = listed.remove(&u.pack_id).unwrap_or_default();
                 for part in chunks.chunks(GC_BATCH) {
                     // Reading and compressing happen outside the cut, so
                     // writers and checkpoints never wait on zstd here.
@@ -196,10 +200,11 @@ impl Engine {
             }
             self.make_durable(self.journal.last_seq())?;
             self.checkpoint()?;
+            let left = self.store.chunks_in_packs(&finished);
             for pack_id in finished {
                 // Anything that pointed into it was rewritten above and the
                 // checkpoint is durable: nothing can reference it.
-                if self.store.chunks_in(pack_id).is_empty() {
+                if !left.contains_key(&pack_id) {
                     self.store.retire_pack(pack_id)?;
                     rep.packs_compacted += 1;
                 }
