@@ -195,36 +195,6 @@ pub fn write_at(faults: &Faults, point: Point, file: &File, buf: &[u8], off: u64
     }
 }
 
-/// `pwrite` of an aligned buffer in two parts through the seam, for an
-/// append whose first 4 KiB block another write in flight also covers:
-/// `buf[split..]` first, then `between` (wait for that write), then
-/// `buf[..split]`. One fault decision covers both parts; a torn write
-/// writes the first half of `buf` (whole 4 KiB blocks), after `between`.
-pub fn write_split_at(
-    faults: &Faults,
-    point: Point,
-    file: &File,
-    buf: &[u8],
-    off: u64,
-    split: usize,
-    between: impl FnOnce(),
-) -> io::Result<()> {
-    match faults.hit(point) {
-        None => {
-            file.write_all_at(&buf[split..], off + split as u64)?;
-            between();
-            file.write_all_at(&buf[..split], off)
-        }
-        Some(Fault::Torn) => {
-            between();
-            let half = if buf.len().is_multiple_of(4096) { (buf.len() / 2) & !4095 } else { buf.len() / 2 };
-            file.write_all_at(&buf[..half], off)?;
-            Err(Fault::Torn.error())
-        }
-        Some(f) => Err(f.error()),
-    }
-}
-
 /// `pread` through the seam.
 pub fn read_exact_at(faults: &Faults, point: Point, file: &File, buf: &mut [u8], off: u64) -> io::Result<()> {
     match faults.hit(point) {

@@ -741,49 +741,30 @@ impl ChunkStore {
         self.append_with(bytes.len(), |dst| dst.copy_from_slice(bytes))
     }
 
-    /// Append `len` bytes written by `fill`: large appends are staged under
-    /// the pack lock and written after it (`appender.rs`), small ones are
-    /// written under it. Out of space with spare packs kept: they are
-    /// released (they are only cached free space) and the write is tried
-    /// once more.
+    /// Append `len` bytes written by `fill` (see [`ActivePack::append_with`]).
+    /// Out of space with spare packs kept: they are released (they are
+    /// only cached free space) and the append is tried once more.
     fn append_with(&self, len: usize, mut fill: impl FnMut(&mut [u8])) -> Result<(u32, u64)> {
         let mut a = self.active.lock().unwrap_or_else(|p| p.into_inner());
-        if a.broken || (a.len + len as u64 > PACK_TARGET_BYTES && a.len > PACK_HEADER_LEN) {
+        if a.len + len as u64 > PACK_TARGET_BYTES && a.len > PACK_HEADER_LEN {
             self.start_pack(&mut a)?;
         }
+        let off = a.len;
+        let mut r = a.append_with(&self.faults, len, &mut fill);
+        if let Err(e) = &r
+            && e.raw_os_error() == Some(libc::ENOSPC)
+            && self.spares.release_all() > 0
+        {
+            let _ = a.file.set_len(off);
+            r = a.append_with(&self.faults, len, &mut fill);
+        }
+        if let Err(e) = r {
+            // Drop whatever part landed so the next append starts clean.
+            let _ = a.file.set_len(off);
+            return Err(classify(format!("appending to pack {}", a.id), e));
+        }
         let (id, file) = (a.id, a.file.clone());
-        let off = if let Some(st) = a.stage(len, &mut fill) {
-            drop(a);
-            let mut r = st.write(&self.faults);
-            if let Err(e) = &r
-                && e.raw_os_error() == Some(libc::ENOSPC)
-                && self.spares.release_all() > 0
-            {
-                r = st.write(&self.faults);
-            }
-            st.finish();
-            if let Err(e) = r {
-                self.active.lock().unwrap_or_else(|p| p.into_inner()).abandon(&st);
-                return Err(classify(format!("appending to pack {id}"), e));
-            }
-            st.off
-        } else {
-            let off = a.len;
-            let mut r = a.append_buffered(&self.faults, len, &mut fill);
-            if let Err(e) = &r
-                && e.raw_os_error() == Some(libc::ENOSPC)
-                && self.spares.release_all() > 0
-            {
-                let _ = a.file.set_len(off);
-                r = a.append_buffered(&self.faults, len, &mut fill);
-            }
-            if let Err(e) = r {
-                // Drop whatever part landed so the next append starts clean.
-                let _ = a.file.set_len(off);
-                return Err(classify(format!("appending to pack {id}"), e));
-            }
-            off
-        };
+        drop(a);
         let mut u = self.unsynced.lock().unwrap_or_else(|p| p.into_inner());
         if !u.iter().any(|(i, _)| *i == id) {
             u.push((id, file));

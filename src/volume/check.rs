@@ -99,7 +99,6 @@ struct Scanned {
 /// Scan one pack file record by record. Bad records are reported; after a
 /// bad header the scan looks for the next valid header (bounded by the
 /// file, so no hang on garbage).
-#[allow(clippy::too_many_arguments)]
 fn scan_pack(
     rep: &mut CheckReport,
     id: u32,
@@ -107,7 +106,6 @@ fn scan_pack(
     uuid: Guid,
     found: &mut HashMap<u64, Vec<Scanned>>,
     bad: &mut Vec<(usize, u64, u32, u64)>,
-    gaps: &mut Vec<(usize, u32, u64, u64)>,
     progress: &mut dyn FnMut(u64),
 ) {
     let obj = format!("pack {}", pack::pack_file_name(id));
@@ -121,15 +119,10 @@ fn scan_pack(
     }
     let mut pos = PACK_HEADER_LEN as usize;
     let mut resyncing = false;
-    // (finding, start) of the unreadable stretch being skipped.
-    let mut gap: Option<(usize, usize)> = None;
     while pos + RECORD_HEADER_LEN <= bytes.len() {
         match pack::decode_record_header(&bytes[pos..pos + RECORD_HEADER_LEN]) {
             Ok(h) => {
                 resyncing = false;
-                if let Some((i, start)) = gap.take() {
-                    gaps.push((i, id, start as u64, pos as u64));
-                }
                 let end = pos + RECORD_HEADER_LEN + h.stored_len as usize;
                 if end > bytes.len() {
                     // A kill during the append leaves this (FORMAT.md, crash
@@ -188,7 +181,6 @@ fn scan_pack(
                     rep.add("error", &obj, format!("bad record header at offset {pos}: {d}"));
                     rep.bad_records += 1;
                     resyncing = true;
-                    gap = Some((rep.findings.len() - 1, pos));
                 }
                 pos += 1;
                 progress(1);
@@ -342,11 +334,9 @@ pub fn check(path: &Path, opts: &CheckOptions, progress: &mut dyn FnMut(u64, u64
     let mut found: HashMap<u64, Vec<Scanned>> = HashMap::new();
     // (finding index, chunk id, pack, offset) of damaged records.
     let mut bad: Vec<(usize, u64, u32, u64)> = Vec::new();
-    // (finding index, pack, start, end) of unreadable stretches between records.
-    let mut gaps: Vec<(usize, u32, u64, u64)> = Vec::new();
     for (id, p) in &pack_files {
         match std::fs::read(p) {
-            Ok(bytes) => scan_pack(&mut rep, *id, &bytes, uuid, &mut found, &mut bad, &mut gaps, &mut |n| {
+            Ok(bytes) => scan_pack(&mut rep, *id, &bytes, uuid, &mut found, &mut bad, &mut |n| {
                 done += n;
                 if done % (1 << 20) < n {
                     progress(done, total);
@@ -517,26 +507,6 @@ pub fn check(path: &Path, opts: &CheckOptions, progress: &mut dyn FnMut(u64, u64
             } else {
                 " (unused; `strata gc` drops it)"
             });
-            rep.bad_records -= 1;
-        }
-    }
-
-    // An unreadable stretch between records that no table entry reaches
-    // into is an append that failed, or never landed before a crash, while
-    // a later one landed (appends overlap: store/appender.rs): garbage.
-    for (i, pack_id, start, end) in &gaps {
-        let used = table.values().any(|l| {
-            l.pack_id == *pack_id
-                && l.offset < *end
-                && l.offset + (RECORD_HEADER_LEN as u64 + l.stored_len as u64) > *start
-        });
-        if !used {
-            let f = &mut rep.findings[*i];
-            f.severity = "warning".into();
-            f.detail.push_str(&format!(
-                " ({} bytes no chunk in use lies in: an append that failed or never landed; `strata gc` drops them)",
-                end - start
-            ));
             rep.bad_records -= 1;
         }
     }

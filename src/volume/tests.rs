@@ -1290,11 +1290,6 @@ mod more_faults {
     }
 
     fn fault_case(point: Point, fault: Fault, expect_read_only: bool) {
-        fault_case_sized(point, fault, expect_read_only, 8192);
-    }
-
-    /// `len` ≥ 128 KiB takes the O_DIRECT path, written outside the pack lock.
-    fn fault_case_sized(point: Point, fault: Fault, expect_read_only: bool, len: usize) {
         let (_d, p) = new_store(WritePolicy::Async);
         let f = Faults::new();
         let before = pattern(16384, 90);
@@ -1305,7 +1300,7 @@ mod more_faults {
             v.write_at(&before, 0).unwrap();
             v.flush().unwrap();
             f.arm(point, fault, 0, Some(1));
-            let r = v.write_at(&pattern(len, 91), 65536);
+            let r = v.write_at(&pattern(8192, 91), 65536);
             assert!(r.is_err(), "{point:?}/{fault:?}: the write did not fail");
             if fault == Fault::Enospc {
                 assert!(matches!(r, Err(Error::NoSpace(_))), "{r:?}");
@@ -1326,78 +1321,6 @@ mod more_faults {
     #[test]
     fn a_torn_pack_write_is_cut_off_and_makes_the_store_read_only() {
         fault_case(Point::PackWrite, Fault::Torn, true);
-    }
-
-    /// ENOSPC on a direct append (written outside the pack lock) with
-    /// other direct appends before and after it: only that write fails,
-    /// and `check` finds nothing wrong.
-    #[test]
-    fn enospc_on_a_direct_pack_write_fails_that_write_only() {
-        let (_d, p) = new_store(WritePolicy::Async);
-        let f = Faults::new();
-        let e = open_with(&p, &f);
-        e.create_volume("v", 8 << 20).unwrap();
-        let v = e.open_volume("v").unwrap();
-        let len = 300 << 10;
-        v.write_at(&pattern(len, 1), 0).unwrap();
-        v.write_at(&pattern(4096, 9), 4 << 20).unwrap(); // leaves the pack unaligned
-        f.arm(Point::PackWrite, Fault::Enospc, 0, Some(1));
-        let err = v.write_at(&pattern(len, 2), len as u64).unwrap_err();
-        assert!(matches!(err, Error::NoSpace(_)), "{err}");
-        assert_eq!(e.mode(), Mode::Normal);
-        v.write_at(&pattern(len, 3), len as u64).unwrap();
-        v.write_at(&pattern(len, 4), 2 * len as u64).unwrap();
-        drop(v);
-        e.simulate_crash();
-        drop(e);
-        survives(&p, &[pattern(len, 1), pattern(len, 3), pattern(len, 4)].concat());
-    }
-
-    /// An unreadable stretch between records is garbage when no chunk in
-    /// use lies in it (an append that failed while a later one landed:
-    /// `store/appender.rs`), and damage when one does.
-    #[test]
-    fn check_calls_an_unused_gap_between_records_a_warning_and_a_used_one_an_error() {
-        let (_d, p) = new_store(WritePolicy::Async);
-        {
-            let e = open(&p);
-            e.create_volume("v", 1 << 20).unwrap();
-            let v = e.open_volume("v").unwrap();
-            v.write_at(&pattern(256 << 10, 1), 0).unwrap();
-            drop(v);
-            e.close().unwrap();
-        }
-        let pack = std::fs::read_dir(p.join("packs"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.extension().is_some_and(|x| x == "pack"))
-            .unwrap();
-        let orig = std::fs::read(&pack).unwrap();
-        let hdr = crate::store::pack::PACK_HEADER_LEN as usize;
-        let record = crate::store::pack::RECORD_HEADER_LEN + 4096;
-        assert!(orig.len() >= hdr + 64 * record, "the records are raw (deferred compression)");
-        // After the last record: 10,000 zero bytes, then a copy of the
-        // first record that no table entry points at.
-        let mut b = orig.clone();
-        b.resize(orig.len() + 10_000, 0);
-        b.extend_from_slice(&orig[hdr..hdr + record]);
-        std::fs::write(&pack, &b).unwrap();
-        let r = check::check(&p, &CheckOptions::default(), &mut |_, _| {}).unwrap();
-        assert_eq!(r.errors(), 0, "{}", check::render(&r));
-        assert!(check::render(&r).contains("bytes no chunk in use lies in"), "{}", check::render(&r));
-        // The same stretch over records in use is damage.
-        let mut b = orig.clone();
-        b[hdr + record..hdr + 3 * record].fill(0);
-        std::fs::write(&pack, &b).unwrap();
-        let r = check::check(&p, &CheckOptions::default(), &mut |_, _| {}).unwrap();
-        assert!(r.errors() > 0, "{}", check::render(&r));
-        assert!(!check::render(&r).contains("no chunk in use lies in"), "{}", check::render(&r));
-    }
-
-    #[test]
-    fn eio_and_torn_direct_pack_writes_are_cut_off_too() {
-        fault_case_sized(Point::PackWrite, Fault::Eio, true, 512 << 10);
-        fault_case_sized(Point::PackWrite, Fault::Torn, true, 512 << 10);
     }
 
     #[test]
