@@ -62,6 +62,8 @@ fn status_prints_the_vdostats_style_fields() {
         "logical bytes used",
         "physical bytes used",
         "metadata overhead",
+        "record headers",
+        "dead space in packs",
         "saving percent",
         "dedup ratio",
         "compression ratio",
@@ -80,7 +82,16 @@ fn status_json_has_exact_numbers_and_stable_names() {
     let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("status --format json is JSON");
     assert_eq!(v["operating_mode"], "normal");
     assert_eq!(v["write_policy"], "async");
-    for key in ["logical_bytes_used", "physical_bytes_used", "metadata_bytes", "chunk_count", "index_memory_bytes"] {
+    for key in [
+        "logical_bytes_used",
+        "physical_bytes_used",
+        "metadata_bytes",
+        "dead_pack_bytes",
+        "chunk_table_bytes",
+        "record_header_bytes",
+        "chunk_count",
+        "index_memory_bytes",
+    ] {
         assert!(v[key].is_u64(), "{key} in {v}");
     }
 }

@@ -16,8 +16,9 @@ use crate::volume::{Engine, Mode, StoreStatus};
     about = "Show the store's mode, write policy, space used and dedup/compression ratios",
     long_about = "Show the store's operating mode (normal, recovering, read-only), its write \
     policy as configured and as in effect, and its space accounting: logical and physical bytes \
-    used, metadata overhead, saving percent, dedup and compression ratios, chunk count and the \
-    memory of the dedup index. Statistics that are not known (nothing stored yet, or the store \
+    used, metadata overhead (journal, block maps, catalogue, chunk table, record headers), dead \
+    space in packs that `strata gc` reclaims, saving percent, dedup and compression ratios, \
+    chunk count and the memory of the dedup index. Statistics that are not known (nothing stored yet, or the store \
     is still recovering) are shown as n/a."
 )]
 pub struct StatusArgs {
@@ -78,6 +79,12 @@ fn write_status(engine: &Engine, s: &StoreStatus, out: &mut dyn Write) -> Result
     l.item("  journal", bytes(s.journal_bytes));
     l.item("  block maps", bytes(s.map_bytes));
     l.item("  catalogue", bytes(s.catalog_bytes));
+    l.item("  chunk table", bytes(s.chunk_table_bytes));
+    l.item("  record headers", bytes(s.record_header_bytes));
+    l.item(
+        "dead space in packs",
+        counted(s.dead_pack_bytes, |b| format!("{} (unused records; `strata gc` reclaims it)", bytes(b))),
+    );
     l.item("saving percent", or_na(s.saving_percent, |p| format!("{p:.1}%")));
     l.item("dedup ratio", or_na(s.dedup_ratio, |r| format!("{r:.2}")));
     l.item("compression ratio", or_na(s.compression_ratio, |r| format!("{r:.2}")));

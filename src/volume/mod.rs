@@ -165,8 +165,13 @@ pub struct StoreStatus {
     /// Bytes of live chunk payloads (compressed or raw) inside the packs.
     /// None while recovering.
     pub data_bytes_stored: Option<u64>,
-    /// Maps, chunk table, journal, catalogue and record headers.
+    /// Maps, chunk table, journal, catalogue and the record headers of
+    /// live chunks.
     pub metadata_bytes: u64,
+    /// Pack bytes holding nothing a layer uses: records of unreferenced
+    /// chunks, records GC or the packer moved away, pack headers and
+    /// padding — what `strata gc` reclaims. None while recovering.
+    pub dead_pack_bytes: Option<u64>,
     /// (logical − physical) / logical, in percent; None when nothing is stored.
     pub saving_percent: Option<f64>,
     /// References per unique chunk.
@@ -194,6 +199,10 @@ pub struct StoreStatus {
     pub journal_bytes: u64,
     pub map_bytes: u64,
     pub catalog_bytes: u64,
+    /// `chunks.tbl`, the chunk table's checkpoint.
+    pub chunk_table_bytes: u64,
+    /// 64 bytes per live chunk's record.
+    pub record_header_bytes: u64,
     pub dedup_hits: u64,
     /// Writes whose MurmurHash3 matched but whose content differed.
     pub dedup_false_matches: u64,
@@ -1451,7 +1460,9 @@ impl Engine {
         let chunks_bytes = std::fs::metadata(self.path.join(Paths::CHUNKS)).map(|m| m.len()).unwrap_or(0);
         let known = !self.store.is_recovering();
         let logical = refs * format::BLOCK_SIZE_U64;
-        let metadata = map_bytes + journal_bytes + catalog_bytes + chunks_bytes + pack_bytes.saturating_sub(stored);
+        let headers = live * crate::store::pack::RECORD_HEADER_LEN as u64;
+        let metadata = map_bytes + journal_bytes + catalog_bytes + chunks_bytes + headers;
+        let dead = pack_bytes.saturating_sub(stored + headers);
         let physical = pack_bytes + map_bytes + journal_bytes + catalog_bytes + chunks_bytes;
         let (fs_free, fs_total) = statvfs(&self.path);
         let disks = self.catalog.list_disks()?.len() as u64;
@@ -1470,6 +1481,7 @@ impl Engine {
             physical_bytes_used: physical,
             data_bytes_stored: known.then_some(stored),
             metadata_bytes: metadata,
+            dead_pack_bytes: known.then_some(dead),
             saving_percent: (known && logical > 0).then(|| (logical as f64 - physical as f64) * 100.0 / logical as f64),
             dedup_ratio: (known && live > 0).then(|| refs as f64 / live as f64),
             compression_ratio: (known && stored > 0).then(|| (live * format::BLOCK_SIZE_U64) as f64 / stored as f64),
@@ -1487,6 +1499,8 @@ impl Engine {
             journal_bytes,
             map_bytes,
             catalog_bytes,
+            chunk_table_bytes: chunks_bytes,
+            record_header_bytes: headers,
             dedup_hits: s.dedup_hits.load(Ordering::Relaxed),
             dedup_false_matches: s.dedup_false_matches.load(Ordering::Relaxed),
         })

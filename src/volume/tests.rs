@@ -121,16 +121,38 @@ fn identical_data_in_two_volumes_is_stored_once() {
     // New stores defer compression to the packer: stored raw so far.
     assert_eq!(s.compression, Compression::Deferred);
     assert_eq!(s.compression_ratio, Some(1.0));
+    // Physical space = live payloads + metadata + dead space; nothing is
+    // dead yet but the pack header and padding.
+    let parts = |s: &StoreStatus| s.data_bytes_stored.unwrap() + s.metadata_bytes + s.dead_pack_bytes.unwrap();
+    assert_eq!(parts(&s), s.physical_bytes_used);
+    assert!(s.dead_pack_bytes.unwrap() < 4096, "{s:?}");
+    assert_eq!(s.record_header_bytes, 64 * 64);
     assert_eq!(e.pack_deferred(true, &|| false).unwrap(), 64);
     let s = e.status().unwrap();
     assert!(s.compression_ratio.unwrap() > 1.5, "{:?}", s.compression_ratio);
     assert_eq!(s.dedup_ratio, Some(2.0));
+    // The packer moved every record and retired the emptied pack as a
+    // spare (not physical space used).
+    assert_eq!(parts(&s), s.physical_bytes_used);
+    assert!(s.dead_pack_bytes.unwrap() < 4096 && s.spare_packs == 1, "{s:?}");
     assert_eq!(e.volume_info("a").unwrap().allocated_bytes, 256 * 1024);
     let mut back = vec![0u8; data.len()];
     e.open_volume("b").unwrap().read_at(&mut back, 0).unwrap();
     assert_eq!(back, data);
     // Nothing is left to pack.
     assert_eq!(e.pack_deferred(true, &|| false).unwrap(), 0);
+    // Overwritten in both volumes: the old records are dead space.
+    let before = e.status().unwrap();
+    for n in ["a", "b"] {
+        e.open_volume(n).unwrap().write_at(&pattern(256 * 1024, 4), 0).unwrap();
+    }
+    let s = e.status().unwrap();
+    assert_eq!(parts(&s), s.physical_bytes_used);
+    assert_eq!(s.unreferenced_chunks, Some(64));
+    assert!(
+        s.dead_pack_bytes.unwrap() >= before.dead_pack_bytes.unwrap() + before.data_bytes_stored.unwrap() + 64 * 64,
+        "{before:?}\n{s:?}"
+    );
 }
 
 #[test]
