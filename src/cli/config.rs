@@ -17,8 +17,9 @@ use super::exit::{self, ExitCode};
 use super::output::{self, Format, FormatArg, Listing};
 use crate::volume::{Compression, Engine, WritePolicy};
 
-/// The keys `config` knows, for messages.
-const KEYS: &str = "write-policy, index-max-entries, compression, table-cache-bytes, map-cache-bytes, spare-pack-bytes";
+/// The keys `config` knows.
+const KEYS: [&str; 6] =
+    ["write-policy", "index-max-entries", "compression", "table-cache-bytes", "map-cache-bytes", "spare-pack-bytes"];
 
 #[derive(clap::Subcommand, Debug)]
 pub enum ConfigCommand {
@@ -184,10 +185,8 @@ pub fn run(engine: &Engine, cmd: &ConfigCommand, out: &mut dyn Write) -> Result<
 }
 
 fn check_key(key: &str) -> Result<()> {
-    if ["write-policy", "index-max-entries", "compression", "table-cache-bytes", "map-cache-bytes", "spare-pack-bytes"]
-        .contains(&key)
-    {
+    if KEYS.contains(&key) {
         return Ok(());
     }
-    Err(exit::fail(ExitCode::NotFound, format!("unknown setting {key:?}: the settings are {KEYS}")))
+    Err(exit::fail(ExitCode::NotFound, format!("unknown setting {key:?}: the settings are {}", KEYS.join(", "))))
 }

@@ -917,11 +917,6 @@ impl ChunkStore {
         Ok(())
     }
 
-    /// Chunks whose record lives in pack `pack_id`.
-    pub fn chunks_in(&self, pack_id: u32) -> Vec<(u64, ChunkLoc, u32)> {
-        self.chunks_in_packs(&[pack_id]).remove(&pack_id).unwrap_or_default()
-    }
-
     /// Chunks (id, location, references) by pack, for the packs in `ids`
     /// that hold any: one scan of the table however many packs (GC lists a
     /// whole group of victims at once; a scan per pack cost 15 % of the

@@ -76,14 +76,8 @@ fn zero_range(f: &File, len: u64) -> io::Result<()> {
 }
 
 fn fs_free_fraction(dir: &Path) -> f64 {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return 0.0 };
-    // SAFETY: zeroed statvfs is a valid out-parameter; c is NUL-terminated.
-    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 || s.f_blocks == 0 {
-        return 0.0;
-    }
-    s.f_bavail as f64 / s.f_blocks as f64
+    let (free, total) = crate::format::statvfs(dir);
+    if total == 0 { 0.0 } else { free as f64 / total as f64 }
 }
 
 impl SparePool {

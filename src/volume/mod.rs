@@ -1546,16 +1546,7 @@ fn seek_data(f: &File, off: u64) -> Option<u64> {
     Some(r as u64)
 }
 
-/// (free, total) bytes of the filesystem holding `p`.
-pub fn statvfs(p: &Path) -> (u64, u64) {
-    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else { return (0, 0) };
-    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid NUL-terminated path and `s` a valid out-pointer.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
-        return (0, 0);
-    }
-    (s.f_bavail as u64 * s.f_frsize as u64, s.f_blocks as u64 * s.f_frsize as u64)
-}
+pub use crate::format::statvfs;
 
 fn take_lock(path: &Path) -> Result<File> {
     let lp = path.join(Paths::LOCK);
